@@ -1,0 +1,220 @@
+//! Datasets resolved against the database at start-up: the relation, its columns and types, its key.
+//!
+//! Everything that later becomes SQL text (relation and column identifiers, output functions) is read from
+//! the catalog here and quoted here; requests only ever pick among these.
+
+use std::collections::HashMap;
+
+use postgres_protocol::escape::escape_identifier;
+use tokio_postgres::types::{Kind, Type};
+use tokio_postgres::Client;
+
+use crate::encode::ValueKind;
+use crate::settings::DatasetSettings;
+
+/// A configured dataset, checked against the database.
+#[derive(Debug)]
+pub struct Dataset {
+    /// The name in URLs.
+    pub name: String,
+    /// The relation as quoted, schema-qualified SQL.
+    pub relation: String,
+    /// Its columns in table order.
+    pub columns: Vec<Column>,
+    /// The index in `columns` of the key, if one is configured.
+    pub key: Option<usize>,
+}
+
+/// A column of a dataset.
+#[derive(Debug)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// Its name as a quoted SQL identifier.
+    pub ident: String,
+    /// Its type as `format_type` prints it, e.g. `numeric(12,2)`.
+    pub type_name: String,
+    /// Whether it may hold NULL (always true for a view's columns).
+    pub nullable: bool,
+    /// How pgspout decodes its values.
+    pub kind: ValueKind,
+    /// Its type's output function as quoted SQL (for [`ValueKind::ServerFormatted`] columns in CSV).
+    pub output_function: String,
+}
+
+/// All datasets by name.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    datasets: HashMap<String, Dataset>,
+}
+
+impl Catalog {
+    /// The dataset called `name`.
+    pub fn get(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.get(name)
+    }
+}
+
+/// A dataset that does not match the database.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The table or view is not there (or not visible to pgspout's role).
+    #[error("dataset {dataset:?}: table or view {table:?} does not exist")]
+    NoRelation {
+        /// The dataset.
+        dataset: String,
+        /// Its configured table.
+        table: String,
+    },
+    /// The relation is of a kind that cannot be read (an index, a sequence, …).
+    #[error("dataset {dataset:?}: {table:?} is not a table or view")]
+    NotReadable {
+        /// The dataset.
+        dataset: String,
+        /// Its configured table.
+        table: String,
+    },
+    /// The key names no column of the relation.
+    #[error("dataset {dataset:?}: key column {key:?} does not exist in {table:?}")]
+    NoKeyColumn {
+        /// The dataset.
+        dataset: String,
+        /// The configured key.
+        key: String,
+        /// Its configured table.
+        table: String,
+    },
+    /// A table's key is not backed by a unique index, so ordering by it would not be total.
+    #[error("dataset {dataset:?}: key column {key:?} of {table:?} has no unique index of its own")]
+    KeyNotUnique {
+        /// The dataset.
+        dataset: String,
+        /// The configured key.
+        key: String,
+        /// Its configured table.
+        table: String,
+    },
+    /// A catalog query failed.
+    #[error("reading the catalog for dataset {dataset:?}")]
+    Query {
+        /// The dataset.
+        dataset: String,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Resolves every configured dataset; `utc` says whether the session TimeZone lets pgspout print timestamptz.
+pub async fn load(client: &Client, configured: &[DatasetSettings], utc: bool) -> Result<Catalog, CatalogError> {
+    let mut datasets = HashMap::new();
+    for settings in configured {
+        let dataset = resolve(client, settings, utc).await?;
+        tracing::info!(dataset = %dataset.name, relation = %dataset.relation, columns = dataset.columns.len(), "dataset ready");
+        datasets.insert(dataset.name.clone(), dataset);
+    }
+    Ok(Catalog { datasets })
+}
+
+async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Result<Dataset, CatalogError> {
+    let dataset = settings.name.clone();
+    let table = settings.table.clone();
+    let query_error = |source| CatalogError::Query { dataset: dataset.clone(), source };
+    let relation = client
+        .query_opt(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = pg_catalog.to_regclass($1)",
+            &[&settings.table],
+        )
+        .await
+        .map_err(query_error)?
+        .ok_or_else(|| CatalogError::NoRelation { dataset: dataset.clone(), table: table.clone() })?;
+    let oid: u32 = relation.get(0);
+    let relkind: String = relation.get(3);
+    if !matches!(relkind.as_str(), "r" | "p" | "v" | "m" | "f") {
+        return Err(CatalogError::NotReadable { dataset, table });
+    }
+    let relation_sql =
+        format!("{}.{}", escape_identifier(relation.get::<_, &str>(1)), escape_identifier(relation.get::<_, &str>(2)));
+
+    let rows = client
+        .query(
+            "SELECT a.attname::text, a.attnum, NOT a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                    pg_catalog.quote_ident(pn.nspname) || '.' || pg_catalog.quote_ident(p.proname) \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+             JOIN pg_catalog.pg_proc p ON p.oid = t.typoutput \
+             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(query_error)?;
+    // Preparing a `SELECT *` makes tokio-postgres resolve each column's type, enums and domains included.
+    let statement = client.prepare(&format!("SELECT * FROM {relation_sql}")).await.map_err(query_error)?;
+    let columns: Vec<Column> = rows
+        .iter()
+        .zip(statement.columns())
+        .map(|(row, described)| {
+            let name: String = row.get(0);
+            Column {
+                ident: escape_identifier(&name),
+                name,
+                nullable: row.get(2),
+                type_name: row.get(3),
+                kind: value_kind(described.type_(), utc),
+                output_function: row.get(4),
+            }
+        })
+        .collect();
+
+    let key = match &settings.key {
+        None => None,
+        Some(key) => {
+            let Some(index) = columns.iter().position(|c| &c.name == key) else {
+                return Err(CatalogError::NoKeyColumn { dataset, key: key.clone(), table });
+            };
+            if matches!(relkind.as_str(), "r" | "p" | "m") {
+                let attnum: i16 = rows[index].get(1);
+                let unique: bool = client
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique \
+                         AND i.indnkeyatts = 1 AND i.indkey[0] = $2 AND i.indpred IS NULL AND i.indexprs IS NULL)",
+                        &[&oid, &attnum],
+                    )
+                    .await
+                    .map_err(query_error)?
+                    .get(0);
+                if !unique {
+                    return Err(CatalogError::KeyNotUnique { dataset, key: key.clone(), table });
+                }
+            }
+            Some(index)
+        }
+    };
+    Ok(Dataset { name: dataset, relation: relation_sql, columns, key })
+}
+
+/// Which values pgspout decodes itself; everything else Postgres formats in the query.
+fn value_kind(ty: &Type, utc: bool) -> ValueKind {
+    match ty.kind() {
+        Kind::Domain(base) => return value_kind(base, utc),
+        Kind::Enum(_) => return ValueKind::Text,
+        _ => {}
+    }
+    match *ty {
+        Type::BOOL => ValueKind::Bool,
+        Type::INT2 | Type::INT4 | Type::INT8 => ValueKind::Int,
+        Type::FLOAT4 | Type::FLOAT8 => ValueKind::Float,
+        Type::NUMERIC => ValueKind::Numeric,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ValueKind::Text,
+        Type::UUID => ValueKind::Uuid,
+        Type::DATE => ValueKind::Date,
+        Type::TIMESTAMP => ValueKind::Timestamp,
+        Type::TIMESTAMPTZ if utc => ValueKind::TimestampUtc,
+        Type::JSON => ValueKind::Json,
+        Type::JSONB => ValueKind::Jsonb,
+        Type::BYTEA => ValueKind::Bytea,
+        _ => ValueKind::ServerFormatted,
+    }
+}

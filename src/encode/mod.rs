@@ -1,0 +1,198 @@
+//! Rows → bytes: one encoder per output format, all synchronous and free of I/O.
+//!
+//! Encoders read each cell's raw binary wire bytes through [`Cells`] and append text to a reused `Vec<u8>`;
+//! `body.rs` decides when that buffer becomes an HTTP chunk. A new format is a new file here.
+
+mod csv;
+mod ndjson;
+mod value;
+
+use crate::negotiate;
+
+pub use self::csv::CsvEncoder;
+pub use self::ndjson::NdjsonEncoder;
+
+/// An output format of `/rows`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line, as `row_to_json` would print it.
+    Ndjson,
+    /// RFC 4180 CSV with a header, byte-identical to `COPY … (FORMAT csv, HEADER)`.
+    Csv,
+}
+
+/// Why no format could be chosen.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    /// `?format=` named a format pgspout does not have.
+    #[error("unknown format {0:?}; expected ndjson or csv")]
+    Unknown(String),
+    /// The `Accept` header allows none of the formats.
+    #[error("Accept allows none of application/x-ndjson, application/jsonl, text/csv")]
+    NotAcceptable,
+}
+
+impl Format {
+    /// The `Content-Type` of a response in this format.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Format::Ndjson => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8; header=present",
+        }
+    }
+
+    /// The file name extension for `Content-Disposition`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+
+    /// Picks the format: `?format=` first, then the `Accept` header, else NDJSON.
+    pub fn negotiate(param: Option<&str>, accept: Option<&str>) -> Result<Format, FormatError> {
+        if let Some(name) = param {
+            return match name {
+                "ndjson" | "jsonl" => Ok(Format::Ndjson),
+                "csv" => Ok(Format::Csv),
+                other => Err(FormatError::Unknown(other.to_owned())),
+            };
+        }
+        let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+            return Ok(Format::Ndjson);
+        };
+        const OFFERS: [(&str, Format); 3] = [
+            ("application/x-ndjson", Format::Ndjson),
+            ("application/jsonl", Format::Ndjson),
+            ("text/csv", Format::Csv),
+        ];
+        negotiate::best(accept, OFFERS.iter().map(|(name, _)| *name), negotiate::media_range_matches)
+            .map(|i| OFFERS[i].1)
+            .ok_or(FormatError::NotAcceptable)
+    }
+}
+
+/// How a column's raw binary value is turned into text.
+///
+/// The native kinds are decoded here; [`ValueKind::ServerFormatted`] columns are rendered by Postgres in the
+/// query itself (the type's output function for CSV, `to_json()` for NDJSON) and arrive as text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// `boolean`.
+    Bool,
+    /// `smallint`, `integer`, `bigint`.
+    Int,
+    /// `real`, `double precision`.
+    Float,
+    /// `numeric`, exact.
+    Numeric,
+    /// `text`, `varchar`, `char(n)`, `name`, enum labels: UTF-8 text.
+    Text,
+    /// `uuid`.
+    Uuid,
+    /// `date`.
+    Date,
+    /// `timestamp without time zone`.
+    Timestamp,
+    /// `timestamptz`, only while the session TimeZone is UTC.
+    TimestampUtc,
+    /// `json`: its text.
+    Json,
+    /// `jsonb`: a version byte, then its text.
+    Jsonb,
+    /// `bytea`.
+    Bytea,
+    /// Anything else: Postgres formats it in the query.
+    ServerFormatted,
+}
+
+impl ValueKind {
+    /// Whether pgspout decodes this kind itself rather than asking Postgres to format it.
+    pub fn is_native(self) -> bool {
+        self != ValueKind::ServerFormatted
+    }
+}
+
+/// A cell that could not be encoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The binary value does not have the layout its type promises.
+    #[error("malformed {0} value from the database")]
+    Malformed(&'static str),
+    /// The row has no such column, or it could not be read.
+    #[error("column {0} could not be read from the row")]
+    Unreadable(usize),
+}
+
+/// One row's cells as raw binary wire values; `None` is SQL NULL.
+pub trait Cells {
+    /// The raw bytes of column `index`.
+    fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError>;
+}
+
+/// A named column as the encoders see it.
+#[derive(Clone, Debug)]
+pub struct EncodedColumn {
+    /// The column's name, as the header or JSON key.
+    pub name: String,
+    /// How its values are decoded.
+    pub kind: ValueKind,
+}
+
+/// The encoder for one export: a format bound to its columns.
+#[derive(Debug)]
+pub enum RowEncoder {
+    /// See [`NdjsonEncoder`].
+    Ndjson(NdjsonEncoder),
+    /// See [`CsvEncoder`].
+    Csv(CsvEncoder),
+}
+
+impl RowEncoder {
+    /// An encoder of `format` for rows with these columns, in order.
+    pub fn new(format: Format, columns: &[EncodedColumn]) -> Self {
+        match format {
+            Format::Ndjson => RowEncoder::Ndjson(NdjsonEncoder::new(columns)),
+            Format::Csv => RowEncoder::Csv(CsvEncoder::new(columns)),
+        }
+    }
+
+    /// Appends what precedes the first row (the CSV header).
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        if let RowEncoder::Csv(csv) = self {
+            csv.write_header(out);
+        }
+    }
+
+    /// Appends one row, including its line terminator.
+    #[inline]
+    pub fn write_row<C: Cells>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            RowEncoder::Ndjson(e) => e.write_row(row, out),
+            RowEncoder::Csv(e) => e.write_row(row, out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_param_wins_over_accept() {
+        assert_eq!(Format::negotiate(Some("csv"), Some("application/x-ndjson")), Ok(Format::Csv));
+        assert!(matches!(Format::negotiate(Some("xml"), None), Err(FormatError::Unknown(_))));
+    }
+
+    #[test]
+    fn accept_picks_the_best_format_and_defaults_to_ndjson() {
+        assert_eq!(Format::negotiate(None, None), Ok(Format::Ndjson));
+        assert_eq!(Format::negotiate(None, Some("*/*")), Ok(Format::Ndjson));
+        assert_eq!(Format::negotiate(None, Some("text/csv")), Ok(Format::Csv));
+        assert_eq!(Format::negotiate(None, Some("text/csv, */*;q=0.5")), Ok(Format::Csv));
+        assert_eq!(Format::negotiate(None, Some("text/*, application/jsonl;q=0.9")), Ok(Format::Csv));
+        assert_eq!(Format::negotiate(None, Some("text/csv;q=0.2, application/jsonl")), Ok(Format::Ndjson));
+        assert_eq!(Format::negotiate(None, Some("application/json")), Err(FormatError::NotAcceptable));
+        assert_eq!(Format::negotiate(None, Some("text/csv;q=0")), Err(FormatError::NotAcceptable));
+    }
+}

@@ -1,0 +1,148 @@
+//! NDJSON: one object per row, keys in column order, each value as Postgres's `to_json()` prints it.
+
+use super::value::{self, Style};
+use super::{Cells, EncodeError, EncodedColumn, ValueKind};
+
+/// Writes rows as `{"col":value,…}\n`, byte-identical to `row_to_json(row)`.
+#[derive(Debug)]
+pub struct NdjsonEncoder {
+    /// Per column: the key text that precedes its value (`{"id":` or `,"name":`) and its kind.
+    columns: Vec<(Vec<u8>, ValueKind)>,
+}
+
+impl NdjsonEncoder {
+    /// An encoder for rows with these columns.
+    pub fn new(columns: &[EncodedColumn]) -> Self {
+        let columns = columns
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                let mut key = vec![if i == 0 { b'{' } else { b',' }];
+                write_json_string(column.name.as_bytes(), &mut key);
+                key.push(b':');
+                (key, column.kind)
+            })
+            .collect();
+        NdjsonEncoder { columns }
+    }
+
+    /// Appends one row and its newline.
+    #[inline]
+    pub fn write_row<C: Cells>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if self.columns.is_empty() {
+            out.push(b'{');
+        }
+        for (i, (key, kind)) in self.columns.iter().enumerate() {
+            out.extend_from_slice(key);
+            match row.cell(i)? {
+                None => out.extend_from_slice(b"null"),
+                Some(raw) => write_value(*kind, raw, out)?,
+            }
+        }
+        out.extend_from_slice(b"}\n");
+        Ok(())
+    }
+}
+
+#[inline]
+fn write_value(kind: ValueKind, raw: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    match kind {
+        ValueKind::Int => value::write_int(raw, out)?,
+        ValueKind::Text => write_json_string(raw, out),
+        ValueKind::Numeric => value::write_numeric(raw, true, out)?,
+        ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Xsd, true, out)?,
+        ValueKind::Timestamp => value::write_timestamp(raw, Style::Xsd, false, out)?,
+        ValueKind::Bool => value::write_bool(raw, true, out)?,
+        ValueKind::Float => value::write_float(raw, true, out)?,
+        ValueKind::Date => value::write_date(raw, true, out)?,
+        ValueKind::Uuid => {
+            out.push(b'"');
+            value::write_uuid(raw, out)?;
+            out.push(b'"');
+        }
+        ValueKind::Bytea => value::write_bytea(raw, true, out),
+        // `json` and server-side `to_json()` text are JSON already.
+        ValueKind::Json | ValueKind::ServerFormatted => out.extend_from_slice(raw),
+        ValueKind::Jsonb => match raw.split_first() {
+            Some((1, text)) => out.extend_from_slice(text),
+            _ => return Err(EncodeError::Malformed("jsonb")),
+        },
+    }
+    Ok(())
+}
+
+/// A JSON string as Postgres's `escape_json` writes it: `"`, `\` and control characters escaped, the rest
+/// (including non-ASCII UTF-8) copied as is.
+pub(crate) fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in text.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0..=0x1f => {
+                out.extend_from_slice(&text[start..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+                start = i + 1;
+                continue;
+            }
+            _ => continue,
+        };
+        out.extend_from_slice(&text[start..i]);
+        out.extend_from_slice(escape);
+        start = i + 1;
+    }
+    out.extend_from_slice(&text[start..]);
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Row(Vec<Option<Vec<u8>>>);
+
+    impl Cells for Row {
+        fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
+            self.0.get(index).map(Option::as_deref).ok_or(EncodeError::Unreadable(index))
+        }
+    }
+
+    fn column(name: &str, kind: ValueKind) -> EncodedColumn {
+        EncodedColumn { name: name.into(), kind }
+    }
+
+    #[test]
+    fn ndjson_escapes_like_postgres_escape_json() {
+        let mut out = Vec::new();
+        write_json_string("a\"b\\c\nd\u{1}é\u{7f}".as_bytes(), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\\\"b\\\\c\\nd\\u0001é\u{7f}\"");
+    }
+
+    #[test]
+    fn ndjson_writes_keys_in_column_order_and_nulls() {
+        let encoder = NdjsonEncoder::new(&[
+            column("id", ValueKind::Int),
+            column("say \"hi\"", ValueKind::Text),
+            column("doc", ValueKind::Jsonb),
+        ]);
+        let row = Row(vec![Some(7i64.to_be_bytes().to_vec()), None, Some(b"\x01{\"a\": 1}".to_vec())]);
+        let mut out = Vec::new();
+        encoder.write_row(&row, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"id\":7,\"say \\\"hi\\\"\":null,\"doc\":{\"a\": 1}}\n");
+    }
+
+    #[test]
+    fn ndjson_rejects_an_unknown_jsonb_version() {
+        let encoder = NdjsonEncoder::new(&[column("doc", ValueKind::Jsonb)]);
+        let row = Row(vec![Some(b"\x02{}".to_vec())]);
+        assert_eq!(encoder.write_row(&row, &mut Vec::new()), Err(EncodeError::Malformed("jsonb")));
+    }
+}

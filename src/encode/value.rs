@@ -1,0 +1,430 @@
+//! Binary wire values → the text Postgres itself would print.
+//!
+//! Each writer takes one column's raw binary bytes (as sent in the extended protocol) and appends the same
+//! text as the type's output function (`COPY`) or `to_json()` would produce. All are allocation-free.
+
+use std::io::Write as _;
+
+use super::EncodeError;
+
+/// How dates and times are spelt: `COPY` (DateStyle ISO) or `to_json()` (XSD, with a `T`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Style {
+    Iso,
+    Xsd,
+}
+
+/// Microseconds from the Unix epoch to Postgres's epoch (2000-01-01).
+const PG_EPOCH_DAYS_FROM_UNIX: i64 = 10_957;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+pub(crate) fn array<const N: usize>(raw: &[u8], kind: &'static str) -> Result<[u8; N], EncodeError> {
+    raw.try_into().map_err(|_| EncodeError::Malformed(kind))
+}
+
+pub(crate) fn write_int(raw: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let mut buf = itoa::Buffer::new();
+    let text = match raw.len() {
+        2 => buf.format(i16::from_be_bytes(array(raw, "int2")?)),
+        4 => buf.format(i32::from_be_bytes(array(raw, "int4")?)),
+        8 => buf.format(i64::from_be_bytes(array(raw, "int8")?)),
+        _ => return Err(EncodeError::Malformed("integer")),
+    };
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+pub(crate) fn write_bool(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let value = match raw {
+        [0] => false,
+        [1] => true,
+        _ => return Err(EncodeError::Malformed("boolean")),
+    };
+    out.extend_from_slice(match (value, json) {
+        (true, true) => b"true",
+        (false, true) => b"false",
+        (true, false) => b"t",
+        (false, false) => b"f",
+    });
+    Ok(())
+}
+
+/// `NaN`, `Infinity` and `-Infinity` are no JSON numbers; `to_json()` quotes them.
+fn write_special(text: &str, json: bool, out: &mut Vec<u8>) {
+    if json {
+        out.push(b'"');
+    }
+    out.extend_from_slice(text.as_bytes());
+    if json {
+        out.push(b'"');
+    }
+}
+
+/// `float4`/`float8` as `float8out` prints them with `extra_float_digits = 1`: the shortest exact digits,
+/// in `%g` style with fixed notation for decimal exponents in `-4 ..< 15` (`-4 ..< 6` for `float4`).
+pub(crate) fn write_float(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let mut scientific = [0u8; 40];
+    let mut cursor = std::io::Cursor::new(&mut scientific[..]);
+    let (value, fixed_below) = match raw.len() {
+        4 => {
+            let v = f32::from_be_bytes(array(raw, "float4")?);
+            let _ = write!(cursor, "{v:e}");
+            (f64::from(v), 6)
+        }
+        8 => {
+            let v = f64::from_be_bytes(array(raw, "float8")?);
+            let _ = write!(cursor, "{v:e}");
+            (v, 15)
+        }
+        _ => return Err(EncodeError::Malformed("float")),
+    };
+    if value.is_nan() {
+        write_special("NaN", json, out);
+        return Ok(());
+    }
+    if value.is_infinite() {
+        write_special(if value > 0.0 { "Infinity" } else { "-Infinity" }, json, out);
+        return Ok(());
+    }
+    let written = cursor.position() as usize;
+    // Rust's `{:e}` is the shortest round-trip form: `-1.2345e-7`, `5e20`, `0e0`.
+    let text = &scientific[..written];
+    let (negative, text) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    let e_at = text.iter().position(|&b| b == b'e').ok_or(EncodeError::Malformed("float"))?;
+    let mut digits = [0u8; 20];
+    let mut count = 0;
+    for &b in text[..e_at].iter().filter(|b| b.is_ascii_digit()) {
+        digits[count] = b;
+        count += 1;
+    }
+    let digits = &digits[..count];
+    let exponent: i32 = std::str::from_utf8(&text[e_at + 1..])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(EncodeError::Malformed("float"))?;
+    if negative {
+        out.push(b'-');
+    }
+    if value == 0.0 {
+        out.push(b'0');
+    } else if (-4..fixed_below).contains(&exponent) {
+        write_fixed(digits, exponent, out);
+    } else {
+        out.push(digits[0]);
+        if digits.len() > 1 {
+            out.push(b'.');
+            out.extend_from_slice(&digits[1..]);
+        }
+        out.push(b'e');
+        out.push(if exponent < 0 { b'-' } else { b'+' });
+        let magnitude = exponent.unsigned_abs();
+        if magnitude < 10 {
+            out.push(b'0');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(magnitude).as_bytes());
+    }
+    Ok(())
+}
+
+/// `d.ddd × 10^exponent` in positional notation.
+fn write_fixed(digits: &[u8], exponent: i32, out: &mut Vec<u8>) {
+    if exponent < 0 {
+        out.extend_from_slice(b"0.");
+        out.extend(std::iter::repeat_n(b'0', (-exponent - 1) as usize));
+        out.extend_from_slice(digits);
+        return;
+    }
+    let integer_len = exponent as usize + 1;
+    if digits.len() <= integer_len {
+        out.extend_from_slice(digits);
+        out.extend(std::iter::repeat_n(b'0', integer_len - digits.len()));
+    } else {
+        out.extend_from_slice(&digits[..integer_len]);
+        out.push(b'.');
+        out.extend_from_slice(&digits[integer_len..]);
+    }
+}
+
+/// `numeric` from its base-10000 wire form, exactly as `numeric_out` prints it (no rounding, `dscale` digits).
+pub(crate) fn write_numeric(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    const MALFORMED: EncodeError = EncodeError::Malformed("numeric");
+    let header: [u8; 8] = raw.get(..8).ok_or(MALFORMED)?.try_into().map_err(|_| MALFORMED)?;
+    let ndigits = i16::from_be_bytes([header[0], header[1]]);
+    let weight = i32::from(i16::from_be_bytes([header[2], header[3]]));
+    let sign = u16::from_be_bytes([header[4], header[5]]);
+    let dscale = i32::from(u16::from_be_bytes([header[6], header[7]]));
+    let body = &raw[8..];
+    if ndigits < 0 || body.len() != ndigits as usize * 2 {
+        return Err(MALFORMED);
+    }
+    match sign {
+        0x0000 => {}
+        0x4000 => out.push(b'-'),
+        0xC000 => return Ok(write_special("NaN", json, out)),
+        0xD000 => return Ok(write_special("Infinity", json, out)),
+        0xF000 => return Ok(write_special("-Infinity", json, out)),
+        _ => return Err(MALFORMED),
+    }
+    let digit = |i: i32| -> u16 {
+        if i < 0 || i >= i32::from(ndigits) {
+            0
+        } else {
+            let at = i as usize * 2;
+            u16::from_be_bytes([body[at], body[at + 1]])
+        }
+    };
+    if weight < 0 {
+        out.push(b'0');
+    } else {
+        out.extend_from_slice(itoa::Buffer::new().format(digit(0)).as_bytes());
+        for i in 1..=weight {
+            write_group(digit(i), 4, out);
+        }
+    }
+    if dscale > 0 {
+        out.push(b'.');
+        let mut remaining = dscale;
+        let mut i = weight + 1;
+        while remaining > 0 {
+            let take = remaining.min(4);
+            write_group(digit(i), take as usize, out);
+            remaining -= take;
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The first `len` of a base-10000 digit's four decimal digits.
+fn write_group(group: u16, len: usize, out: &mut Vec<u8>) {
+    let decimal = [
+        b'0' + (group / 1000) as u8,
+        b'0' + (group / 100 % 10) as u8,
+        b'0' + (group / 10 % 10) as u8,
+        b'0' + (group % 10) as u8,
+    ];
+    out.extend_from_slice(&decimal[..len]);
+}
+
+pub(crate) fn write_uuid(raw: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let bytes: [u8; 16] = array(raw, "uuid")?;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push(b'-');
+        }
+        out.extend_from_slice(&hex_pair(*b));
+    }
+    Ok(())
+}
+
+fn hex_pair(b: u8) -> [u8; 2] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]
+}
+
+/// `bytea` as `bytea_output = hex` prints it; in JSON the backslash is escaped, as `to_json()` does.
+pub(crate) fn write_bytea(raw: &[u8], json: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(if json { b"\"\\\\x" } else { b"\\x" });
+    out.reserve(raw.len() * 2 + 1);
+    for b in raw {
+        out.extend_from_slice(&hex_pair(*b));
+    }
+    if json {
+        out.push(b'"');
+    }
+}
+
+/// Proleptic Gregorian (year, month, day) for days since 1970-01-01; year 0 is 1 BC.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Howard Hinnant's days_from_civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+fn write_padded(value: u64, width: usize, out: &mut Vec<u8>) {
+    let mut buf = itoa::Buffer::new();
+    let text = buf.format(value);
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(text.len())));
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Writes `YYYY-MM-DD` (BC years as their positive number; the caller appends ` BC`) and returns whether it is BC.
+fn write_civil_date(days_since_pg_epoch: i64, out: &mut Vec<u8>) -> bool {
+    let (year, month, day) = civil_from_days(days_since_pg_epoch + PG_EPOCH_DAYS_FROM_UNIX);
+    let bc = year <= 0;
+    write_padded(if bc { (1 - year) as u64 } else { year as u64 }, 4, out);
+    out.push(b'-');
+    write_padded(u64::from(month), 2, out);
+    out.push(b'-');
+    write_padded(u64::from(day), 2, out);
+    bc
+}
+
+/// `date`: `2024-02-29`, `0044-03-15 BC`, `infinity`; quoted in JSON.
+pub(crate) fn write_date(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let days = i32::from_be_bytes(array(raw, "date")?);
+    if json {
+        out.push(b'"');
+    }
+    match days {
+        i32::MAX => out.extend_from_slice(b"infinity"),
+        i32::MIN => out.extend_from_slice(b"-infinity"),
+        _ => {
+            if write_civil_date(i64::from(days), out) {
+                out.extend_from_slice(b" BC");
+            }
+        }
+    }
+    if json {
+        out.push(b'"');
+    }
+    Ok(())
+}
+
+/// `timestamp` and (in a UTC session) `timestamptz`, as `timestamp_out` or `to_json()` prints them.
+pub(crate) fn write_timestamp(raw: &[u8], style: Style, utc: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    let micros = i64::from_be_bytes(array(raw, "timestamp")?);
+    let json = style == Style::Xsd;
+    if json {
+        out.push(b'"');
+    }
+    match micros {
+        i64::MAX => out.extend_from_slice(b"infinity"),
+        i64::MIN => out.extend_from_slice(b"-infinity"),
+        _ => {
+            let bc = write_civil_date(micros.div_euclid(MICROS_PER_DAY), out);
+            out.push(if json { b'T' } else { b' ' });
+            let time = micros.rem_euclid(MICROS_PER_DAY) as u64;
+            let seconds = time / 1_000_000;
+            write_padded(seconds / 3600, 2, out);
+            out.push(b':');
+            write_padded(seconds / 60 % 60, 2, out);
+            out.push(b':');
+            write_padded(seconds % 60, 2, out);
+            let mut fraction = time % 1_000_000;
+            if fraction != 0 {
+                let mut width = 6;
+                while fraction % 10 == 0 {
+                    fraction /= 10;
+                    width -= 1;
+                }
+                out.push(b'.');
+                write_padded(fraction, width, out);
+            }
+            if utc {
+                out.extend_from_slice(if json { b"+00:00" } else { b"+00" });
+            }
+            if bc {
+                out.extend_from_slice(b" BC");
+            }
+        }
+    }
+    if json {
+        out.push(b'"');
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(f: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn numeric(ndigits: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&(ndigits.len() as i16).to_be_bytes());
+        raw.extend_from_slice(&weight.to_be_bytes());
+        raw.extend_from_slice(&sign.to_be_bytes());
+        raw.extend_from_slice(&dscale.to_be_bytes());
+        for d in ndigits {
+            raw.extend_from_slice(&d.to_be_bytes());
+        }
+        raw
+    }
+
+    #[test]
+    fn numeric_prints_every_scale_digit_without_rounding() {
+        // 12345.6700 → digits [1, 2345, 6700], weight 1, dscale 4
+        let raw = numeric(&[1, 2345, 6700], 1, 0, 4);
+        assert_eq!(render(|o| write_numeric(&raw, false, o)), "12345.6700");
+        let small = numeric(&[5], -2, 0x4000, 10); // -0.0000000500
+        assert_eq!(render(|o| write_numeric(&small, false, o)), "-0.0000000500");
+        let zero = numeric(&[], 0, 0, 2);
+        assert_eq!(render(|o| write_numeric(&zero, false, o)), "0.00");
+        let big = numeric(&[1], 5, 0, 0); // 10^20
+        assert_eq!(render(|o| write_numeric(&big, false, o)), "100000000000000000000");
+    }
+
+    #[test]
+    fn numeric_specials_are_quoted_only_in_json() {
+        let nan = numeric(&[], 0, 0xC000, 0);
+        assert_eq!(render(|o| write_numeric(&nan, false, o)), "NaN");
+        assert_eq!(render(|o| write_numeric(&nan, true, o)), "\"NaN\"");
+        let inf = numeric(&[], 0, 0xF000, 0);
+        assert_eq!(render(|o| write_numeric(&inf, true, o)), "\"-Infinity\"");
+    }
+
+    #[test]
+    fn floats_use_postgres_shortest_notation() {
+        let f8 = |v: f64| render(|o| write_float(&v.to_be_bytes(), false, o));
+        assert_eq!(f8(0.1), "0.1");
+        assert_eq!(f8(100.0), "100");
+        assert_eq!(f8(1e14), "100000000000000");
+        assert_eq!(f8(1e15), "1e+15");
+        assert_eq!(f8(1.5e-7), "1.5e-07");
+        assert_eq!(f8(0.0001), "0.0001");
+        assert_eq!(f8(-0.0), "-0");
+        assert_eq!(f8(1.2345678901234567e300), "1.2345678901234567e+300");
+        let f4 = |v: f32| render(|o| write_float(&v.to_be_bytes(), false, o));
+        assert_eq!(f4(100000.0), "100000");
+        assert_eq!(f4(1e6), "1e+06");
+        assert_eq!(f4(0.1), "0.1");
+    }
+
+    #[test]
+    fn timestamps_render_iso_and_xsd() {
+        let micros: i64 = 1_234_567; // 2000-01-01 00:00:01.234567
+        let raw = micros.to_be_bytes();
+        assert_eq!(render(|o| write_timestamp(&raw, Style::Iso, true, o)), "2000-01-01 00:00:01.234567+00");
+        assert_eq!(render(|o| write_timestamp(&raw, Style::Xsd, false, o)), "\"2000-01-01T00:00:01.234567\"");
+        let half = 500_000i64.to_be_bytes();
+        assert_eq!(render(|o| write_timestamp(&half, Style::Iso, false, o)), "2000-01-01 00:00:00.5");
+        let bc = (-(2_000i64 * 366 * MICROS_PER_DAY)).to_be_bytes();
+        assert!(render(|o| write_timestamp(&bc, Style::Iso, true, o)).ends_with("+00 BC"));
+        assert_eq!(render(|o| write_timestamp(&i64::MAX.to_be_bytes(), Style::Xsd, true, o)), "\"infinity\"");
+    }
+
+    #[test]
+    fn dates_handle_leap_days_and_bc() {
+        let d = |days: i32| render(|o| write_date(&days.to_be_bytes(), false, o));
+        assert_eq!(d(0), "2000-01-01");
+        assert_eq!(d(59), "2000-02-29");
+        assert_eq!(d(-730_119), "0001-01-01");
+        assert_eq!(d(-730_120), "0001-12-31 BC");
+    }
+
+    #[test]
+    fn uuid_and_bytea_are_lowercase_hex() {
+        let raw: Vec<u8> = (0u8..16).collect();
+        assert_eq!(render(|o| write_uuid(&raw, o)), "00010203-0405-0607-0809-0a0b0c0d0e0f");
+        let mut out = Vec::new();
+        write_bytea(&[0xde, 0xad], true, &mut out);
+        assert_eq!(out, b"\"\\\\xdead\"");
+    }
+}

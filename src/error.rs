@@ -1,0 +1,144 @@
+//! Errors in two tiers: [`ApiError`] before the first byte (an RFC 9457 problem+json response) and
+//! [`StreamError`] after it (the body stream fails, so the client sees a truncated transfer).
+//!
+//! This is the one place where error detail is stripped for clients: 5xx bodies are generic, and the cause
+//! chain goes to the log.
+
+use std::fmt::Write as _;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::compress::NoAcceptableEncoding;
+use crate::db::export::OpenError;
+use crate::encode::{EncodeError, FormatError};
+
+/// Seconds a client should wait before retrying after a 503.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// A request that fails before any of its body is sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No dataset has this name.
+    #[error("no dataset is named {0:?}")]
+    UnknownDataset(String),
+    /// No route matches.
+    #[error("no resource at this path")]
+    NoRoute,
+    /// A query parameter is unknown or malformed.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The requested format is unknown or refused by `Accept`.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// `Accept-Encoding` refuses every coding.
+    #[error(transparent)]
+    Encoding(#[from] NoAcceptableEncoding),
+    /// The export could not start.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The readiness check failed.
+    #[error("the database does not answer")]
+    NotReady(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A bug or resource failure inside pgspout.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// An RFC 9457 problem details document.
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    /// A stable problem type URI and title for each kind of error.
+    fn kind(&self) -> (&'static str, &'static str) {
+        match self {
+            ApiError::UnknownDataset(_) => ("urn:pgspout:problem:unknown-dataset", "Unknown dataset"),
+            ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
+            ApiError::BadQuery(_) => ("urn:pgspout:problem:bad-query", "Bad query parameter"),
+            ApiError::Format(FormatError::Unknown(_)) => ("urn:pgspout:problem:unknown-format", "Unknown format"),
+            ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => {
+                ("urn:pgspout:problem:not-acceptable", "Not acceptable")
+            }
+            ApiError::Open(OpenError::PoolExhausted) => ("urn:pgspout:problem:busy", "All connections busy"),
+            ApiError::Open(OpenError::Unavailable(_)) | ApiError::NotReady(_) => {
+                ("urn:pgspout:problem:database-unavailable", "Database unavailable")
+            }
+            ApiError::Open(OpenError::StatementTimeout(_)) => ("urn:pgspout:problem:timeout", "Query timed out"),
+            ApiError::Open(OpenError::Forbidden(_)) => ("urn:pgspout:problem:forbidden", "Forbidden"),
+            ApiError::Open(OpenError::Query(_)) | ApiError::Internal(_) => {
+                ("urn:pgspout:problem:internal", "Internal server error")
+            }
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownDataset(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::BadQuery(_) | ApiError::Format(FormatError::Unknown(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => StatusCode::NOT_ACCEPTABLE,
+            ApiError::Open(OpenError::PoolExhausted | OpenError::Unavailable(_)) | ApiError::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Open(OpenError::StatementTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Open(OpenError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Open(OpenError::Query(_)) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let (r#type, title) = self.kind();
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %chain(self), "request failed");
+            "The request failed inside pgspout or the database; the server log has the cause.".to_owned()
+        } else {
+            if status.is_server_error() || status == StatusCode::FORBIDDEN {
+                tracing::warn!(error = %chain(self), "request refused");
+            }
+            self.to_string()
+        };
+        let body = serde_json::to_string(&Problem { r#type, title, status: status.as_u16(), detail })
+            .expect("a problem document always serializes");
+        let mut response = HttpResponse::build(status);
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+        }
+        response.body(body)
+    }
+}
+
+/// An export that fails after its response has started.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The database failed mid-result (backend terminated, connection lost, …).
+    #[error("the database failed mid-export")]
+    Database(#[from] tokio_postgres::Error),
+    /// A value could not be encoded.
+    #[error("a value could not be encoded")]
+    Encode(#[from] EncodeError),
+    /// The compressor failed.
+    #[error("compression failed")]
+    Compress(#[from] std::io::Error),
+}
+
+/// `error: cause: cause…`, for logs.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}

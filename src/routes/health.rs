@@ -1,0 +1,26 @@
+//! `/healthz` (the process runs) and `/readyz` (Postgres answers).
+
+use actix_web::{HttpResponse, get, web};
+
+use crate::error::ApiError;
+use crate::startup::Pools;
+
+/// 200 while the process runs.
+#[get("/healthz")]
+pub(super) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+/// 200 when Postgres answers a query, 503 when it does not.
+///
+/// Uses a one-connection pool of its own, so a pool full of exports does not make pgspout look unready.
+#[get("/readyz")]
+pub(super) async fn readyz(pools: web::Data<Pools>) -> Result<HttpResponse, ApiError> {
+    let client = pools.health.get().await.map_err(|e| ApiError::NotReady(Box::new(e)))?;
+    if let Err(error) = client.simple_query("SELECT 1").await {
+        // A broken connection must not be handed out again.
+        let _ = deadpool_postgres::Object::take(client);
+        return Err(ApiError::NotReady(Box::new(error)));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+}

@@ -1,0 +1,54 @@
+//! `GET /v1/datasets/{name}/rows`: the whole dataset as one streamed NDJSON or CSV body.
+
+use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use serde::Deserialize;
+
+use super::header;
+use crate::body;
+use crate::compress::{Compressor, Encoding};
+use crate::db::export::Export;
+use crate::encode::{Format, RowEncoder};
+use crate::error::ApiError;
+use crate::query;
+use crate::startup::{AppState, Pools};
+
+/// The query parameters `/rows` takes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RowsParams {
+    format: Option<String>,
+}
+
+/// Streams every row of a dataset, ordered by its key.
+#[get("/v1/datasets/{name}/rows")]
+pub(super) async fn rows(
+    request: HttpRequest,
+    name: web::Path<String>,
+    params: web::Query<RowsParams>,
+    state: web::Data<AppState>,
+    pools: web::Data<Pools>,
+) -> Result<HttpResponse, ApiError> {
+    let dataset = state.catalog.get(&name).ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
+    let format = Format::negotiate(params.format.as_deref(), header(&request, header::ACCEPT))?;
+    let encoding = Encoding::negotiate(header(&request, header::ACCEPT_ENCODING))?;
+    let plan = query::plan(dataset, format);
+    let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let export = Export::open(&pools.exports, &state.begin_sql, &plan.sql).await?;
+
+    let encoder = RowEncoder::new(format, &plan.columns);
+    let label = format!("{}.{}", dataset.name, format.extension());
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type(format.media_type())
+        .insert_header((header::VARY, "Accept, Accept-Encoding"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header(ContentDisposition {
+            disposition: DispositionType::Attachment,
+            parameters: vec![DispositionParam::Filename(label.clone())],
+        });
+    if let Some(coding) = encoding.content_encoding() {
+        response.insert_header((header::CONTENT_ENCODING, coding));
+    }
+    Ok(response.streaming(body::stream(export, encoder, compressor, state.chunking, label)))
+}

@@ -1,0 +1,245 @@
+//! Settings: a TOML file (default `config/pgspout.toml`) with environment overrides.
+//!
+//! Unknown keys are errors, so a typo fails at start-up instead of being silently ignored.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::compress::Levels;
+
+/// Everything pgspout is configured with.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The HTTP side.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// The PostgreSQL side.
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    /// How exports are streamed.
+    #[serde(default)]
+    pub export: ExportSettings,
+    /// Compression levels per coding.
+    #[serde(default)]
+    pub compression: Levels,
+    /// The datasets served; identifiers come only from here, never from a request.
+    #[serde(default)]
+    pub datasets: Vec<DatasetSettings>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address to listen on (`PGSPOUT_LISTEN` overrides).
+    pub listen: String,
+    /// Worker threads, each with its own connection pool; default: the number of CPUs.
+    pub workers: Option<usize>,
+    /// On SIGTERM/SIGINT, how long in-flight exports may run on before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings { listen: "127.0.0.1:8080".into(), workers: None, shutdown_grace: Duration::from_secs(30) }
+    }
+}
+
+/// `[database]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// A libpq-style URL or key=value string (`DATABASE_URL` overrides).
+    pub url: Option<String>,
+    /// Connections per worker; the total is `workers × pool_size`.
+    pub pool_size: usize,
+    /// How long a request waits for a free connection before it gets 503.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// How long opening a new connection may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// `statement_timeout` of each export's transaction; 0 disables it. It bounds the whole streaming query,
+    /// so keep it above the longest download you expect.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// The session `TimeZone` in which `timestamptz` values are printed.
+    pub timezone: String,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: None,
+            pool_size: 8,
+            acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::ZERO,
+            timezone: "UTC".into(),
+        }
+    }
+}
+
+/// `[export]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSettings {
+    /// Target size of each body chunk, in bytes (before compression).
+    pub chunk_size: usize,
+    /// The longest that encoded rows may wait in pgspout while Postgres is slow to send more.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        ExportSettings { chunk_size: 32 * 1024, flush_interval: Duration::from_millis(200) }
+    }
+}
+
+/// One `[[datasets]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSettings {
+    /// The name in URLs: letters, digits, `_` and `-`.
+    pub name: String,
+    /// A table, view or materialized view, optionally schema-qualified (`public.orders`).
+    pub table: String,
+    /// A unique, orderable column: rows are streamed in its order.
+    pub key: Option<String>,
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is no valid TOML, or has unknown or mistyped keys.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong, with its position.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Reads `path`, applies `DATABASE_URL` and `PGSPOUT_LISTEN`, and validates the result.
+    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| SettingsError::Read { path: path.display().to_string(), source })?;
+        let mut settings = Settings::parse(&text)
+            .map_err(|source| SettingsError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            settings.database.url = Some(url);
+        }
+        if let Ok(listen) = std::env::var("PGSPOUT_LISTEN") {
+            settings.server.listen = listen;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Parses TOML text without overrides or validation.
+    pub fn parse(text: &str) -> Result<Settings, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Checks what can be checked without a database.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |message: String| Err(SettingsError::Invalid(message));
+        if self.database.url.is_none() {
+            return invalid("database.url is not set (nor is DATABASE_URL)".into());
+        }
+        if self.database.pool_size == 0 {
+            return invalid("database.pool_size must be at least 1".into());
+        }
+        if self.server.workers == Some(0) {
+            return invalid("server.workers must be at least 1".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.export.chunk_size) {
+            return invalid(format!("export.chunk_size = {} is not within 1 KiB..16 MiB", self.export.chunk_size));
+        }
+        if self.database.timezone.trim().is_empty() {
+            return invalid("database.timezone is empty".into());
+        }
+        self.compression.validate().map_err(SettingsError::Invalid)?;
+        let mut seen = std::collections::HashSet::new();
+        for dataset in &self.datasets {
+            let name = &dataset.name;
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                return invalid(format!("dataset name {name:?} may hold only letters, digits, '_' and '-'"));
+            }
+            if !seen.insert(name) {
+                return invalid(format!("dataset {name:?} is configured twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of HTTP workers (and connection pools).
+    pub fn workers(&self) -> usize {
+        self.server.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_config_gets_sensible_defaults() {
+        let settings = Settings::parse(
+            r#"
+            [database]
+            url = "postgres://localhost/db"
+            [[datasets]]
+            name = "orders"
+            table = "public.orders"
+            key = "id"
+            "#,
+        )
+        .unwrap();
+        settings.validate().unwrap();
+        assert_eq!(settings.server.listen, "127.0.0.1:8080");
+        assert_eq!(settings.database.timezone, "UTC");
+        assert_eq!(settings.export.chunk_size, 32 * 1024);
+        assert_eq!(settings.datasets[0].key.as_deref(), Some("id"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let error = Settings::parse("[database]\nurl = \"x\"\npool_sise = 3\n").unwrap_err();
+        assert!(error.to_string().contains("pool_sise"), "{error}");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let settings = Settings::parse("[database]\nacquire_timeout = \"250ms\"\n").unwrap();
+        assert_eq!(settings.database.acquire_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn dataset_names_must_be_url_safe_and_unique() {
+        let bad = Settings::parse("[database]\nurl='x'\n[[datasets]]\nname='a b'\ntable='t'\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("a b"));
+        let twice =
+            Settings::parse("[database]\nurl='x'\n[[datasets]]\nname='a'\ntable='t'\n[[datasets]]\nname='a'\ntable='u'\n")
+                .unwrap();
+        assert!(twice.validate().unwrap_err().to_string().contains("twice"));
+    }
+}

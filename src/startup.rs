@@ -1,0 +1,114 @@
+//! Wiring: resolve the datasets, bind the listener, build one connection pool per worker, run the server.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpServer, web};
+use deadpool_postgres::Pool;
+use tokio_postgres::NoTls;
+
+use crate::body::Chunking;
+use crate::compress::Levels;
+use crate::db::{self, catalog::Catalog};
+use crate::routes;
+use crate::settings::Settings;
+
+/// State shared by all workers.
+pub struct AppState {
+    /// The datasets.
+    pub catalog: Catalog,
+    /// The statements that open an export's transaction.
+    pub begin_sql: String,
+    /// Body chunking.
+    pub chunking: Chunking,
+    /// Compression levels.
+    pub levels: Levels,
+}
+
+/// One worker's connection pools. Each actix worker is a single-threaded runtime, and a connection's task
+/// lives on the runtime that opened it; a pool per worker keeps a request and its connection on one thread.
+pub struct Pools {
+    /// Connections for exports.
+    pub exports: Pool,
+    /// One connection for `/readyz`.
+    pub health: Pool,
+}
+
+/// Why pgspout could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// `database.url` does not parse.
+    #[error("database.url is invalid")]
+    DatabaseUrl(#[source] tokio_postgres::Error),
+    /// The database could not be reached to check the datasets.
+    #[error("cannot connect to the database to check the datasets")]
+    Connect(#[source] tokio_postgres::Error),
+    /// A dataset does not match the database.
+    #[error(transparent)]
+    Catalog(#[from] db::catalog::CatalogError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address.
+        address: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A built server, bound but not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Checks every dataset against the database, binds the listener and builds the server.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let connection = db::connection_config(&settings.database).map_err(StartupError::DatabaseUrl)?;
+        let (client, task) = connection.connect(NoTls).await.map_err(StartupError::Connect)?;
+        let task = tokio::spawn(task);
+        let catalog = db::catalog::load(&client, &settings.datasets, db::is_utc(&settings.database.timezone)).await;
+        drop(client);
+        let _ = task.await;
+        let catalog = catalog?;
+
+        let address = settings.server.listen.clone();
+        let listener = TcpListener::bind(&address).map_err(|source| StartupError::Listen { address, source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Listen { address: settings.server.listen.clone(), source })?.port();
+        let state = web::Data::new(AppState {
+            catalog,
+            begin_sql: db::begin_sql(&settings.database),
+            chunking: Chunking { size: settings.export.chunk_size, flush_interval: settings.export.flush_interval },
+            levels: settings.compression.clone(),
+        });
+        let database = settings.database.clone();
+        let server = HttpServer::new(move || {
+            let pools = Pools {
+                exports: db::pool(connection.clone(), &database, database.pool_size),
+                health: db::pool(connection.clone(), &database, 1),
+            };
+            App::new().app_data(state.clone()).app_data(web::Data::new(pools)).configure(routes::configure)
+        })
+        .workers(settings.workers())
+        // A client that closes its side must drop its export at once, not hold a connection until Postgres
+        // has produced more rows.
+        .h1_allow_half_closed(false)
+        .shutdown_timeout(settings.server.shutdown_grace.as_secs())
+        .listen(listener)
+        .map_err(|source| StartupError::Listen { address: settings.server.listen.clone(), source })?
+        .run();
+        tracing::info!(%port, workers = settings.workers(), "listening");
+        Ok(Application { port, server })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains for the configured grace period.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

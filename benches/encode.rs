@@ -1,1 +1,123 @@
-fn main() {}
+//! Criterion benches for the encoders and compressors, on synthetic `orders`-shaped rows (no database).
+// criterion_group! and criterion_main! expand to undocumented public functions.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pgspout::compress::{Compressor, Encoding, Levels};
+use pgspout::encode::{Cells, EncodeError, EncodedColumn, Format, RowEncoder, ValueKind};
+
+/// One row's binary wire values.
+struct Row(Vec<Option<Vec<u8>>>);
+
+impl Cells for Row {
+    fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
+        self.0
+            .get(index)
+            .map(Option::as_deref)
+            .ok_or(EncodeError::Unreadable(index))
+    }
+}
+
+/// `numeric` wire bytes for `cents / 100` with scale 2.
+fn numeric(cents: i64) -> Vec<u8> {
+    let (whole, fraction) = (cents / 100, (cents % 100) as i16 * 100);
+    let mut groups = Vec::new();
+    let mut rest = whole;
+    while rest > 0 {
+        groups.insert(0, (rest % 10_000) as i16);
+        rest /= 10_000;
+    }
+    let weight = groups.len() as i16 - 1;
+    groups.push(fraction);
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    raw.extend_from_slice(&weight.to_be_bytes());
+    raw.extend_from_slice(&0u16.to_be_bytes());
+    raw.extend_from_slice(&2u16.to_be_bytes());
+    for g in groups {
+        raw.extend_from_slice(&g.to_be_bytes());
+    }
+    raw
+}
+
+fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
+    let columns = [
+        ("id", ValueKind::Int),
+        ("customer_name", ValueKind::Text),
+        ("email", ValueKind::Text),
+        ("amount", ValueKind::Numeric),
+        ("category", ValueKind::Text),
+        ("created_at", ValueKind::TimestampUtc),
+        ("note", ValueKind::Text),
+    ]
+    .map(|(name, kind)| EncodedColumn {
+        name: name.into(),
+        kind,
+    })
+    .to_vec();
+    let rows = (1..=n)
+        .map(|g| {
+            Row(vec![
+                Some(g.to_be_bytes().to_vec()),
+                Some(format!("Customer {g}").into_bytes()),
+                Some(format!("customer{g}@example.com").into_bytes()),
+                Some(numeric(g * 7919 % 100_000)),
+                Some(
+                    ["books", "games", "garden", "music", "tools"][(g % 5) as usize]
+                        .as_bytes()
+                        .to_vec(),
+                ),
+                Some((757_382_400_000_000i64 + g * 17_250_000).to_be_bytes().to_vec()),
+                (g % 10 == 0).then(|| b"gift, wrap \"nicely\"".to_vec()),
+            ])
+        })
+        .collect();
+    (columns, rows)
+}
+
+fn encode_all(encoder: &RowEncoder, rows: &[Row], out: &mut Vec<u8>) {
+    out.clear();
+    for row in rows {
+        encoder.write_row(row, out).unwrap();
+    }
+}
+
+fn encoders(c: &mut Criterion) {
+    let (columns, rows) = orders(10_000);
+    let mut group = c.benchmark_group("encode_10k_orders");
+    for format in [Format::Ndjson, Format::Csv] {
+        let encoder = RowEncoder::new(format, &columns);
+        let mut out = Vec::with_capacity(4 << 20);
+        encode_all(&encoder, &rows, &mut out);
+        group.throughput(Throughput::Bytes(out.len() as u64));
+        group.bench_function(format!("{format:?}"), |b| {
+            b.iter(|| encode_all(&encoder, black_box(&rows), &mut out));
+        });
+    }
+    group.finish();
+}
+
+fn compressors(c: &mut Criterion) {
+    let (columns, rows) = orders(10_000);
+    let mut ndjson = Vec::new();
+    encode_all(&RowEncoder::new(Format::Ndjson, &columns), &rows, &mut ndjson);
+    let mut group = c.benchmark_group("compress_10k_orders_ndjson");
+    group.throughput(Throughput::Bytes(ndjson.len() as u64));
+    for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Brotli] {
+        group.bench_function(format!("{encoding:?}"), |b| {
+            b.iter(|| {
+                let mut compressor = Compressor::new(encoding, &Levels::default()).unwrap().unwrap();
+                for chunk in ndjson.chunks(32 * 1024) {
+                    compressor.write(chunk).unwrap();
+                }
+                black_box(compressor.finish().unwrap().len())
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encoders, compressors);
+criterion_main!(benches);

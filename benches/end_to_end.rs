@@ -1,1 +1,145 @@
-fn main() {}
+//! End-to-end benchmark: pgspout against `psql \copy` on the same table, in the same run.
+//!
+//! Run with `scripts/bench.sh` (it provides a throwaway cluster through the PG* variables). Seeds `orders`
+//! (BENCH_ROWS rows, default 1,000,000), starts the release `pgspout` binary, then times, interleaved over
+//! BENCH_RUNS rounds (default 5), each client to /dev/null and prints median wall times as ratios to psql,
+//! plus pgspout's peak RSS. Ratios, not absolute times, are what compare across noisy machines.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const COLUMNS: &str = "id, customer_name, email, amount, category, created_at, note";
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn run(program: &str, args: &[&str]) -> Duration {
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("the client runs");
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+    started.elapsed()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter we do not support.
+    if std::env::var("PGHOST").is_err() {
+        eprintln!("end_to_end: no PostgreSQL (PGHOST unset); run scripts/bench.sh");
+        std::process::exit(1);
+    }
+    let rows = env_number("BENCH_ROWS", 1_000_000);
+    let rounds = env_number("BENCH_RUNS", 5);
+    let root = env!("CARGO_MANIFEST_DIR");
+    eprintln!("seeding {rows} orders…");
+    let seed = format!("{root}/config/demo-seed.sql");
+    run("psql", &["-X", "-q", "-v", &format!("rows={rows}"), "-f", &seed]);
+
+    let database_url = format!(
+        "host={} port={} user={} password={} dbname={}",
+        std::env::var("PGHOST").unwrap(),
+        std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
+        std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
+        std::env::var("PGPASSWORD").unwrap_or_default(),
+        std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_pgspout"))
+        .args(["serve", "--config", &format!("{root}/config/pgspout.toml")])
+        .env("DATABASE_URL", &database_url)
+        .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("pgspout starts");
+    let base = format!("http://127.0.0.1:{port}/v1/datasets/orders/rows");
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/readyz")])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(ready, "pgspout did not become ready");
+
+    let copy = format!("\\copy (SELECT {COLUMNS} FROM orders ORDER BY id) TO /dev/null CSV");
+    let ndjson = base.clone();
+    let csv = format!("{base}?format=csv");
+    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("psql \\copy csv", "psql", vec!["-X", "-q", "-c", &copy]),
+        (
+            "pgspout ndjson",
+            "curl",
+            vec!["-sS", "--fail", "-o", "/dev/null", &ndjson],
+        ),
+        ("pgspout csv", "curl", vec!["-sS", "--fail", "-o", "/dev/null", &csv]),
+        (
+            "pgspout ndjson+gzip",
+            "curl",
+            vec![
+                "-sS",
+                "--fail",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Accept-Encoding: gzip",
+                &ndjson,
+            ],
+        ),
+        (
+            "pgspout ndjson+zstd",
+            "curl",
+            vec![
+                "-sS",
+                "--fail",
+                "-o",
+                "/dev/null",
+                "-H",
+                "Accept-Encoding: zstd",
+                &ndjson,
+            ],
+        ),
+    ];
+    // One warm-up round fills caches for everyone alike.
+    for (_, program, args) in &cases {
+        run(program, args);
+    }
+    let mut times = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (i, (_, program, args)) in cases.iter().enumerate() {
+            times[i].push(run(program, args));
+        }
+    }
+    let peak = peak_rss_kib(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+
+    let medians: Vec<Duration> = times.into_iter().map(median).collect();
+    let psql = medians[0].as_secs_f64();
+    println!("end_to_end: {rows} rows, median of {rounds} interleaved rounds");
+    for ((name, _, _), time) in cases.iter().zip(&medians) {
+        println!(
+            "  {name:<22} {:>8.3} s   {:>5.2}x psql",
+            time.as_secs_f64(),
+            time.as_secs_f64() / psql
+        );
+    }
+    println!("  pgspout peak RSS: {:.1} MiB", peak as f64 / 1024.0);
+}

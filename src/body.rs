@@ -83,17 +83,17 @@ impl Pipeline {
         loop {
             let buffered = self.has_buffered();
             let deadline = self.last_chunk + self.chunking.flush_interval;
-            let Some(export) = self.export.as_mut() else { return Ok(None) };
+            let Some(export) = self.export.as_mut() else {
+                return Ok(None);
+            };
             // Rows already received are encoded without waiting; only when Postgres has sent nothing new do we
             // consider flushing what is buffered, so a slow query still reaches the client in good time.
             let next = match export.next_row().now_or_never() {
                 Some(next) => next,
-                None if buffered => {
-                    match tokio::time::timeout_at(deadline.into(), export.next_row()).await {
-                        Ok(next) => next,
-                        Err(_) => return self.flush().map(Some),
-                    }
-                }
+                None if buffered => match tokio::time::timeout_at(deadline.into(), export.next_row()).await {
+                    Ok(next) => next,
+                    Err(_) => return self.flush().map(Some),
+                },
                 None => export.next_row().await,
             };
             match next? {
@@ -144,7 +144,10 @@ impl Pipeline {
     }
 
     fn emit_plain(&mut self) -> Bytes {
-        let chunk = std::mem::replace(&mut self.plain, Vec::with_capacity(self.chunking.size + self.chunking.size / 4));
+        let chunk = std::mem::replace(
+            &mut self.plain,
+            Vec::with_capacity(self.chunking.size + self.chunking.size / 4),
+        );
         self.emit(chunk)
     }
 

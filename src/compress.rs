@@ -37,8 +37,11 @@ impl Encoding {
         let Some(header) = accept_encoding else {
             return Ok(Encoding::Identity);
         };
-        const COMPRESSED: [(&str, Encoding); 3] =
-            [("zstd", Encoding::Zstd), ("gzip", Encoding::Gzip), ("br", Encoding::Brotli)];
+        const COMPRESSED: [(&str, Encoding); 3] = [
+            ("zstd", Encoding::Zstd),
+            ("gzip", Encoding::Gzip),
+            ("br", Encoding::Brotli),
+        ];
         if let Some(i) = negotiate::best(header, COMPRESSED.iter().map(|(n, _)| *n), negotiate::coding_matches) {
             return Ok(COMPRESSED[i].1);
         }
@@ -73,7 +76,11 @@ pub struct Levels {
 
 impl Default for Levels {
     fn default() -> Self {
-        Levels { gzip: 1, zstd: 1, brotli: 2 }
+        Levels {
+            gzip: 1,
+            zstd: 1,
+            brotli: 2,
+        }
     }
 }
 
@@ -196,7 +203,11 @@ mod tests {
     #[test]
     fn every_compressor_round_trips_and_flushes_decodably() {
         let data = b"{\"id\":1}\n".repeat(1000);
-        assert!(Compressor::new(Encoding::Identity, &Levels::default()).unwrap().is_none());
+        assert!(
+            Compressor::new(Encoding::Identity, &Levels::default())
+                .unwrap()
+                .is_none()
+        );
         for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Brotli] {
             let mut c = Compressor::new(encoding, &Levels::default()).unwrap().unwrap();
             c.write(&data).unwrap();

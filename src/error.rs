@@ -107,10 +107,18 @@ impl ResponseError for ApiError {
             }
             self.to_string()
         };
-        let body = serde_json::to_string(&Problem { r#type, title, status: status.as_u16(), detail })
-            .expect("a problem document always serializes");
+        let body = serde_json::to_string(&Problem {
+            r#type,
+            title,
+            status: status.as_u16(),
+            detail,
+        })
+        .expect("a problem document always serializes");
         let mut response = HttpResponse::build(status);
-        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json")));
+        response.insert_header((
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        ));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
         }

@@ -102,7 +102,10 @@ mod tests {
 
     #[test]
     fn best_skips_refused_offers_and_breaks_ties_by_order() {
-        assert_eq!(best("br, gzip", ["zstd", "gzip", "br"].into_iter(), coding_matches), Some(1));
+        assert_eq!(
+            best("br, gzip", ["zstd", "gzip", "br"].into_iter(), coding_matches),
+            Some(1)
+        );
         assert_eq!(best("*, gzip;q=0", ["gzip", "br"].into_iter(), coding_matches), Some(1));
         assert_eq!(best("gzip;q=0", ["gzip"].into_iter(), coding_matches), None);
     }

@@ -45,7 +45,11 @@ pub struct ServerSettings {
 
 impl Default for ServerSettings {
     fn default() -> Self {
-        ServerSettings { listen: "127.0.0.1:8080".into(), workers: None, shutdown_grace: Duration::from_secs(30) }
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            workers: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
     }
 }
 
@@ -97,7 +101,10 @@ pub struct ExportSettings {
 
 impl Default for ExportSettings {
     fn default() -> Self {
-        ExportSettings { chunk_size: 32 * 1024, flush_interval: Duration::from_millis(200) }
+        ExportSettings {
+            chunk_size: 32 * 1024,
+            flush_interval: Duration::from_millis(200),
+        }
     }
 }
 
@@ -140,10 +147,14 @@ pub enum SettingsError {
 impl Settings {
     /// Reads `path`, applies `DATABASE_URL` and `PGSPOUT_LISTEN`, and validates the result.
     pub fn load(path: &Path) -> Result<Settings, SettingsError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| SettingsError::Read { path: path.display().to_string(), source })?;
-        let mut settings = Settings::parse(&text)
-            .map_err(|source| SettingsError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut settings = Settings::parse(&text).map_err(|source| SettingsError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
         if let Ok(url) = std::env::var("DATABASE_URL") {
             settings.database.url = Some(url);
         }
@@ -172,7 +183,10 @@ impl Settings {
             return invalid("server.workers must be at least 1".into());
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.export.chunk_size) {
-            return invalid(format!("export.chunk_size = {} is not within 1 KiB..16 MiB", self.export.chunk_size));
+            return invalid(format!(
+                "export.chunk_size = {} is not within 1 KiB..16 MiB",
+                self.export.chunk_size
+            ));
         }
         if self.database.timezone.trim().is_empty() {
             return invalid("database.timezone is empty".into());
@@ -181,8 +195,14 @@ impl Settings {
         let mut seen = std::collections::HashSet::new();
         for dataset in &self.datasets {
             let name = &dataset.name;
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-                return invalid(format!("dataset name {name:?} may hold only letters, digits, '_' and '-'"));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return invalid(format!(
+                    "dataset name {name:?} may hold only letters, digits, '_' and '-'"
+                ));
             }
             if !seen.insert(name) {
                 return invalid(format!("dataset {name:?} is configured twice"));
@@ -193,7 +213,9 @@ impl Settings {
 
     /// The number of HTTP workers (and connection pools).
     pub fn workers(&self) -> usize {
-        self.server.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        self.server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
     }
 }
 
@@ -237,9 +259,10 @@ mod tests {
     fn dataset_names_must_be_url_safe_and_unique() {
         let bad = Settings::parse("[database]\nurl='x'\n[[datasets]]\nname='a b'\ntable='t'\n").unwrap();
         assert!(bad.validate().unwrap_err().to_string().contains("a b"));
-        let twice =
-            Settings::parse("[database]\nurl='x'\n[[datasets]]\nname='a'\ntable='t'\n[[datasets]]\nname='a'\ntable='u'\n")
-                .unwrap();
+        let twice = Settings::parse(
+            "[database]\nurl='x'\n[[datasets]]\nname='a'\ntable='t'\n[[datasets]]\nname='a'\ntable='u'\n",
+        )
+        .unwrap();
         assert!(twice.validate().unwrap_err().to_string().contains("twice"));
     }
 }

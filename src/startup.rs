@@ -75,11 +75,20 @@ impl Application {
 
         let address = settings.server.listen.clone();
         let listener = TcpListener::bind(&address).map_err(|source| StartupError::Listen { address, source })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Listen { address: settings.server.listen.clone(), source })?.port();
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                address: settings.server.listen.clone(),
+                source,
+            })?
+            .port();
         let state = web::Data::new(AppState {
             catalog,
             begin_sql: db::begin_sql(&settings.database),
-            chunking: Chunking { size: settings.export.chunk_size, flush_interval: settings.export.flush_interval },
+            chunking: Chunking {
+                size: settings.export.chunk_size,
+                flush_interval: settings.export.flush_interval,
+            },
             levels: settings.compression.clone(),
         });
         let database = settings.database.clone();
@@ -88,7 +97,10 @@ impl Application {
                 exports: db::pool(connection.clone(), &database, database.pool_size),
                 health: db::pool(connection.clone(), &database, 1),
             };
-            App::new().app_data(state.clone()).app_data(web::Data::new(pools)).configure(routes::configure)
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::Data::new(pools))
+                .configure(routes::configure)
         })
         .workers(settings.workers())
         // A client that closes its side must drop its export at once, not hold a connection until Postgres
@@ -96,7 +108,10 @@ impl Application {
         .h1_allow_half_closed(false)
         .shutdown_timeout(settings.server.shutdown_grace.as_secs())
         .listen(listener)
-        .map_err(|source| StartupError::Listen { address: settings.server.listen.clone(), source })?
+        .map_err(|source| StartupError::Listen {
+            address: settings.server.listen.clone(),
+            source,
+        })?
         .run();
         tracing::info!(%port, workers = settings.workers(), "listening");
         Ok(Application { port, server })

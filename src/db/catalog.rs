@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use postgres_protocol::escape::escape_identifier;
-use tokio_postgres::types::{Kind, Type};
 use tokio_postgres::Client;
+use tokio_postgres::types::{Kind, Type};
 
 use crate::encode::ValueKind;
 use crate::settings::DatasetSettings;
@@ -118,7 +118,10 @@ pub async fn load(client: &Client, configured: &[DatasetSettings], utc: bool) ->
 async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Result<Dataset, CatalogError> {
     let dataset = settings.name.clone();
     let table = settings.table.clone();
-    let query_error = |source| CatalogError::Query { dataset: dataset.clone(), source };
+    let query_error = |source| CatalogError::Query {
+        dataset: dataset.clone(),
+        source,
+    };
     let relation = client
         .query_opt(
             "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text \
@@ -128,14 +131,20 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         )
         .await
         .map_err(query_error)?
-        .ok_or_else(|| CatalogError::NoRelation { dataset: dataset.clone(), table: table.clone() })?;
+        .ok_or_else(|| CatalogError::NoRelation {
+            dataset: dataset.clone(),
+            table: table.clone(),
+        })?;
     let oid: u32 = relation.get(0);
     let relkind: String = relation.get(3);
     if !matches!(relkind.as_str(), "r" | "p" | "v" | "m" | "f") {
         return Err(CatalogError::NotReadable { dataset, table });
     }
-    let relation_sql =
-        format!("{}.{}", escape_identifier(relation.get::<_, &str>(1)), escape_identifier(relation.get::<_, &str>(2)));
+    let relation_sql = format!(
+        "{}.{}",
+        escape_identifier(relation.get::<_, &str>(1)),
+        escape_identifier(relation.get::<_, &str>(2))
+    );
 
     let rows = client
         .query(
@@ -151,7 +160,10 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         .await
         .map_err(query_error)?;
     // Preparing a `SELECT *` makes tokio-postgres resolve each column's type, enums and domains included.
-    let statement = client.prepare(&format!("SELECT * FROM {relation_sql}")).await.map_err(query_error)?;
+    let statement = client
+        .prepare(&format!("SELECT * FROM {relation_sql}"))
+        .await
+        .map_err(query_error)?;
     let columns: Vec<Column> = rows
         .iter()
         .zip(statement.columns())
@@ -172,7 +184,11 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         None => None,
         Some(key) => {
             let Some(index) = columns.iter().position(|c| &c.name == key) else {
-                return Err(CatalogError::NoKeyColumn { dataset, key: key.clone(), table });
+                return Err(CatalogError::NoKeyColumn {
+                    dataset,
+                    key: key.clone(),
+                    table,
+                });
             };
             if matches!(relkind.as_str(), "r" | "p" | "m") {
                 let attnum: i16 = rows[index].get(1);
@@ -186,13 +202,22 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
                     .map_err(query_error)?
                     .get(0);
                 if !unique {
-                    return Err(CatalogError::KeyNotUnique { dataset, key: key.clone(), table });
+                    return Err(CatalogError::KeyNotUnique {
+                        dataset,
+                        key: key.clone(),
+                        table,
+                    });
                 }
             }
             Some(index)
         }
     };
-    Ok(Dataset { name: dataset, relation: relation_sql, columns, key })
+    Ok(Dataset {
+        name: dataset,
+        relation: relation_sql,
+        columns,
+        key,
+    })
 }
 
 /// Which values pgspout decodes itself; everything else Postgres formats in the query.
@@ -205,7 +230,6 @@ fn value_kind(ty: &Type, utc: bool) -> ValueKind {
     match *ty {
         Type::BOOL => ValueKind::Bool,
         Type::INT2 | Type::INT4 | Type::INT8 => ValueKind::Int,
-        Type::FLOAT4 | Type::FLOAT8 => ValueKind::Float,
         Type::NUMERIC => ValueKind::Numeric,
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ValueKind::Text,
         Type::UUID => ValueKind::Uuid,

@@ -114,6 +114,8 @@ impl<'a> FromSql<'a> for Raw<'a> {
 impl Cells for Row {
     #[inline]
     fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
-        self.try_get::<_, Option<Raw<'_>>>(index).map(|raw| raw.map(|r| r.0)).map_err(|_| EncodeError::Unreadable(index))
+        self.try_get::<_, Option<Raw<'_>>>(index)
+            .map(|raw| raw.map(|r| r.0))
+            .map_err(|_| EncodeError::Unreadable(index))
     }
 }

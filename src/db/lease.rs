@@ -17,7 +17,10 @@ impl Lease {
     /// Takes responsibility for `object`.
     pub fn new(object: Object) -> Self {
         let cancel = object.cancel_token();
-        Lease { object: Some(object), cancel }
+        Lease {
+            object: Some(object),
+            cancel,
+        }
     }
 
     /// The connection.
@@ -35,7 +38,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(object) = self.object.take() else { return };
+        let Some(object) = self.object.take() else {
+            return;
+        };
         tracing::debug!("export ended early: cancelling its query and discarding the connection");
         // The cancel request stops a backend that is busy before it next writes (a long sort, a scan that
         // filters everything); closing the socket stops one that is sending. The connection is never reused,

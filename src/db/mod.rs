@@ -36,7 +36,13 @@ pub fn connection_config(settings: &DatabaseSettings) -> Result<tokio_postgres::
 
 /// A bounded pool whose every wait is bounded too (deadpool's defaults wait forever).
 pub fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, size: usize) -> Pool {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(settings.acquire_timeout))
@@ -64,7 +70,16 @@ pub fn begin_sql(settings: &DatabaseSettings) -> String {
 
 /// Whether `timezone` prints `timestamptz` with a zero offset at every instant, so pgspout can print it itself.
 pub fn is_utc(timezone: &str) -> bool {
-    ["UTC", "Etc/UTC", "Etc/UCT", "UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu"]
-        .iter()
-        .any(|name| name.eq_ignore_ascii_case(timezone))
+    [
+        "UTC",
+        "Etc/UTC",
+        "Etc/UCT",
+        "UCT",
+        "Universal",
+        "Etc/Universal",
+        "Zulu",
+        "Etc/Zulu",
+    ]
+    .iter()
+    .any(|name| name.eq_ignore_ascii_case(timezone))
 }

@@ -60,7 +60,6 @@ fn write_value(kind: ValueKind, raw: &[u8], single: bool, out: &mut Vec<u8>) -> 
         ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Iso, true, out)?,
         ValueKind::Timestamp => value::write_timestamp(raw, Style::Iso, false, out)?,
         ValueKind::Bool => value::write_bool(raw, false, out)?,
-        ValueKind::Float => value::write_float(raw, false, out)?,
         ValueKind::Date => value::write_date(raw, false, out)?,
         ValueKind::Uuid => value::write_uuid(raw, out)?,
         ValueKind::Bytea => value::write_bytea(raw, false, out),
@@ -126,8 +125,14 @@ mod tests {
             }
         }
         let columns = [
-            EncodedColumn { name: "a".into(), kind: ValueKind::Text },
-            EncodedColumn { name: "b".into(), kind: ValueKind::Text },
+            EncodedColumn {
+                name: "a".into(),
+                kind: ValueKind::Text,
+            },
+            EncodedColumn {
+                name: "b".into(),
+                kind: ValueKind::Text,
+            },
         ];
         let mut out = Vec::new();
         CsvEncoder::new(&columns).write_row(&Row, &mut out).unwrap();

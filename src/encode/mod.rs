@@ -66,9 +66,13 @@ impl Format {
             ("application/jsonl", Format::Ndjson),
             ("text/csv", Format::Csv),
         ];
-        negotiate::best(accept, OFFERS.iter().map(|(name, _)| *name), negotiate::media_range_matches)
-            .map(|i| OFFERS[i].1)
-            .ok_or(FormatError::NotAcceptable)
+        negotiate::best(
+            accept,
+            OFFERS.iter().map(|(name, _)| *name),
+            negotiate::media_range_matches,
+        )
+        .map(|i| OFFERS[i].1)
+        .ok_or(FormatError::NotAcceptable)
     }
 }
 
@@ -76,14 +80,14 @@ impl Format {
 ///
 /// The native kinds are decoded here; [`ValueKind::ServerFormatted`] columns are rendered by Postgres in the
 /// query itself (the type's output function for CSV, `to_json()` for NDJSON) and arrive as text.
+/// `real` and `double precision` are server-formatted: Postgres's shortest-digit output is Ryu built without
+/// accepting interval bounds, which the `ryu` crate cannot reproduce for every value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueKind {
     /// `boolean`.
     Bool,
     /// `smallint`, `integer`, `bigint`.
     Int,
-    /// `real`, `double precision`.
-    Float,
     /// `numeric`, exact.
     Numeric,
     /// `text`, `varchar`, `char(n)`, `name`, enum labels: UTF-8 text.
@@ -180,8 +184,14 @@ mod tests {
 
     #[test]
     fn format_param_wins_over_accept() {
-        assert_eq!(Format::negotiate(Some("csv"), Some("application/x-ndjson")), Ok(Format::Csv));
-        assert!(matches!(Format::negotiate(Some("xml"), None), Err(FormatError::Unknown(_))));
+        assert_eq!(
+            Format::negotiate(Some("csv"), Some("application/x-ndjson")),
+            Ok(Format::Csv)
+        );
+        assert!(matches!(
+            Format::negotiate(Some("xml"), None),
+            Err(FormatError::Unknown(_))
+        ));
     }
 
     #[test]
@@ -190,9 +200,21 @@ mod tests {
         assert_eq!(Format::negotiate(None, Some("*/*")), Ok(Format::Ndjson));
         assert_eq!(Format::negotiate(None, Some("text/csv")), Ok(Format::Csv));
         assert_eq!(Format::negotiate(None, Some("text/csv, */*;q=0.5")), Ok(Format::Csv));
-        assert_eq!(Format::negotiate(None, Some("text/*, application/jsonl;q=0.9")), Ok(Format::Csv));
-        assert_eq!(Format::negotiate(None, Some("text/csv;q=0.2, application/jsonl")), Ok(Format::Ndjson));
-        assert_eq!(Format::negotiate(None, Some("application/json")), Err(FormatError::NotAcceptable));
-        assert_eq!(Format::negotiate(None, Some("text/csv;q=0")), Err(FormatError::NotAcceptable));
+        assert_eq!(
+            Format::negotiate(None, Some("text/*, application/jsonl;q=0.9")),
+            Ok(Format::Csv)
+        );
+        assert_eq!(
+            Format::negotiate(None, Some("text/csv;q=0.2, application/jsonl")),
+            Ok(Format::Ndjson)
+        );
+        assert_eq!(
+            Format::negotiate(None, Some("application/json")),
+            Err(FormatError::NotAcceptable)
+        );
+        assert_eq!(
+            Format::negotiate(None, Some("text/csv;q=0")),
+            Err(FormatError::NotAcceptable)
+        );
     }
 }

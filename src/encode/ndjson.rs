@@ -53,7 +53,6 @@ fn write_value(kind: ValueKind, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Enc
         ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Xsd, true, out)?,
         ValueKind::Timestamp => value::write_timestamp(raw, Style::Xsd, false, out)?,
         ValueKind::Bool => value::write_bool(raw, true, out)?,
-        ValueKind::Float => value::write_float(raw, true, out)?,
         ValueKind::Date => value::write_date(raw, true, out)?,
         ValueKind::Uuid => {
             out.push(b'"');
@@ -89,7 +88,14 @@ pub(crate) fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
             0..=0x1f => {
                 out.extend_from_slice(&text[start..i]);
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(b >> 4)],
+                    HEX[usize::from(b & 0xf)],
+                ]);
                 start = i + 1;
                 continue;
             }
@@ -111,12 +117,18 @@ mod tests {
 
     impl Cells for Row {
         fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
-            self.0.get(index).map(Option::as_deref).ok_or(EncodeError::Unreadable(index))
+            self.0
+                .get(index)
+                .map(Option::as_deref)
+                .ok_or(EncodeError::Unreadable(index))
         }
     }
 
     fn column(name: &str, kind: ValueKind) -> EncodedColumn {
-        EncodedColumn { name: name.into(), kind }
+        EncodedColumn {
+            name: name.into(),
+            kind,
+        }
     }
 
     #[test]
@@ -133,16 +145,26 @@ mod tests {
             column("say \"hi\"", ValueKind::Text),
             column("doc", ValueKind::Jsonb),
         ]);
-        let row = Row(vec![Some(7i64.to_be_bytes().to_vec()), None, Some(b"\x01{\"a\": 1}".to_vec())]);
+        let row = Row(vec![
+            Some(7i64.to_be_bytes().to_vec()),
+            None,
+            Some(b"\x01{\"a\": 1}".to_vec()),
+        ]);
         let mut out = Vec::new();
         encoder.write_row(&row, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "{\"id\":7,\"say \\\"hi\\\"\":null,\"doc\":{\"a\": 1}}\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"id\":7,\"say \\\"hi\\\"\":null,\"doc\":{\"a\": 1}}\n"
+        );
     }
 
     #[test]
     fn ndjson_rejects_an_unknown_jsonb_version() {
         let encoder = NdjsonEncoder::new(&[column("doc", ValueKind::Jsonb)]);
         let row = Row(vec![Some(b"\x02{}".to_vec())]);
-        assert_eq!(encoder.write_row(&row, &mut Vec::new()), Err(EncodeError::Malformed("jsonb")));
+        assert_eq!(
+            encoder.write_row(&row, &mut Vec::new()),
+            Err(EncodeError::Malformed("jsonb"))
+        );
     }
 }

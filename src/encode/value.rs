@@ -3,8 +3,6 @@
 //! Each writer takes one column's raw binary bytes (as sent in the extended protocol) and appends the same
 //! text as the type's output function (`COPY`) or `to_json()` would produce. All are allocation-free.
 
-use std::io::Write as _;
-
 use super::EncodeError;
 
 /// How dates and times are spelt: `COPY` (DateStyle ISO) or `to_json()` (XSD, with a `T`).
@@ -60,94 +58,6 @@ fn write_special(text: &str, json: bool, out: &mut Vec<u8>) {
     }
 }
 
-/// `float4`/`float8` as `float8out` prints them with `extra_float_digits = 1`: the shortest exact digits,
-/// in `%g` style with fixed notation for decimal exponents in `-4 ..< 15` (`-4 ..< 6` for `float4`).
-pub(crate) fn write_float(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    let mut scientific = [0u8; 40];
-    let mut cursor = std::io::Cursor::new(&mut scientific[..]);
-    let (value, fixed_below) = match raw.len() {
-        4 => {
-            let v = f32::from_be_bytes(array(raw, "float4")?);
-            let _ = write!(cursor, "{v:e}");
-            (f64::from(v), 6)
-        }
-        8 => {
-            let v = f64::from_be_bytes(array(raw, "float8")?);
-            let _ = write!(cursor, "{v:e}");
-            (v, 15)
-        }
-        _ => return Err(EncodeError::Malformed("float")),
-    };
-    if value.is_nan() {
-        write_special("NaN", json, out);
-        return Ok(());
-    }
-    if value.is_infinite() {
-        write_special(if value > 0.0 { "Infinity" } else { "-Infinity" }, json, out);
-        return Ok(());
-    }
-    let written = cursor.position() as usize;
-    // Rust's `{:e}` is the shortest round-trip form: `-1.2345e-7`, `5e20`, `0e0`.
-    let text = &scientific[..written];
-    let (negative, text) = match text.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, text),
-    };
-    let e_at = text.iter().position(|&b| b == b'e').ok_or(EncodeError::Malformed("float"))?;
-    let mut digits = [0u8; 20];
-    let mut count = 0;
-    for &b in text[..e_at].iter().filter(|b| b.is_ascii_digit()) {
-        digits[count] = b;
-        count += 1;
-    }
-    let digits = &digits[..count];
-    let exponent: i32 = std::str::from_utf8(&text[e_at + 1..])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(EncodeError::Malformed("float"))?;
-    if negative {
-        out.push(b'-');
-    }
-    if value == 0.0 {
-        out.push(b'0');
-    } else if (-4..fixed_below).contains(&exponent) {
-        write_fixed(digits, exponent, out);
-    } else {
-        out.push(digits[0]);
-        if digits.len() > 1 {
-            out.push(b'.');
-            out.extend_from_slice(&digits[1..]);
-        }
-        out.push(b'e');
-        out.push(if exponent < 0 { b'-' } else { b'+' });
-        let magnitude = exponent.unsigned_abs();
-        if magnitude < 10 {
-            out.push(b'0');
-        }
-        out.extend_from_slice(itoa::Buffer::new().format(magnitude).as_bytes());
-    }
-    Ok(())
-}
-
-/// `d.ddd × 10^exponent` in positional notation.
-fn write_fixed(digits: &[u8], exponent: i32, out: &mut Vec<u8>) {
-    if exponent < 0 {
-        out.extend_from_slice(b"0.");
-        out.extend(std::iter::repeat_n(b'0', (-exponent - 1) as usize));
-        out.extend_from_slice(digits);
-        return;
-    }
-    let integer_len = exponent as usize + 1;
-    if digits.len() <= integer_len {
-        out.extend_from_slice(digits);
-        out.extend(std::iter::repeat_n(b'0', integer_len - digits.len()));
-    } else {
-        out.extend_from_slice(&digits[..integer_len]);
-        out.push(b'.');
-        out.extend_from_slice(&digits[integer_len..]);
-    }
-}
-
 /// `numeric` from its base-10000 wire form, exactly as `numeric_out` prints it (no rounding, `dscale` digits).
 pub(crate) fn write_numeric(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     const MALFORMED: EncodeError = EncodeError::Malformed("numeric");
@@ -160,13 +70,20 @@ pub(crate) fn write_numeric(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result
     if ndigits < 0 || body.len() != ndigits as usize * 2 {
         return Err(MALFORMED);
     }
-    match sign {
-        0x0000 => {}
-        0x4000 => out.push(b'-'),
-        0xC000 => return Ok(write_special("NaN", json, out)),
-        0xD000 => return Ok(write_special("Infinity", json, out)),
-        0xF000 => return Ok(write_special("-Infinity", json, out)),
+    let special = match sign {
+        0x0000 => None,
+        0x4000 => {
+            out.push(b'-');
+            None
+        }
+        0xC000 => Some("NaN"),
+        0xD000 => Some("Infinity"),
+        0xF000 => Some("-Infinity"),
         _ => return Err(MALFORMED),
+    };
+    if let Some(text) = special {
+        write_special(text, json, out);
+        return Ok(());
     }
     let digit = |i: i32| -> u16 {
         if i < 0 || i >= i32::from(ndigits) {
@@ -381,33 +298,28 @@ mod tests {
     }
 
     #[test]
-    fn floats_use_postgres_shortest_notation() {
-        let f8 = |v: f64| render(|o| write_float(&v.to_be_bytes(), false, o));
-        assert_eq!(f8(0.1), "0.1");
-        assert_eq!(f8(100.0), "100");
-        assert_eq!(f8(1e14), "100000000000000");
-        assert_eq!(f8(1e15), "1e+15");
-        assert_eq!(f8(1.5e-7), "1.5e-07");
-        assert_eq!(f8(0.0001), "0.0001");
-        assert_eq!(f8(-0.0), "-0");
-        assert_eq!(f8(1.2345678901234567e300), "1.2345678901234567e+300");
-        let f4 = |v: f32| render(|o| write_float(&v.to_be_bytes(), false, o));
-        assert_eq!(f4(100000.0), "100000");
-        assert_eq!(f4(1e6), "1e+06");
-        assert_eq!(f4(0.1), "0.1");
-    }
-
-    #[test]
     fn timestamps_render_iso_and_xsd() {
         let micros: i64 = 1_234_567; // 2000-01-01 00:00:01.234567
         let raw = micros.to_be_bytes();
-        assert_eq!(render(|o| write_timestamp(&raw, Style::Iso, true, o)), "2000-01-01 00:00:01.234567+00");
-        assert_eq!(render(|o| write_timestamp(&raw, Style::Xsd, false, o)), "\"2000-01-01T00:00:01.234567\"");
+        assert_eq!(
+            render(|o| write_timestamp(&raw, Style::Iso, true, o)),
+            "2000-01-01 00:00:01.234567+00"
+        );
+        assert_eq!(
+            render(|o| write_timestamp(&raw, Style::Xsd, false, o)),
+            "\"2000-01-01T00:00:01.234567\""
+        );
         let half = 500_000i64.to_be_bytes();
-        assert_eq!(render(|o| write_timestamp(&half, Style::Iso, false, o)), "2000-01-01 00:00:00.5");
+        assert_eq!(
+            render(|o| write_timestamp(&half, Style::Iso, false, o)),
+            "2000-01-01 00:00:00.5"
+        );
         let bc = (-(2_000i64 * 366 * MICROS_PER_DAY)).to_be_bytes();
         assert!(render(|o| write_timestamp(&bc, Style::Iso, true, o)).ends_with("+00 BC"));
-        assert_eq!(render(|o| write_timestamp(&i64::MAX.to_be_bytes(), Style::Xsd, true, o)), "\"infinity\"");
+        assert_eq!(
+            render(|o| write_timestamp(&i64::MAX.to_be_bytes(), Style::Xsd, true, o)),
+            "\"infinity\""
+        );
     }
 
     #[test]

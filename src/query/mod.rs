@@ -39,7 +39,14 @@ pub fn plan(dataset: &Dataset, format: Format) -> Plan {
     if let Some(key) = dataset.key {
         sql.push_str(&format!(" ORDER BY t.{}", dataset.columns[key].ident));
     }
-    let columns = dataset.columns.iter().map(|c| EncodedColumn { name: c.name.clone(), kind: c.kind }).collect();
+    let columns = dataset
+        .columns
+        .iter()
+        .map(|c| EncodedColumn {
+            name: c.name.clone(),
+            kind: c.kind,
+        })
+        .collect();
     Plan { sql, columns }
 }
 

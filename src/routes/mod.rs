@@ -14,10 +14,12 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(health::healthz)
         .service(health::readyz)
         .service(rows::rows)
-        .default_service(web::to(|| async { Err::<actix_web::HttpResponse, _>(ApiError::NoRoute) }));
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
+        }));
 }
 
 /// A request header as text, if present and valid.
-fn header<'r>(request: &'r HttpRequest, name: actix_web::http::header::HeaderName) -> Option<&'r str> {
+fn header(request: &HttpRequest, name: actix_web::http::header::HeaderName) -> Option<&str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }

@@ -29,7 +29,10 @@ pub(super) async fn rows(
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
-    let dataset = state.catalog.get(&name).ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
+    let dataset = state
+        .catalog
+        .get(&name)
+        .ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
     let format = Format::negotiate(params.format.as_deref(), header(&request, header::ACCEPT))?;
     let encoding = Encoding::negotiate(header(&request, header::ACCEPT_ENCODING))?;
     let plan = query::plan(dataset, format);

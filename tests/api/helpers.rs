@@ -1,0 +1,292 @@
+//! Test harness: a fresh database per test, pgspout on a random port, and a raw HTTP/1.1 client that sees
+//! chunk framing and can stall or hang up mid-stream.
+
+use std::time::{Duration, Instant};
+
+use pgspout::settings::{DatasetSettings, Settings};
+use pgspout::startup::Application;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+
+/// The cluster named by the PG* environment (scripts/test.sh runs the tests inside `pg_virtualenv`).
+fn cluster(database: &str) -> tokio_postgres::Config {
+    let host = std::env::var("PGHOST").unwrap_or_else(|_| {
+        panic!("no PostgreSQL: PGHOST is not set. Run the tests with scripts/test.sh, which starts a throwaway cluster")
+    });
+    let mut config = tokio_postgres::Config::new();
+    config.host(&host).dbname(database);
+    config.port(std::env::var("PGPORT").map_or(5432, |p| p.parse().expect("PGPORT is a port number")));
+    config.user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
+    if let Ok(password) = std::env::var("PGPASSWORD") {
+        config.password(password);
+    }
+    config
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Client {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL ({e}); run the tests with scripts/test.sh"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own for one test, dropped at the end.
+pub(crate) struct TestDb {
+    pub(crate) name: String,
+    pub(crate) client: Client,
+    config: tokio_postgres::Config,
+}
+
+impl TestDb {
+    pub(crate) async fn new() -> TestDb {
+        let name = format!("pgspout_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&cluster("postgres")).await;
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let config = cluster(&name);
+        let client = connect(&config).await;
+        TestDb { name, client, config }
+    }
+
+    /// A libpq key=value string for pgspout.
+    pub(crate) fn url(&self) -> String {
+        let host = std::env::var("PGHOST").unwrap();
+        let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+        let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+        let password = std::env::var("PGPASSWORD").unwrap_or_default();
+        format!(
+            "host={host} port={port} user={user} password={password} dbname={}",
+            self.name
+        )
+    }
+
+    /// The backends pgspout holds in this database: (pid, state, wait_event).
+    pub(crate) async fn pgspout_backends(&self) -> Vec<(i32, String, Option<String>)> {
+        self.client
+            .query(
+                "SELECT pid, coalesce(state, ''), wait_event FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'pgspout'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    /// The pid of pgspout's one active export, waiting for it to appear.
+    pub(crate) async fn active_export(&self) -> i32 {
+        wait_for(Duration::from_secs(5), || async {
+            self.pgspout_backends()
+                .await
+                .into_iter()
+                .find(|b| b.1 == "active")
+                .map(|b| b.0)
+        })
+        .await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; a short-lived runtime on its own thread does the cleanup.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    let admin = connect(&cluster("postgres")).await;
+                    let _ = admin
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                })
+        })
+        .join();
+        let _ = &self.config;
+    }
+}
+
+/// pgspout running in this process.
+pub(crate) struct TestApp {
+    pub(crate) address: String,
+    pub(crate) db: TestDb,
+}
+
+/// Settings for a test: one worker, the given datasets, everything else default.
+pub(crate) fn settings(db: &TestDb, datasets: &[(&str, &str, Option<&str>)]) -> Settings {
+    let mut settings = Settings::parse("").unwrap();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.server.workers = Some(1);
+    settings.database.url = Some(db.url());
+    settings.datasets = datasets
+        .iter()
+        .map(|(name, table, key)| DatasetSettings {
+            name: (*name).into(),
+            table: (*table).into(),
+            key: key.map(Into::into),
+        })
+        .collect();
+    settings
+}
+
+pub(crate) async fn spawn_app(db: TestDb, datasets: &[(&str, &str, Option<&str>)]) -> TestApp {
+    let settings = settings(&db, datasets);
+    spawn_with(db, settings).await
+}
+
+pub(crate) async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {
+    let app = Application::build(settings).await.expect("pgspout starts");
+    let address = format!("127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp { address, db }
+}
+
+impl TestApp {
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub(crate) async fn get(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = reqwest::Client::new().get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub(crate) async fn raw(&self, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+        RawResponse::get(&self.address, path, headers).await
+    }
+}
+
+/// A response read by hand from the socket, so tests see HTTP chunks and control when (and whether) to read.
+pub(crate) struct RawResponse {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl RawResponse {
+    pub(crate) async fn get(address: &str, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        let status = line.split(' ').nth(1).expect("a status line").parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).await.unwrap();
+            let trimmed = line.trim_end();
+            if trimmed.is_empty() {
+                break;
+            }
+            let (name, value) = trimmed.split_once(':').unwrap();
+            headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        RawResponse {
+            status,
+            headers,
+            reader,
+        }
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The next chunk's data; `Ok(None)` at the terminating chunk; `Err` when the connection ends before it.
+    pub(crate) async fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap(), 16)
+            .map_err(|_| std::io::Error::other(format!("bad chunk size line {line:?}")))?;
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data).await?;
+        data.truncate(size);
+        Ok((size > 0).then_some(data))
+    }
+
+    /// Every chunk to the end: (chunks, whether the terminating chunk arrived).
+    pub(crate) async fn read_to_end(&mut self) -> (Vec<Vec<u8>>, bool) {
+        let mut chunks = Vec::new();
+        loop {
+            match self.next_chunk().await {
+                Ok(Some(chunk)) => chunks.push(chunk),
+                Ok(None) => return (chunks, true),
+                Err(_) => return (chunks, false),
+            }
+        }
+    }
+
+    /// The body for a non-chunked (e.g. problem+json) response.
+    pub(crate) async fn read_body(&mut self) -> Vec<u8> {
+        let length: usize = self
+            .header("content-length")
+            .expect("a content-length")
+            .parse()
+            .unwrap();
+        let mut body = vec![0; length];
+        self.reader.read_exact(&mut body).await.unwrap();
+        body
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `limit`.
+pub(crate) async fn wait_until<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    wait_for(limit, || {
+        let check = condition();
+        async move { check.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `probe` every 50 ms until it yields a value; panics after `limit`.
+pub(crate) async fn wait_for<T, F, Fut>(limit: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < limit, "condition not met within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An endless-looking dataset: 10 million ~150-byte rows, no storage needed. The set-returning function sits
+/// in a select list (ProjectSet), which streams; in FROM it would be materialized before the first row.
+pub(crate) const BIG_VIEW: &str = "CREATE VIEW big AS SELECT g AS id, 'customer ' || g AS name, \
+     repeat('x', 100) AS pad, (g * 1.25)::numeric(12,2) AS amount \
+     FROM (SELECT generate_series(1, 10000000) AS g) AS series";
+
+/// A small table of `n` rows.
+pub(crate) async fn small_table(db: &TestDb, n: i32) {
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE small (id int PRIMARY KEY, label text); \
+             INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, {n}) g"
+        ))
+        .await
+        .unwrap();
+}

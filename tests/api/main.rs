@@ -1,0 +1,7 @@
+//! Integration tests: pgspout against a real PostgreSQL, with real HTTP clients.
+
+mod errors;
+mod fidelity;
+mod helpers;
+mod http;
+mod streaming;

@@ -1,0 +1,184 @@
+//! Streaming properties: network-sized chunks, backpressure to Postgres, prompt release on disconnect,
+//! read-only snapshots, and flat memory.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::{BIG_VIEW, TestApp, TestDb, settings, small_table, spawn_with, wait_until};
+
+async fn app(pool_size: usize) -> TestApp {
+    let db = TestDb::new().await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    small_table(&db, 100).await;
+    let mut settings = settings(&db, &[("big", "big", None), ("small", "small", Some("id"))]);
+    settings.database.pool_size = pool_size;
+    settings.database.acquire_timeout = Duration::from_secs(2);
+    settings.export.flush_interval = Duration::from_secs(30);
+    spawn_with(db, settings).await
+}
+
+#[tokio::test]
+async fn body_chunks_are_network_sized_not_one_per_row() {
+    let app = app(2).await;
+    let mut response = app.raw("/v1/datasets/big/rows", &[]).await;
+    for _ in 0..50 {
+        let chunk = response.next_chunk().await.unwrap().unwrap();
+        assert!(
+            (32 * 1024..48 * 1024).contains(&chunk.len()),
+            "chunk of {} bytes",
+            chunk.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_reader_makes_postgres_wait() {
+    let app = app(2).await;
+    let mut response = app.raw("/v1/datasets/big/rows", &[]).await;
+    response.next_chunk().await.unwrap().unwrap();
+    // With the client not reading, every buffer between it and Postgres fills and the backend blocks in send.
+    let pid = app.db.active_export().await;
+    wait_until(Duration::from_secs(20), || async {
+        let backend = app.db.pgspout_backends().await.into_iter().find(|b| b.0 == pid);
+        matches!(backend, Some((_, state, Some(wait))) if state == "active" && wait == "ClientWrite")
+    })
+    .await;
+    // And it stays blocked: it is not producing rows into pgspout's memory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let backend = app
+        .db
+        .pgspout_backends()
+        .await
+        .into_iter()
+        .find(|b| b.0 == pid)
+        .unwrap();
+    assert_eq!(backend.2.as_deref(), Some("ClientWrite"));
+}
+
+async fn hang_up_mid_stream(app: &TestApp, headers: &[(&str, &str)]) {
+    let mut response = app.raw("/v1/datasets/big/rows", headers).await;
+    for _ in 0..5 {
+        response.next_chunk().await.unwrap().unwrap();
+    }
+    let pid = app.db.active_export().await;
+    drop(response);
+    let started = Instant::now();
+    wait_until(Duration::from_secs(3), || async {
+        app.db.pgspout_backends().await.iter().all(|b| b.0 != pid)
+    })
+    .await;
+    eprintln!("backend {pid} gone {:?} after the client hung up", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_stops_the_query_and_its_connection_is_discarded() {
+    let app = app(1).await;
+    for headers in [
+        &[][..],
+        &[("Accept-Encoding", "gzip")][..],
+        &[("Accept-Encoding", "zstd")][..],
+    ] {
+        // The backend itself is gone (not idle in the pool), so no half-read result can be reused.
+        hang_up_mid_stream(&app, headers).await;
+        // With a pool of one, this works only if the slot was freed.
+        let response = app.get("/v1/datasets/small/rows", &[]).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap().lines().count(), 100);
+    }
+    // A completed export's connection does go back to the pool, idle and outside any transaction.
+    let backends = app.db.pgspout_backends().await;
+    assert_eq!(backends.len(), 1, "{backends:?}");
+    assert_eq!(backends[0].1, "idle");
+}
+
+#[tokio::test]
+async fn exports_run_in_a_read_only_repeatable_read_transaction() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE VIEW tx AS SELECT 1 AS id, current_setting('transaction_isolation') AS isolation, \
+             current_setting('transaction_read_only') AS read_only, current_setting('TimeZone') AS zone",
+        )
+        .await
+        .unwrap();
+    let settings = settings(&db, &[("tx", "tx", Some("id"))]);
+    let app = spawn_with(db, settings).await;
+    let body = app.get("/v1/datasets/tx/rows", &[]).await.text().await.unwrap();
+    assert_eq!(
+        body,
+        "{\"id\":1,\"isolation\":\"repeatable read\",\"read_only\":\"on\",\"zone\":\"UTC\"}\n"
+    );
+}
+
+/// Peak RSS of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn memory_stays_flat_from_ten_thousand_to_a_million_rows() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE VIEW rows_10k AS SELECT g AS id, 'customer ' || g AS name, g * 1.25 AS amount, \
+               timestamptz '2024-01-01' + g * interval '1 second' AS at FROM generate_series(1, 10000) g; \
+             CREATE VIEW rows_1m AS SELECT g AS id, 'customer ' || g AS name, g * 1.25 AS amount, \
+               timestamptz '2024-01-01' + g * interval '1 second' AS at FROM generate_series(1, 1000000) g",
+        )
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("pgspout-memory-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pgspout.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n\
+         [[datasets]]\nname = \"small\"\ntable = \"rows_10k\"\nkey = \"id\"\n\n\
+         [[datasets]]\nname = \"large\"\ntable = \"rows_1m\"\nkey = \"id\"\n",
+    )
+    .unwrap();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("DATABASE_URL", db.url())
+        .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until(Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let count_lines = |dataset: &'static str| {
+        let base = base.clone();
+        async move {
+            let mut response = reqwest::get(format!("{base}/v1/datasets/{dataset}/rows"))
+                .await
+                .unwrap();
+            let mut lines = 0usize;
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                lines += chunk.iter().filter(|b| **b == b'\n').count();
+            }
+            lines
+        }
+    };
+    assert_eq!(count_lines("small").await, 10_000);
+    let after_small = peak_rss_kib(server.id());
+    assert_eq!(count_lines("large").await, 1_000_000);
+    let after_large = peak_rss_kib(server.id());
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!("peak RSS after 10k rows: {after_small} KiB; after 1M rows: {after_large} KiB");
+    assert!(
+        after_large < after_small + 8 * 1024,
+        "peak RSS grew from {after_small} KiB to {after_large} KiB between 10k and 1M rows"
+    );
+}

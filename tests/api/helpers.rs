@@ -17,7 +17,7 @@ fn cluster(database: &str) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config.host(&host).dbname(database);
     config.port(std::env::var("PGPORT").map_or(5432, |p| p.parse().expect("PGPORT is a port number")));
-    config.user(&std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
+    config.user(std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()));
     if let Ok(password) = std::env::var("PGPASSWORD") {
         config.password(password);
     }

@@ -70,23 +70,39 @@ fn write_value(kind: ValueKind, raw: &[u8], out: &mut Vec<u8>) -> Result<(), Enc
     Ok(())
 }
 
+/// Bytes that `escape_json` rewrites: `"`, `\\` and the C0 controls.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// A JSON string as Postgres's `escape_json` writes it: `"`, `\` and control characters escaped, the rest
 /// (including non-ASCII UTF-8) copied as is.
+#[inline]
 pub(crate) fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
     out.reserve(text.len() + 2);
     out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in text.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0..=0x1f => {
-                out.extend_from_slice(&text[start..i]);
+    let mut rest = text;
+    // Copy the runs between escapes whole; most values have none.
+    while let Some(at) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
+        out.extend_from_slice(&rest[..at]);
+        let b = rest[at];
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 out.extend_from_slice(&[
                     b'\\',
@@ -96,16 +112,11 @@ pub(crate) fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
                     HEX[usize::from(b >> 4)],
                     HEX[usize::from(b & 0xf)],
                 ]);
-                start = i + 1;
-                continue;
             }
-            _ => continue,
-        };
-        out.extend_from_slice(&text[start..i]);
-        out.extend_from_slice(escape);
-        start = i + 1;
+        }
+        rest = &rest[at + 1..];
     }
-    out.extend_from_slice(&text[start..]);
+    out.extend_from_slice(rest);
     out.push(b'"');
 }
 

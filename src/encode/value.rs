@@ -169,6 +169,12 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Two decimal digits, for the fixed-width fields of dates and times.
+#[inline]
+fn write_two(value: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[b'0' + (value / 10 % 10) as u8, b'0' + (value % 10) as u8]);
+}
+
 fn write_padded(value: u64, width: usize, out: &mut Vec<u8>) {
     let mut buf = itoa::Buffer::new();
     let text = buf.format(value);
@@ -182,9 +188,9 @@ fn write_civil_date(days_since_pg_epoch: i64, out: &mut Vec<u8>) -> bool {
     let bc = year <= 0;
     write_padded(if bc { (1 - year) as u64 } else { year as u64 }, 4, out);
     out.push(b'-');
-    write_padded(u64::from(month), 2, out);
+    write_two(u64::from(month), out);
     out.push(b'-');
-    write_padded(u64::from(day), 2, out);
+    write_two(u64::from(day), out);
     bc
 }
 
@@ -224,11 +230,11 @@ pub(crate) fn write_timestamp(raw: &[u8], style: Style, utc: bool, out: &mut Vec
             out.push(if json { b'T' } else { b' ' });
             let time = micros.rem_euclid(MICROS_PER_DAY) as u64;
             let seconds = time / 1_000_000;
-            write_padded(seconds / 3600, 2, out);
+            write_two(seconds / 3600, out);
             out.push(b':');
-            write_padded(seconds / 60 % 60, 2, out);
+            write_two(seconds / 60 % 60, out);
             out.push(b':');
-            write_padded(seconds % 60, 2, out);
+            write_two(seconds % 60, out);
             let mut fraction = time % 1_000_000;
             if fraction != 0 {
                 let mut width = 6;

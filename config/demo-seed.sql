@@ -1,5 +1,6 @@
 -- The demo and benchmark `orders` table. Run with: psql -v rows=1000000 -f config/demo-seed.sql
 \set ON_ERROR_STOP on
+SET client_min_messages = warning;
 DROP TABLE IF EXISTS orders;
 CREATE TABLE orders (
   id            bigint PRIMARY KEY,

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Installs what pgspout's demo, tests and benchmarks need on Debian: PostgreSQL (with pg_virtualenv), curl.
-# Sourced by the other scripts; safe to run again.
+# Installs what pgspout's demo, tests and benchmarks need on Debian: PostgreSQL (with pg_virtualenv), curl,
+# jq, and Python for the DuckDB client test. Sourced by the other scripts; safe to run again.
 set -euo pipefail
 
 need=()
-command -v pg_virtualenv >/dev/null 2>&1 || need+=(postgresql postgresql-common)
-[ -x "$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | tail -n1)" ] || need+=(postgresql)
-command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v pg_virtualenv >/dev/null 2>&1 || need+=(postgresql-common)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

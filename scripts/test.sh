@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, and integration tests against a throwaway
-# PostgreSQL cluster that pg_virtualenv creates and removes. Fails loudly if no Postgres can be had.
+# The whole test suite: formatting, lints, unit tests, and integration tests (real curl and DuckDB clients)
+# against a throwaway PostgreSQL cluster that pg_virtualenv creates and removes. Fails loudly if no Postgres
+# can be had.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+
+# DuckDB for the client test, in a venv of its own (Debian's Python refuses system-wide pip installs).
+venv=target/client-venv
+if ! "$venv/bin/python" -c 'import duckdb, duckdb_extension_httpfs, duckdb_extension_json' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 duckdb-extension-json==1.5.5
+fi
+export PGSPOUT_TEST_PYTHON="$PWD/$venv/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo build --all-targets --locked
 
-# -t: a temporary cluster in /tmp; PG* variables point the tests at it.
-exec pg_virtualenv -t -- cargo test --all-targets --locked -- --test-threads 2
+# -t: a temporary cluster in /tmp; the PG* variables point the tests at it.
+exec pg_virtualenv -t -- cargo test --all-targets --locked

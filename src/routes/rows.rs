@@ -1,7 +1,8 @@
 //! `GET /v1/datasets/{name}/rows`: the whole dataset as one streamed NDJSON or CSV body.
 
+use actix_web::http::Method;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, route, web};
 use serde::Deserialize;
 
 use super::header;
@@ -21,7 +22,10 @@ struct RowsParams {
 }
 
 /// Streams every row of a dataset, ordered by its key.
-#[get("/v1/datasets/{name}/rows")]
+///
+/// HEAD answers with the same negotiated headers without running the query (DuckDB's reader asks first);
+/// its body length is unknown, so it is sent chunked rather than as a misleading `Content-Length: 0`.
+#[route("/v1/datasets/{name}/rows", method = "GET", method = "HEAD")]
 pub(super) async fn rows(
     request: HttpRequest,
     name: web::Path<String>,
@@ -35,11 +39,6 @@ pub(super) async fn rows(
         .ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
     let format = Format::negotiate(params.format.as_deref(), header(&request, header::ACCEPT))?;
     let encoding = Encoding::negotiate(header(&request, header::ACCEPT_ENCODING))?;
-    let plan = query::plan(dataset, format);
-    let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let export = Export::open(&pools.exports, &state.begin_sql, &plan.sql).await?;
-
-    let encoder = RowEncoder::new(format, &plan.columns);
     let label = format!("{}.{}", dataset.name, format.extension());
     let mut response = HttpResponse::Ok();
     response
@@ -53,5 +52,13 @@ pub(super) async fn rows(
     if let Some(coding) = encoding.content_encoding() {
         response.insert_header((header::CONTENT_ENCODING, coding));
     }
+    if request.method() == Method::HEAD {
+        return Ok(response.streaming(futures::stream::empty::<Result<bytes::Bytes, ApiError>>()));
+    }
+
+    let plan = query::plan(dataset, format);
+    let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let export = Export::open(&pools.exports, &state.begin_sql, &plan.sql).await?;
+    let encoder = RowEncoder::new(format, &plan.columns);
     Ok(response.streaming(body::stream(export, encoder, compressor, state.chunking, label)))
 }

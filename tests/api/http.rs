@@ -159,3 +159,31 @@ async fn health_and_readiness_follow_the_database() {
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(app.get("/healthz", &[]).await.status(), 200);
 }
+
+#[tokio::test]
+async fn head_answers_the_get_headers_without_running_the_export() {
+    let app = app().await;
+    let response = reqwest::Client::new()
+        .head(app.url("/v1/datasets/small/rows?format=csv"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8; header=present"
+    );
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+    assert!(response.headers().get("content-length").is_none_or(|l| l != "0"));
+    assert!(
+        app.db.pgspout_backends().await.is_empty(),
+        "HEAD must not open a connection"
+    );
+    let missing = reqwest::Client::new()
+        .head(app.url("/v1/datasets/nope/rows"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

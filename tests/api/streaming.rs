@@ -182,3 +182,51 @@ async fn memory_stays_flat_from_ten_thousand_to_a_million_rows() {
         "peak RSS grew from {after_small} KiB to {after_large} KiB between 10k and 1M rows"
     );
 }
+
+#[tokio::test]
+async fn rows_reach_the_client_within_the_flush_interval_when_postgres_is_slow() {
+    let db = TestDb::new().await;
+    // About 9 KB every half second: Postgres flushes its 8 KB send buffer, then pauses.
+    db.client
+        .batch_execute(
+            "CREATE FUNCTION slowly(g int) RETURNS int LANGUAGE plpgsql AS \
+               $$ BEGIN IF g % 9 = 0 THEN PERFORM pg_sleep(0.5); END IF; RETURN g; END $$; \
+             CREATE VIEW trickle AS SELECT slowly(g) AS id, repeat('x', 1000) AS pad \
+               FROM (SELECT generate_series(1, 40) AS g) AS series",
+        )
+        .await
+        .unwrap();
+    let mut settings = settings(&db, &[("trickle", "trickle", None)]);
+    settings.export.chunk_size = 1024 * 1024;
+    settings.export.flush_interval = Duration::from_millis(100);
+    let app = spawn_with(db, settings).await;
+    for coding in ["identity", "gzip"] {
+        let started = Instant::now();
+        let mut response = app
+            .raw("/v1/datasets/trickle/rows", &[("Accept-Encoding", coding)])
+            .await;
+        let first = response.next_chunk().await.unwrap().unwrap();
+        let waited = started.elapsed();
+        // The whole export takes about 2 s; a 1 MiB chunk would only come at its end.
+        assert!(
+            waited < Duration::from_millis(1500),
+            "{coding}: first bytes after {waited:?}"
+        );
+        let text = if coding == "gzip" {
+            // A sync flush: what arrived so far decodes on its own, into whole rows.
+            let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+            std::io::Write::write_all(&mut decoder, &first).unwrap();
+            std::io::Write::flush(&mut decoder).unwrap();
+            decoder.get_ref().clone()
+        } else {
+            first
+        };
+        assert!(
+            text.ends_with(b"}\n") && text.starts_with(b"{\"id\":1,"),
+            "{coding}: {} bytes",
+            text.len()
+        );
+        let (rest, terminated) = response.read_to_end().await;
+        assert!(terminated && !rest.is_empty(), "{coding}");
+    }
+}

@@ -1,0 +1,44 @@
+//! Real data-pipeline clients reading pgspout: DuckDB over HTTP, as NDJSON and as CSV.
+
+use crate::helpers::{TestDb, spawn_app};
+
+/// The Python with DuckDB that scripts/test.sh prepares.
+fn python() -> String {
+    std::env::var("PGSPOUT_TEST_PYTHON")
+        .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
+}
+
+#[tokio::test]
+async fn duckdb_reads_ndjson_and_csv_from_the_url() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_name text, amount numeric(12,2), note text); \
+             INSERT INTO orders SELECT g, 'Customer, \"' || g || '\"', round((g * 7.31)::numeric % 1000, 2), \
+               CASE WHEN g % 10 = 0 THEN E'gift\\nwrap' END FROM generate_series(1, 5000) g",
+        )
+        .await
+        .unwrap();
+    let expected_sum: String = db
+        .client
+        .query_one("SELECT sum(amount)::text FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let app = spawn_app(db, &[("orders", "orders", Some("id"))]).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/duckdb_read.py");
+    let output = tokio::process::Command::new(python())
+        .args([script, &format!("http://{}", app.address), "orders"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = serde_json::json!([5000, 1, 5000, expected_sum.parse::<f64>().unwrap(), 500]);
+    assert_eq!(result["ndjson"], expected);
+    assert_eq!(result["csv"], expected);
+}

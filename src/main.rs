@@ -10,11 +10,27 @@ use pgspout::startup::Application;
 
 /// Stream PostgreSQL tables and views over HTTP as NDJSON or CSV, compressed on request.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = AFTER_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+const AFTER_HELP: &str = "\
+Endpoints:
+  GET  /v1/datasets/{name}/rows   every row, ordered by the dataset's key
+         ?format=ndjson|csv (else Accept: application/x-ndjson, application/jsonl, text/csv; else NDJSON)
+         Accept-Encoding: zstd, gzip, br (q-values honoured; none sent = uncompressed)
+  HEAD /v1/datasets/{name}/rows   the same headers, without running the query
+  GET  /healthz                   200 while the process runs
+  GET  /readyz                    200 when PostgreSQL answers, else 503
+
+Errors before the first byte are RFC 9457 problem+json; an export that fails after it is aborted,
+never ended cleanly.
+
+Environment: DATABASE_URL (overrides database.url), PGSPOUT_LISTEN (overrides server.listen),
+RUST_LOG (log filter, default info). Every config key is listed, with its default, in
+config/pgspout.toml and the README.";
 
 #[derive(Subcommand)]
 enum Command {

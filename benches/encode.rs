@@ -6,19 +6,10 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pgspout::compress::{Compressor, Encoding, Levels};
-use pgspout::encode::{Cells, EncodeError, EncodedColumn, Format, RowEncoder, ValueKind};
+use pgspout::encode::{EncodedColumn, Format, RowEncoder, ValueKind};
 
 /// One row's binary wire values.
-struct Row(Vec<Option<Vec<u8>>>);
-
-impl Cells for Row {
-    fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
-        self.0
-            .get(index)
-            .map(Option::as_deref)
-            .ok_or(EncodeError::Unreadable(index))
-    }
-}
+type Row = Vec<Option<Vec<u8>>>;
 
 /// `numeric` wire bytes for `cents / 100` with scale 2.
 fn numeric(cents: i64) -> Vec<u8> {
@@ -59,7 +50,7 @@ fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
     .to_vec();
     let rows = (1..=n)
         .map(|g| {
-            Row(vec![
+            vec![
                 Some(g.to_be_bytes().to_vec()),
                 Some(format!("Customer {g}").into_bytes()),
                 Some(format!("customer{g}@example.com").into_bytes()),
@@ -71,7 +62,7 @@ fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
                 ),
                 Some((757_382_400_000_000i64 + g * 17_250_000).to_be_bytes().to_vec()),
                 (g % 10 == 0).then(|| b"gift, wrap \"nicely\"".to_vec()),
-            ])
+            ]
         })
         .collect();
     (columns, rows)
@@ -80,7 +71,7 @@ fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
 fn encode_all(encoder: &RowEncoder, rows: &[Row], out: &mut Vec<u8>) {
     out.clear();
     for row in rows {
-        encoder.write_row(row, out).unwrap();
+        encoder.write_row(&row[..], out).unwrap();
     }
 }
 

@@ -14,7 +14,7 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn run(program: &str, args: &[&str]) -> Duration {
+fn run(program: &str, args: &[impl AsRef<std::ffi::OsStr> + std::fmt::Debug]) -> Duration {
     let started = Instant::now();
     let status = Command::new(program)
         .args(args)
@@ -85,50 +85,31 @@ fn main() {
     assert!(ready, "pgspout did not become ready");
 
     let copy = format!("\\copy (SELECT {COLUMNS} FROM orders ORDER BY id) TO /dev/null CSV");
-    let ndjson = base.clone();
-    let csv = format!("{base}?format=csv");
-    let cases: Vec<(&str, &str, Vec<&str>)> = vec![
-        ("psql \\copy csv", "psql", vec!["-X", "-q", "-c", &copy]),
+    let curl = |url: String, coding: Option<&str>| {
+        let mut args: Vec<String> = ["-sS", "--fail", "-o", "/dev/null"].map(String::from).to_vec();
+        if let Some(coding) = coding {
+            args.extend(["-H".to_owned(), format!("Accept-Encoding: {coding}")]);
+        }
+        args.push(url);
+        ("curl", args)
+    };
+    let cases: Vec<(&str, (&str, Vec<String>))> = vec![
         (
-            "pgspout ndjson",
-            "curl",
-            vec!["-sS", "--fail", "-o", "/dev/null", &ndjson],
+            "psql \\copy csv",
+            ("psql", ["-X", "-q", "-c", &copy].map(String::from).to_vec()),
         ),
-        ("pgspout csv", "curl", vec!["-sS", "--fail", "-o", "/dev/null", &csv]),
-        (
-            "pgspout ndjson+gzip",
-            "curl",
-            vec![
-                "-sS",
-                "--fail",
-                "-o",
-                "/dev/null",
-                "-H",
-                "Accept-Encoding: gzip",
-                &ndjson,
-            ],
-        ),
-        (
-            "pgspout ndjson+zstd",
-            "curl",
-            vec![
-                "-sS",
-                "--fail",
-                "-o",
-                "/dev/null",
-                "-H",
-                "Accept-Encoding: zstd",
-                &ndjson,
-            ],
-        ),
+        ("pgspout ndjson", curl(base.clone(), None)),
+        ("pgspout csv", curl(format!("{base}?format=csv"), None)),
+        ("pgspout ndjson+gzip", curl(base.clone(), Some("gzip"))),
+        ("pgspout ndjson+zstd", curl(base.clone(), Some("zstd"))),
     ];
     // One warm-up round fills caches for everyone alike.
-    for (_, program, args) in &cases {
+    for (_, (program, args)) in &cases {
         run(program, args);
     }
     let mut times = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
-        for (i, (_, program, args)) in cases.iter().enumerate() {
+        for (i, (_, (program, args))) in cases.iter().enumerate() {
             times[i].push(run(program, args));
         }
     }
@@ -139,7 +120,7 @@ fn main() {
     let medians: Vec<Duration> = times.into_iter().map(median).collect();
     let psql = medians[0].as_secs_f64();
     println!("end_to_end: {rows} rows, median of {rounds} interleaved rounds");
-    for ((name, _, _), time) in cases.iter().zip(&medians) {
+    for ((name, _), time) in cases.iter().zip(&medians) {
         println!(
             "  {name:<22} {:>8.3} s   {:>5.2}x psql",
             time.as_secs_f64(),

@@ -36,7 +36,7 @@ impl CsvEncoder {
 
     /// Appends one row and its newline.
     #[inline]
-    pub fn write_row<C: Cells>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let single = self.kinds.len() == 1;
         for (i, kind) in self.kinds.iter().enumerate() {
             if i > 0 {
@@ -118,12 +118,6 @@ mod tests {
     #[test]
     fn csv_tells_empty_strings_from_nulls() {
         assert_eq!(field("", false), "\"\"");
-        struct Row;
-        impl Cells for Row {
-            fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
-                Ok([None, Some(&b""[..])][index])
-            }
-        }
         let columns = [
             EncodedColumn {
                 name: "a".into(),
@@ -135,7 +129,9 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
-        CsvEncoder::new(&columns).write_row(&Row, &mut out).unwrap();
+        CsvEncoder::new(&columns)
+            .write_row(&[None, Some(Vec::new())][..], &mut out)
+            .unwrap();
         assert_eq!(out, b",\"\"\n");
     }
 

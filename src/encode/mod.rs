@@ -134,6 +134,15 @@ pub trait Cells {
     fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError>;
 }
 
+/// A row held as owned values, as in tests and benchmarks.
+impl Cells for [Option<Vec<u8>>] {
+    fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
+        self.get(index)
+            .map(Option::as_deref)
+            .ok_or(EncodeError::Unreadable(index))
+    }
+}
+
 /// A named column as the encoders see it.
 #[derive(Clone, Debug)]
 pub struct EncodedColumn {
@@ -170,7 +179,7 @@ impl RowEncoder {
 
     /// Appends one row, including its line terminator.
     #[inline]
-    pub fn write_row<C: Cells>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             RowEncoder::Ndjson(e) => e.write_row(row, out),
             RowEncoder::Csv(e) => e.write_row(row, out),

@@ -28,7 +28,7 @@ impl NdjsonEncoder {
 
     /// Appends one row and its newline.
     #[inline]
-    pub fn write_row<C: Cells>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if self.columns.is_empty() {
             out.push(b'{');
         }

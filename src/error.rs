@@ -47,6 +47,12 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl From<crate::query::ParamError> for ApiError {
+    fn from(error: crate::query::ParamError) -> Self {
+        ApiError::BadQuery(error.to_string())
+    }
+}
+
 /// An RFC 9457 problem details document.
 #[derive(Serialize)]
 struct Problem<'a> {
@@ -62,7 +68,9 @@ impl ApiError {
         match self {
             ApiError::UnknownDataset(_) => ("urn:pgspout:problem:unknown-dataset", "Unknown dataset"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
-            ApiError::BadQuery(_) => ("urn:pgspout:problem:bad-query", "Bad query parameter"),
+            ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. }) => {
+                ("urn:pgspout:problem:bad-query", "Bad query parameter")
+            }
             ApiError::Format(FormatError::Unknown(_)) => ("urn:pgspout:problem:unknown-format", "Unknown format"),
             ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => {
                 ("urn:pgspout:problem:not-acceptable", "Not acceptable")
@@ -84,7 +92,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::UnknownDataset(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
-            ApiError::BadQuery(_) | ApiError::Format(FormatError::Unknown(_)) => StatusCode::BAD_REQUEST,
+            ApiError::BadQuery(_)
+            | ApiError::Format(FormatError::Unknown(_))
+            | ApiError::Open(OpenError::InvalidValue { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Open(OpenError::PoolExhausted | OpenError::Unavailable(_)) | ApiError::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -5,7 +5,8 @@
 //! A request flows route → negotiate → plan → lease a connection → cursor → encode → compress → body:
 //! - [`routes`]: the HTTP resources.
 //! - [`negotiate`] (private), [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
-//! - [`query`]: a dataset and format → the SQL and column encodings.
+//! - [`query`]: the query string (PostgREST syntax) → validated SQL, bind parameters, page cursors.
+//! - [`openapi`]: the OpenAPI document generated from the datasets.
 //! - [`db`]: pools, the catalog, exports; the only module that talks to tokio-postgres.
 //! - [`encode`]: rows → NDJSON or CSV, byte-identical to Postgres's own output.
 //! - [`body`]: the streaming body that ties rows, encoder and compressor together.
@@ -18,6 +19,7 @@ pub mod db;
 pub mod encode;
 pub mod error;
 mod negotiate;
+pub mod openapi;
 pub mod query;
 pub mod routes;
 pub mod settings;

@@ -25,6 +25,9 @@ pub struct Settings {
     /// Compression levels per coding.
     #[serde(default)]
     pub compression: Levels,
+    /// `/page` limits and cursors.
+    #[serde(default)]
+    pub pages: PageSettings,
     /// The datasets served; identifiers come only from here, never from a request.
     #[serde(default)]
     pub datasets: Vec<DatasetSettings>,
@@ -108,6 +111,29 @@ impl Default for ExportSettings {
     }
 }
 
+/// `[pages]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PageSettings {
+    /// Rows per page when `limit` is not given.
+    pub default_limit: u64,
+    /// The largest `limit` a page accepts.
+    pub max_limit: u64,
+    /// Secret for signing cursors; instances behind one load balancer must share it. Unset: a random secret
+    /// per process, so cursors do not survive a restart.
+    pub cursor_secret: Option<String>,
+}
+
+impl Default for PageSettings {
+    fn default() -> Self {
+        PageSettings {
+            default_limit: 100,
+            max_limit: 10_000,
+            cursor_secret: None,
+        }
+    }
+}
+
 /// One `[[datasets]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -118,6 +144,8 @@ pub struct DatasetSettings {
     pub table: String,
     /// A unique, orderable column: rows are streamed in its order.
     pub key: Option<String>,
+    /// If set, the only columns readable, filterable and orderable (the key must be among them).
+    pub columns: Option<Vec<String>>,
 }
 
 /// Why the settings could not be loaded.
@@ -192,6 +220,9 @@ impl Settings {
             return invalid("database.timezone is empty".into());
         }
         self.compression.validate().map_err(SettingsError::Invalid)?;
+        if self.pages.default_limit == 0 || self.pages.default_limit > self.pages.max_limit {
+            return invalid("pages.default_limit must be between 1 and pages.max_limit".into());
+        }
         let mut seen = std::collections::HashSet::new();
         for dataset in &self.datasets {
             let name = &dataset.name;

@@ -10,8 +10,9 @@ use tokio_postgres::NoTls;
 use crate::body::Chunking;
 use crate::compress::Levels;
 use crate::db::{self, catalog::Catalog};
+use crate::query::cursor::CursorKey;
 use crate::routes;
-use crate::settings::Settings;
+use crate::settings::{PageSettings, Settings};
 
 /// State shared by all workers.
 pub struct AppState {
@@ -23,6 +24,12 @@ pub struct AppState {
     pub chunking: Chunking,
     /// Compression levels.
     pub levels: Levels,
+    /// Page limits.
+    pub pages: PageSettings,
+    /// Signs page cursors.
+    pub cursor_key: CursorKey,
+    /// The OpenAPI document.
+    pub openapi: String,
 }
 
 /// One worker's connection pools. Each actix worker is a single-threaded runtime, and a connection's task
@@ -83,13 +90,19 @@ impl Application {
             })?
             .port();
         let state = web::Data::new(AppState {
-            catalog,
             begin_sql: db::begin_sql(&settings.database),
             chunking: Chunking {
                 size: settings.export.chunk_size,
                 flush_interval: settings.export.flush_interval,
             },
             levels: settings.compression.clone(),
+            pages: settings.pages.clone(),
+            cursor_key: match &settings.pages.cursor_secret {
+                Some(secret) => CursorKey::new(secret.as_bytes()),
+                None => CursorKey::random(),
+            },
+            openapi: crate::openapi::document(&catalog).to_string(),
+            catalog,
         });
         let database = settings.database.clone();
         let server = HttpServer::new(move || {

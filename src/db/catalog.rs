@@ -34,6 +34,8 @@ pub struct Column {
     pub ident: String,
     /// Its type as `format_type` prints it, e.g. `numeric(12,2)`.
     pub type_name: String,
+    /// Its type without typmod, for casting request values (`numeric`, not `numeric(12,2)`, which would round).
+    pub cast_type: String,
     /// Whether it may hold NULL (always true for a view's columns).
     pub nullable: bool,
     /// How pgspout decodes its values.
@@ -52,6 +54,13 @@ impl Catalog {
     /// The dataset called `name`.
     pub fn get(&self, name: &str) -> Option<&Dataset> {
         self.datasets.get(name)
+    }
+
+    /// Every dataset, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Dataset> {
+        let mut datasets: Vec<&Dataset> = self.datasets.values().collect();
+        datasets.sort_by(|a, b| a.name.cmp(&b.name));
+        datasets.into_iter()
     }
 }
 
@@ -77,6 +86,24 @@ pub enum CatalogError {
     /// The key names no column of the relation.
     #[error("dataset {dataset:?}: key column {key:?} does not exist in {table:?}")]
     NoKeyColumn {
+        /// The dataset.
+        dataset: String,
+        /// The configured key.
+        key: String,
+        /// Its configured table.
+        table: String,
+    },
+    /// `columns` names a column the relation does not have, or leaves out the key.
+    #[error("dataset {dataset:?}: {problem}")]
+    Columns {
+        /// The dataset.
+        dataset: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A table's key may be NULL, so keyset pages and `after` could skip or repeat rows.
+    #[error("dataset {dataset:?}: key column {key:?} of {table:?} must be NOT NULL")]
+    KeyNullable {
         /// The dataset.
         dataset: String,
         /// The configured key.
@@ -149,7 +176,8 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
     let rows = client
         .query(
             "SELECT a.attname::text, a.attnum, NOT a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), \
-                    pg_catalog.quote_ident(pn.nspname) || '.' || pg_catalog.quote_ident(p.proname) \
+                    pg_catalog.quote_ident(pn.nspname) || '.' || pg_catalog.quote_ident(p.proname), \
+                    pg_catalog.format_type(a.atttypid, NULL) \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_proc p ON p.oid = t.typoutput \
@@ -176,14 +204,47 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
                 type_name: row.get(3),
                 kind: value_kind(described.type_(), utc),
                 output_function: row.get(4),
+                cast_type: row.get(5),
             }
         })
         .collect();
+    let attnums: Vec<i16> = rows.iter().map(|r| r.get(1)).collect();
+    let (columns, attnums) = match &settings.columns {
+        None => (columns, attnums),
+        Some(allowed) => {
+            let mut kept = Vec::new();
+            for name in allowed {
+                let Some(index) = columns.iter().position(|c| &c.name == name) else {
+                    let problem = format!("columns names {name:?}, which {table:?} does not have");
+                    return Err(CatalogError::Columns { dataset, problem });
+                };
+                if kept.contains(&index) {
+                    return Err(CatalogError::Columns {
+                        dataset,
+                        problem: format!("columns names {name:?} twice"),
+                    });
+                }
+                kept.push(index);
+            }
+            let attnums = kept.iter().map(|&i| attnums[i]).collect();
+            let mut columns: Vec<Option<Column>> = columns.into_iter().map(Some).collect();
+            (
+                kept.iter()
+                    .map(|&i| columns[i].take().expect("each index once"))
+                    .collect(),
+                attnums,
+            )
+        }
+    };
 
     let key = match &settings.key {
         None => None,
         Some(key) => {
             let Some(index) = columns.iter().position(|c| &c.name == key) else {
+                if settings.columns.is_some() {
+                    let problem = format!("columns must include the key {key:?}");
+                    return Err(CatalogError::Columns { dataset, problem });
+                }
                 return Err(CatalogError::NoKeyColumn {
                     dataset,
                     key: key.clone(),
@@ -191,7 +252,14 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
                 });
             };
             if matches!(relkind.as_str(), "r" | "p" | "m") {
-                let attnum: i16 = rows[index].get(1);
+                if columns[index].nullable {
+                    return Err(CatalogError::KeyNullable {
+                        dataset,
+                        key: key.clone(),
+                        table,
+                    });
+                }
+                let attnum = attnums[index];
                 let unique: bool = client
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = $1 AND i.indisunique \

@@ -12,12 +12,15 @@ use tokio_postgres::{Row, RowStream};
 
 use super::lease::Lease;
 use crate::encode::{Cells, EncodeError};
+use crate::query::{CountMethod, Plan};
 
 /// A running export: its connection and the rows still to come.
 pub struct Export {
     lease: Lease,
     rows: Pin<Box<RowStream>>,
     first: Option<Row>,
+    /// The result is complete (a finished `RowStream` must not be polled again: it would report an error).
+    ended: bool,
 }
 
 /// Why an export could not start.
@@ -29,6 +32,14 @@ pub enum OpenError {
     /// No connection could be made, or the server is shutting down or full.
     #[error("the database is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A request value does not parse as its column's type.
+    #[error("query parameter {parameter:?}: {message}")]
+    InvalidValue {
+        /// The query parameter.
+        parameter: String,
+        /// Postgres's message, which quotes the value and names the type.
+        message: String,
+    },
     /// The query ran into `statement_timeout`.
     #[error("the query exceeded the statement timeout")]
     StatementTimeout(#[source] tokio_postgres::Error),
@@ -72,16 +83,57 @@ impl From<tokio_postgres::Error> for OpenError {
 }
 
 impl Export {
-    /// Checks out a connection, opens the transaction with `begin_sql`, runs `sql` and waits for its first row.
-    pub async fn open(pool: &Pool, begin_sql: &str, sql: &str) -> Result<Export, OpenError> {
+    /// Checks out a connection, opens the transaction with `begin_sql`, checks the plan's values, runs its
+    /// count (in the same snapshot as the rows) and its query, and waits for the first row.
+    pub async fn open(pool: &Pool, begin_sql: &str, plan: &Plan) -> Result<(Export, Option<i64>), OpenError> {
         let lease = Lease::new(pool.get().await?);
         let client = lease.client();
         client.batch_execute(begin_sql).await?;
-        let statement = client.prepare_cached(sql).await?;
-        let no_params: [&str; 0] = [];
-        let mut rows = Box::pin(client.query_raw(&statement, no_params).await?);
+        for check in &plan.checks {
+            if let Err(error) = client.query_typed(&check.sql, &[(&check.value, Type::TEXT)]).await {
+                return Err(match error.as_db_error() {
+                    Some(db) if db.code().code().starts_with("22") => OpenError::InvalidValue {
+                        parameter: check.parameter.clone(),
+                        message: db.message().to_owned(),
+                    },
+                    _ => OpenError::from(error),
+                });
+            }
+        }
+        let total = match &plan.count {
+            None => None,
+            Some(count) => {
+                let params = text_params(&plan.params[..count.params]);
+                let row = client.query_typed_raw(&count.sql, params).await?;
+                let rows: Vec<Row> = futures::TryStreamExt::try_collect(row).await?;
+                let first = rows
+                    .first()
+                    .ok_or_else(|| OpenError::Unavailable("the count returned no row".into()))?;
+                Some(match count.method {
+                    CountMethod::Exact => first.try_get::<_, i64>(0)?,
+                    CountMethod::Estimated => planned_rows(first.try_get::<_, Raw<'_>>(0)?.0)
+                        .ok_or_else(|| OpenError::Unavailable("EXPLAIN gave no row estimate".into()))?,
+                })
+            }
+        };
+        // Prepared first, not `query_typed_raw`: that pipelines the execution with the description, and a
+        // result type the connection does not know yet (an enum, a domain) is then looked up by a query queued
+        // behind rows that nobody reads yet — a deadlock. Uncached, as filters make every SQL text different.
+        let types = vec![Type::TEXT; plan.params.len()];
+        let statement = client.prepare_typed(&plan.sql, &types).await?;
+        let params = plan.params.iter().map(String::as_str);
+        let mut rows = Box::pin(client.query_raw(&statement, params).await?);
         let first = rows.next().await.transpose()?;
-        Ok(Export { lease, rows, first })
+        let ended = first.is_none();
+        Ok((
+            Export {
+                lease,
+                rows,
+                first,
+                ended,
+            },
+            total,
+        ))
     }
 
     /// The next row; `None` once the result is complete.
@@ -89,13 +141,52 @@ impl Export {
         if let Some(row) = self.first.take() {
             return Ok(Some(row));
         }
-        self.rows.next().await.transpose()
+        if self.ended {
+            return Ok(None);
+        }
+        let next = self.rows.next().await.transpose()?;
+        self.ended = next.is_none();
+        Ok(next)
     }
 
     /// Ends a fully read export, returning its connection to the pool.
     pub async fn finish(self) -> Result<(), tokio_postgres::Error> {
-        self.lease.release().await
+        // Drop the row stream first: should any message of it remain, the connection then discards it
+        // instead of waiting for a reader while COMMIT's answer queues behind it.
+        let Export { lease, rows, .. } = self;
+        drop(rows);
+        lease.release().await
     }
+}
+
+/// Request values travel as text; the SQL casts each to its column's type.
+fn text_params(params: &[String]) -> impl Iterator<Item = (&str, Type)> {
+    params.iter().map(|p| (p.as_str(), Type::TEXT))
+}
+
+/// The planner's estimate of the rows in `relation` (quoted SQL from the catalog).
+pub async fn estimate_rows(
+    client: &tokio_postgres::Client,
+    relation: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(&format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {relation}"), &[])
+        .await?;
+    Ok(match rows.first() {
+        Some(row) => planned_rows(row.try_get::<_, Raw<'_>>(0)?.0),
+        None => None,
+    })
+}
+
+/// The top plan node's row estimate from `EXPLAIN (FORMAT JSON)` output (binary `json` is its text).
+fn planned_rows(explain: &[u8]) -> Option<i64> {
+    let plans: serde_json::Value = serde_json::from_slice(explain).ok()?;
+    plans
+        .get(0)?
+        .get("Plan")?
+        .get("Plan Rows")?
+        .as_f64()
+        .map(|rows| rows as i64)
 }
 
 /// Any column's raw binary bytes.

@@ -111,6 +111,11 @@ pub enum ValueKind {
 }
 
 impl ValueKind {
+    /// Whether values are text that `LIKE` can match (text-like types and enums).
+    pub fn is_textual(self) -> bool {
+        self == ValueKind::Text
+    }
+
     /// Whether pgspout decodes this kind itself rather than asking Postgres to format it.
     pub fn is_native(self) -> bool {
         self != ValueKind::ServerFormatted

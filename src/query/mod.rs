@@ -1,94 +1,456 @@
-//! Request → validated plan: the SQL to run and how each result column is encoded. No I/O here.
+//! Request → validated plan: the SQL to run, its bind parameters, and how each result column is encoded.
+//! No I/O here.
 //!
-//! Identifiers come only from the catalog (quoted there); nothing from the request becomes SQL text.
+//! # Layout
+//! - `params`: the query string → a typed [`Request`] (PostgREST syntax).
+//! - `cursor`: signed, opaque keyset cursors for pages.
+//!
+//! Identifiers come only from the catalog (quoted there). Every value from the request is a bind parameter,
+//! sent as text and cast in SQL to the column's type (without typmod, so `numeric(12,2)` does not round it).
 
-use crate::db::catalog::Dataset;
+pub mod cursor;
+pub mod params;
+
+use crate::db::catalog::{Column, Dataset};
 use crate::encode::{EncodedColumn, Format};
 
-/// What an export runs and how it encodes the result.
+pub use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
+
+/// A value that must be checked against its column's type before the query runs, so that a bad one is a 400
+/// naming its parameter rather than a failed export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The query parameter it came from.
+    pub parameter: String,
+    /// `SELECT $1::text::<type> IS NULL`.
+    pub sql: String,
+    /// The value.
+    pub value: String,
+}
+
+/// How to count the matching rows for `Prefer: count=…`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountMethod {
+    /// `count(*)` in the export's own snapshot.
+    Exact,
+    /// The planner's estimate.
+    Estimated,
+}
+
+/// A count query: SQL and how many of the plan's leading parameters it uses.
+#[derive(Debug)]
+pub struct CountPlan {
+    /// How the count is made.
+    pub method: CountMethod,
+    /// `SELECT count(*) …` or `EXPLAIN (FORMAT JSON) …`.
+    pub sql: String,
+    /// It takes the plan's first `params` parameters (the filters').
+    pub params: usize,
+}
+
+/// What an export or page runs and how it encodes the result.
 #[derive(Debug)]
 pub struct Plan {
     /// The `SELECT`.
     pub sql: String,
-    /// The result columns, in order.
+    /// Its parameters, all sent as text.
+    pub params: Vec<String>,
+    /// Values to type-check first.
+    pub checks: Vec<Check>,
+    /// The count to run first, if asked for.
+    pub count: Option<CountPlan>,
+    /// The encoded result columns, in order. Pages append one hidden text column per sort term after these.
     pub columns: Vec<EncodedColumn>,
+    /// The sort terms of a page (their values form the next cursor).
+    pub keyset: Vec<OrderTerm>,
 }
 
-/// Every column of `dataset`, in key order when it has a key.
+/// SQL text under construction with its parameters.
+struct Sql<'a> {
+    dataset: &'a Dataset,
+    where_clauses: Vec<String>,
+    params: Vec<String>,
+    checks: Vec<Check>,
+}
+
+/// Types whose text input accepts any string, so their values need no check.
+fn accepts_any_text(column: &Column) -> bool {
+    matches!(
+        column.cast_type.as_str(),
+        "text" | "character varying" | "bpchar" | "name"
+    )
+}
+
+impl<'a> Sql<'a> {
+    fn new(dataset: &'a Dataset) -> Self {
+        Sql {
+            dataset,
+            where_clauses: Vec::new(),
+            params: Vec::new(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// A parameter placeholder for `value`, cast to `column`'s type.
+    fn bind(&mut self, value: &str, column: &Column, parameter: &str) -> String {
+        self.params.push(value.to_owned());
+        if !accepts_any_text(column) {
+            self.checks.push(Check {
+                parameter: parameter.to_owned(),
+                // A boolean result: a column of the cast type would make tokio-postgres look that type up with
+                // a second query, which fails inside the transaction the bad value just aborted.
+                sql: format!("SELECT $1::text::{} IS NULL", column.cast_type),
+                value: value.to_owned(),
+            });
+        }
+        format!("${}::text::{}", self.params.len(), column.cast_type)
+    }
+
+    /// A parameter that is plain text (patterns) or a number we produced.
+    fn bind_text(&mut self, value: String) -> String {
+        self.params.push(value);
+        format!("${}::text", self.params.len())
+    }
+
+    fn filter(&mut self, filter: &Filter) {
+        let column = &self.dataset.columns[filter.column];
+        let target = format!("t.{}", column.ident);
+        let condition = match &filter.operator {
+            Operator::Compare(op, value) => format!("{target} {op} {}", self.bind(value, column, &filter.parameter)),
+            Operator::Like(op, pattern) => format!("{target}::text {op} {}", self.bind_text(pattern.clone())),
+            Operator::In(items) if items.is_empty() => "false".to_owned(),
+            Operator::In(items) => {
+                let placeholders: Vec<String> = items
+                    .iter()
+                    .map(|item| self.bind(item, column, &filter.parameter))
+                    .collect();
+                format!("{target} IN ({})", placeholders.join(", "))
+            }
+            Operator::Is(what) => format!("{target} IS {what}"),
+        };
+        self.where_clauses.push(if filter.negated {
+            format!("NOT ({condition})")
+        } else {
+            condition
+        });
+    }
+
+    fn where_sql(&self) -> String {
+        if self.where_clauses.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", self.where_clauses.join(" AND "))
+        }
+    }
+}
+
+/// The SELECT list for `columns` in `format`, and their encodings.
 ///
 /// Columns pgspout does not decode itself are formatted by Postgres in the query: with the type's output
 /// function for CSV (what `COPY` uses; a `::text` cast differs for some types, e.g. `inet`) and with
 /// `to_json()` for NDJSON.
-pub fn plan(dataset: &Dataset, format: Format) -> Plan {
-    let mut sql = String::from("SELECT ");
-    for (i, column) in dataset.columns.iter().enumerate() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        let ident = &column.ident;
-        if column.kind.is_native() {
-            sql.push_str(&format!("t.{ident}"));
-        } else {
-            match format {
-                Format::Csv => sql.push_str(&format!("{}(t.{ident})::text", column.output_function)),
-                Format::Ndjson => sql.push_str(&format!("pg_catalog.to_json(t.{ident})::text")),
-            }
-        }
-    }
-    sql.push_str(&format!(" FROM {} AS t", dataset.relation));
-    if let Some(key) = dataset.key {
-        sql.push_str(&format!(" ORDER BY t.{}", dataset.columns[key].ident));
-    }
-    let columns = dataset
-        .columns
+fn select_list(dataset: &Dataset, columns: &[usize], format: Format) -> (Vec<String>, Vec<EncodedColumn>) {
+    columns
         .iter()
-        .map(|c| EncodedColumn {
-            name: c.name.clone(),
-            kind: c.kind,
+        .map(|&i| {
+            let column = &dataset.columns[i];
+            let ident = &column.ident;
+            let expression = match (column.kind.is_native(), format) {
+                (true, _) => format!("t.{ident}"),
+                (false, Format::Csv) => format!("{}(t.{ident})::text", column.output_function),
+                (false, Format::Ndjson) => format!("pg_catalog.to_json(t.{ident})::text"),
+            };
+            (
+                expression,
+                EncodedColumn {
+                    name: column.name.clone(),
+                    kind: column.kind,
+                },
+            )
+        })
+        .unzip()
+}
+
+fn order_sql(dataset: &Dataset, terms: &[OrderTerm]) -> String {
+    let terms: Vec<String> = terms
+        .iter()
+        .map(|term| {
+            format!(
+                "t.{} {} NULLS {}",
+                dataset.columns[term.column].ident,
+                if term.descending { "DESC" } else { "ASC" },
+                if term.nulls_first { "FIRST" } else { "LAST" }
+            )
         })
         .collect();
-    Plan { sql, columns }
+    if terms.is_empty() {
+        String::new()
+    } else {
+        format!(" ORDER BY {}", terms.join(", "))
+    }
+}
+
+/// The order an export or page uses: the request's, then the key as a tie-breaker; or just the key.
+fn effective_order(dataset: &Dataset, request: &Request) -> Vec<OrderTerm> {
+    let mut order = request.order.clone();
+    if let Some(key) = dataset.key
+        && !order.iter().any(|t| t.column == key)
+    {
+        order.push(OrderTerm {
+            column: key,
+            descending: false,
+            nulls_first: false,
+        });
+    }
+    order
+}
+
+fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
+    let method = method?;
+    let from = format!("FROM {} AS t{}", sql.dataset.relation, sql.where_sql());
+    let text = match method {
+        CountMethod::Exact => format!("SELECT count(*) {from}"),
+        CountMethod::Estimated => format!("EXPLAIN (FORMAT JSON) SELECT 1 {from}"),
+    };
+    Some(CountPlan {
+        method,
+        sql: text,
+        params: sql.params.len(),
+    })
+}
+
+/// The plan for `/rows`: the selected columns of every matching row, in order.
+pub fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>) -> Plan {
+    let mut sql = Sql::new(dataset);
+    for filter in &request.filters {
+        sql.filter(filter);
+    }
+    let count = count_plan(&sql, count);
+    if let (Some(after), Some(key)) = (&request.after, dataset.key) {
+        let column = &dataset.columns[key];
+        let placeholder = sql.bind(after, column, "after");
+        sql.where_clauses.push(format!("t.{} > {placeholder}", column.ident));
+    }
+    let (expressions, columns) = select_list(dataset, &request.select, format);
+    let mut text = format!(
+        "SELECT {} FROM {} AS t{}",
+        expressions.join(", "),
+        dataset.relation,
+        sql.where_sql()
+    );
+    text.push_str(&order_sql(dataset, &effective_order(dataset, request)));
+    if let Some(limit) = request.limit {
+        let placeholder = sql.bind_text(limit.to_string());
+        text.push_str(&format!(" LIMIT {placeholder}::bigint"));
+    }
+    Plan {
+        sql: text,
+        params: sql.params,
+        checks: sql.checks,
+        count,
+        columns,
+        keyset: Vec::new(),
+    }
+}
+
+/// The plan for one `/page`: up to `limit + 1` rows after the cursor's position, with the sort values
+/// of each row appended (the extra row tells whether there is a next page).
+pub fn plan_page(
+    dataset: &Dataset,
+    request: &Request,
+    after: Option<&[Option<String>]>,
+    limit: u64,
+    count: Option<CountMethod>,
+) -> Plan {
+    let mut sql = Sql::new(dataset);
+    for filter in &request.filters {
+        sql.filter(filter);
+    }
+    let count = count_plan(&sql, count);
+    let keyset = effective_order(dataset, request);
+    if let Some(values) = after {
+        let predicate = keyset_predicate(&mut sql, &keyset, values);
+        sql.where_clauses.push(predicate);
+    }
+    let (mut expressions, columns) = select_list(dataset, &request.select, Format::Ndjson);
+    for term in &keyset {
+        let column = &dataset.columns[term.column];
+        expressions.push(format!("{}(t.{})::text", column.output_function, column.ident));
+    }
+    let mut text = format!(
+        "SELECT {} FROM {} AS t{}",
+        expressions.join(", "),
+        dataset.relation,
+        sql.where_sql()
+    );
+    text.push_str(&order_sql(dataset, &keyset));
+    let placeholder = sql.bind_text((limit + 1).to_string());
+    text.push_str(&format!(" LIMIT {placeholder}::bigint"));
+    Plan {
+        sql: text,
+        params: sql.params,
+        checks: Vec::new(),
+        count,
+        columns,
+        keyset,
+    }
+}
+
+/// Rows strictly after `values` in the order `terms` (the last of which is the unique key):
+/// `(a after va) OR (a = va AND b after vb) OR …`, with NULLs placed as each term says.
+fn keyset_predicate(sql: &mut Sql<'_>, terms: &[OrderTerm], values: &[Option<String>]) -> String {
+    let mut alternatives = Vec::new();
+    let mut equal_prefix: Vec<String> = Vec::new();
+    for (term, value) in terms.iter().zip(values) {
+        let column = &sql.dataset.columns[term.column];
+        let target = format!("t.{}", column.ident);
+        let (after, equal) = match value {
+            None => {
+                let after = if term.nulls_first {
+                    Some(format!("{target} IS NOT NULL"))
+                } else {
+                    None
+                };
+                (after, format!("{target} IS NULL"))
+            }
+            Some(value) => {
+                let placeholder = sql.bind(value, column, "cursor");
+                let comparison = format!("{target} {} {placeholder}", if term.descending { "<" } else { ">" });
+                let after = if term.nulls_first {
+                    comparison
+                } else {
+                    format!("({comparison} OR {target} IS NULL)")
+                };
+                (Some(after), format!("{target} = {placeholder}"))
+            }
+        };
+        if let Some(after) = after {
+            let mut conjunction = equal_prefix.clone();
+            conjunction.push(after);
+            alternatives.push(format!("({})", conjunction.join(" AND ")));
+        }
+        equal_prefix.push(equal);
+    }
+    if alternatives.is_empty() {
+        "false".to_owned()
+    } else {
+        format!("({})", alternatives.join(" OR "))
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::params::tests::dataset;
     use super::*;
-    use crate::db::catalog::Column;
     use crate::encode::ValueKind;
 
-    fn dataset() -> Dataset {
-        let column = |name: &str, kind| Column {
-            name: name.into(),
-            ident: format!("\"{name}\""),
-            type_name: String::new(),
-            nullable: true,
-            kind,
-            output_function: "pg_catalog.inet_out".into(),
-        };
-        Dataset {
-            name: "hosts".into(),
-            relation: "public.hosts".into(),
-            columns: vec![column("id", ValueKind::Int), column("addr", ValueKind::ServerFormatted)],
-            key: Some(0),
-        }
+    fn request(query: &str) -> Request {
+        params::parse(
+            &dataset(),
+            Endpoint::Rows,
+            &serde_urlencoded::from_str::<Vec<_>>(query).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn values_are_bind_parameters_cast_to_the_column_type() {
+        let plan = plan_rows(
+            &dataset(),
+            &request("amount=gte.10.5&name=eq.x'); drop table t;--&limit=3"),
+            Format::Csv,
+            None,
+        );
+        assert_eq!(
+            plan.sql,
+            "SELECT t.\"id\", t.\"name\", t.\"amount\", t.\"paid\" FROM public.orders AS t \
+             WHERE t.\"amount\" >= $1::text::numeric AND t.\"name\" = $2::text::text ORDER BY t.\"id\" ASC NULLS LAST \
+             LIMIT $3::text::bigint"
+        );
+        assert_eq!(plan.params, vec!["10.5", "x'); drop table t;--", "3"]);
+        assert_eq!(
+            plan.checks,
+            vec![Check {
+                parameter: "amount".into(),
+                sql: "SELECT $1::text::numeric IS NULL".into(),
+                value: "10.5".into()
+            }]
+        );
     }
 
     #[test]
     fn server_formatted_columns_use_output_functions_for_csv_and_to_json_for_ndjson() {
-        assert_eq!(
-            plan(&dataset(), Format::Csv).sql,
-            "SELECT t.\"id\", pg_catalog.inet_out(t.\"addr\")::text FROM public.hosts AS t ORDER BY t.\"id\""
+        let mut dataset = dataset();
+        dataset.columns[3].kind = ValueKind::ServerFormatted;
+        dataset.columns[3].output_function = "pg_catalog.boolout".into();
+        let csv = plan_rows(&dataset, &request("select=paid"), Format::Csv, None);
+        assert!(
+            csv.sql.starts_with("SELECT pg_catalog.boolout(t.\"paid\")::text FROM"),
+            "{}",
+            csv.sql
         );
-        assert_eq!(
-            plan(&dataset(), Format::Ndjson).sql,
-            "SELECT t.\"id\", pg_catalog.to_json(t.\"addr\")::text FROM public.hosts AS t ORDER BY t.\"id\""
+        let ndjson = plan_rows(&dataset, &request("select=paid"), Format::Ndjson, None);
+        assert!(
+            ndjson
+                .sql
+                .starts_with("SELECT pg_catalog.to_json(t.\"paid\")::text FROM"),
+            "{}",
+            ndjson.sql
         );
     }
 
     #[test]
-    fn a_dataset_without_key_is_not_ordered() {
-        let mut dataset = dataset();
-        dataset.key = None;
-        assert!(!plan(&dataset, Format::Csv).sql.contains("ORDER BY"));
+    fn in_not_and_is_compose() {
+        let plan = plan_rows(
+            &dataset(),
+            &request("id=not.in.(1,2)&paid=is.true&name=in.()"),
+            Format::Csv,
+            None,
+        );
+        assert!(
+            plan.sql.contains(
+                "WHERE NOT (t.\"id\" IN ($1::text::bigint, $2::text::bigint)) AND t.\"paid\" IS TRUE AND false"
+            ),
+            "{}",
+            plan.sql
+        );
+    }
+
+    #[test]
+    fn counts_use_only_the_filters() {
+        let plan = plan_rows(
+            &dataset(),
+            &request("amount=gt.1&after=7&limit=2"),
+            Format::Csv,
+            Some(CountMethod::Exact),
+        );
+        let count = plan.count.unwrap();
+        assert_eq!(
+            count.sql,
+            "SELECT count(*) FROM public.orders AS t WHERE t.\"amount\" > $1::text::numeric"
+        );
+        assert_eq!(count.params, 1);
+        assert!(plan.sql.contains("t.\"id\" > $2::text::bigint"));
+    }
+
+    #[test]
+    fn keyset_handles_directions_and_nulls() {
+        let request = params::parse(
+            &dataset(),
+            Endpoint::Page,
+            &serde_urlencoded::from_str::<Vec<_>>("order=amount.desc").unwrap(),
+        )
+        .unwrap();
+        let plan = plan_page(&dataset(), &request, Some(&[None, Some("7".into())]), 10, None);
+        // amount DESC NULLS FIRST, then id: after a NULL amount come non-NULL amounts, or NULLs with a higher id.
+        assert!(plan.sql.contains(
+            "WHERE ((t.\"amount\" IS NOT NULL) OR (t.\"amount\" IS NULL AND (t.\"id\" > $1::text::bigint OR t.\"id\" IS NULL)))"
+        ), "{}", plan.sql);
+        assert!(
+            plan.sql
+                .ends_with("ORDER BY t.\"amount\" DESC NULLS FIRST, t.\"id\" ASC NULLS LAST LIMIT $2::text::bigint")
+        );
+        assert_eq!(plan.params, vec!["7", "11"]);
+        assert_eq!(plan.keyset.len(), 2);
     }
 }

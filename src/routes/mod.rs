@@ -1,11 +1,16 @@
 //! HTTP routes, one file per resource; with `startup` and `body`, the only code that touches actix types.
 
+mod datasets;
 mod health;
+mod openapi;
+mod page;
 mod rows;
 
-use actix_web::{HttpRequest, web};
+use actix_web::http::header::{self, HeaderName};
+use actix_web::{HttpRequest, HttpResponseBuilder, web};
 
 use crate::error::ApiError;
+use crate::query::CountMethod;
 
 /// Registers every route, and problem+json answers for unknown paths and malformed query strings.
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -13,13 +18,43 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::BadQuery(error.to_string()).into()))
         .service(health::healthz)
         .service(health::readyz)
+        .service(openapi::openapi)
+        .service(datasets::list)
+        .service(datasets::one)
         .service(rows::rows)
+        .service(page::page)
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
         }));
 }
 
 /// A request header as text, if present and valid.
-fn header(request: &HttpRequest, name: actix_web::http::header::HeaderName) -> Option<&str> {
+fn header_value(request: &HttpRequest, name: HeaderName) -> Option<&str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `Prefer: count=exact|estimated` (RFC 7240; other preferences are ignored, as the RFC allows).
+fn count_preference(request: &HttpRequest) -> Option<CountMethod> {
+    request
+        .headers()
+        .get_all(header::HeaderName::from_static("prefer"))
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|preference| match preference.trim() {
+            "count=exact" => Some(CountMethod::Exact),
+            "count=estimated" => Some(CountMethod::Estimated),
+            _ => None,
+        })
+}
+
+/// Announces an applied count preference and its result.
+fn total_count_headers(response: &mut HttpResponseBuilder, method: Option<CountMethod>, total: Option<i64>) {
+    if let (Some(method), Some(total)) = (method, total) {
+        let applied = match method {
+            CountMethod::Exact => "count=exact",
+            CountMethod::Estimated => "count=estimated",
+        };
+        response.insert_header((HeaderName::from_static("preference-applied"), applied));
+        response.insert_header((HeaderName::from_static("x-total-count"), total));
+    }
 }

@@ -1,27 +1,19 @@
-//! `GET /v1/datasets/{name}/rows`: the whole dataset as one streamed NDJSON or CSV body.
+//! `GET /v1/datasets/{name}/rows`: the matching rows of a dataset as one streamed NDJSON or CSV body.
 
 use actix_web::http::Method;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{HttpRequest, HttpResponse, route, web};
-use serde::Deserialize;
 
-use super::header;
+use super::{count_preference, header_value, total_count_headers};
 use crate::body;
 use crate::compress::{Compressor, Encoding};
 use crate::db::export::Export;
 use crate::encode::{Format, RowEncoder};
 use crate::error::ApiError;
-use crate::query;
+use crate::query::{self, Endpoint};
 use crate::startup::{AppState, Pools};
 
-/// The query parameters `/rows` takes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RowsParams {
-    format: Option<String>,
-}
-
-/// Streams every row of a dataset, ordered by its key.
+/// Streams the rows a request selects, filters and orders (by default: all, in key order).
 ///
 /// HEAD answers with the same negotiated headers without running the query (DuckDB's reader asks first);
 /// its body length is unknown, so it is sent chunked rather than as a misleading `Content-Length: 0`.
@@ -29,7 +21,7 @@ struct RowsParams {
 pub(super) async fn rows(
     request: HttpRequest,
     name: web::Path<String>,
-    params: web::Query<RowsParams>,
+    params: web::Query<Vec<(String, String)>>,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
@@ -37,8 +29,9 @@ pub(super) async fn rows(
         .catalog
         .get(&name)
         .ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
-    let format = Format::negotiate(params.format.as_deref(), header(&request, header::ACCEPT))?;
-    let encoding = Encoding::negotiate(header(&request, header::ACCEPT_ENCODING))?;
+    let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
+    let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
+    let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;
     let label = format!("{}.{}", dataset.name, format.extension());
     let mut response = HttpResponse::Ok();
     response
@@ -56,9 +49,11 @@ pub(super) async fn rows(
         return Ok(response.streaming(futures::stream::empty::<Result<bytes::Bytes, ApiError>>()));
     }
 
-    let plan = query::plan(dataset, format);
+    let count = count_preference(&request);
+    let plan = query::plan_rows(dataset, &parsed, format, count);
     let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let export = Export::open(&pools.exports, &state.begin_sql, &plan.sql).await?;
+    let (export, total) = Export::open(&pools.exports, &state.begin_sql, &plan).await?;
+    total_count_headers(&mut response, count, total);
     let encoder = RowEncoder::new(format, &plan.columns);
     Ok(response.streaming(body::stream(export, encoder, compressor, state.chunking, label)))
 }

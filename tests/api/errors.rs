@@ -127,7 +127,7 @@ async fn a_terminated_backend_leaves_a_compressed_stream_without_its_trailer() {
 async fn config_that_does_not_match_the_database_fails_at_start_up_naming_the_problem() {
     let db = TestDb::new().await;
     db.client
-        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, other int); CREATE TABLE nounique (id int)")
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, other int NOT NULL); CREATE TABLE nounique (id int NOT NULL); CREATE TABLE nullable (id int UNIQUE)")
         .await
         .unwrap();
     for (table, key, expected) in [
@@ -135,6 +135,7 @@ async fn config_that_does_not_match_the_database_fails_at_start_up_naming_the_pr
         ("t", Some("nope"), "key column \"nope\" does not exist"),
         ("t", Some("other"), "no unique index"),
         ("nounique", Some("id"), "no unique index"),
+        ("nullable", Some("id"), "must be NOT NULL"),
         ("pg_class_oid_index", None, "not a table or view"),
     ] {
         let settings = settings(&db, &[("ds", table, key)]);

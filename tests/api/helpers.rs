@@ -129,6 +129,7 @@ pub(crate) fn settings(db: &TestDb, datasets: &[(&str, &str, Option<&str>)]) -> 
             name: (*name).into(),
             table: (*table).into(),
             key: key.map(Into::into),
+            columns: None,
         })
         .collect();
     settings

@@ -187,3 +187,31 @@ async fn head_answers_the_get_headers_without_running_the_export() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn an_empty_result_is_a_complete_empty_export() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute("CREATE TABLE empty (id int PRIMARY KEY, label text)")
+        .await
+        .unwrap();
+    let app = spawn_app(db, &[("empty", "empty", Some("id"))]).await;
+    for (format, coding, expected) in [
+        ("ndjson", "identity", &b""[..]),
+        ("csv", "identity", b"id,label\n"),
+        ("ndjson", "gzip", b""),
+    ] {
+        let mut response = app
+            .raw(
+                &format!("/v1/datasets/empty/rows?format={format}"),
+                &[("Accept-Encoding", coding)],
+            )
+            .await;
+        assert_eq!(response.status, 200);
+        let (chunks, terminated) = response.read_to_end().await;
+        assert!(terminated, "{format}/{coding}: the empty export must end cleanly");
+        let body = chunks.concat();
+        let body = if coding == "gzip" { decode("gzip", &body) } else { body };
+        assert_eq!(body, expected, "{format}/{coding}");
+    }
+}

@@ -5,4 +5,5 @@ mod errors;
 mod fidelity;
 mod helpers;
 mod http;
+mod query;
 mod streaming;

@@ -1,0 +1,414 @@
+//! The query string → a typed request: `select`, filters, `order`, `limit`, `after`, `cursor`, `format`.
+//!
+//! PostgREST's syntax. Every rejection names the parameter and says why; nothing here touches SQL.
+
+use std::fmt;
+
+use crate::db::catalog::Dataset;
+
+/// What went wrong with one query parameter.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("query parameter {parameter:?}: {reason}")]
+pub struct ParamError {
+    /// The parameter's name as sent.
+    pub parameter: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+fn reject(parameter: &str, reason: impl Into<String>) -> ParamError {
+    ParamError {
+        parameter: parameter.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Which endpoint is asking: each takes a different set of reserved parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/rows`: `select`, `order`, `limit`, `after`, `format`.
+    Rows,
+    /// `/page`: `select`, `order`, `limit`, `cursor`.
+    Page,
+}
+
+/// A comparison a filter applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operator {
+    /// `eq`, `neq`, `gt`, `gte`, `lt`, `lte`: an SQL comparison operator and its value.
+    Compare(&'static str, String),
+    /// `like`, `ilike`: the SQL operator and its pattern (`*` already turned into `%`).
+    Like(&'static str, String),
+    /// `in.(a,b,"c,d")`.
+    In(Vec<String>),
+    /// `is.null`, `is.true`, `is.false`.
+    Is(&'static str),
+}
+
+/// `column=[not.]op.value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// The parameter name (for error messages).
+    pub parameter: String,
+    /// Index into the dataset's columns.
+    pub column: usize,
+    /// Whether `not.` negates it.
+    pub negated: bool,
+    /// The comparison.
+    pub operator: Operator,
+}
+
+/// One `order` term.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderTerm {
+    /// Index into the dataset's columns.
+    pub column: usize,
+    /// Descending?
+    pub descending: bool,
+    /// NULLs before non-NULLs? (Postgres's default: only when descending.)
+    pub nulls_first: bool,
+}
+
+impl fmt::Display for OrderTerm {
+    /// `#<column>.<asc|desc>.<nullsfirst|nullslast>`: a stable signature for cursors.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let direction = if self.descending { "desc" } else { "asc" };
+        let nulls = if self.nulls_first { "nullsfirst" } else { "nullslast" };
+        write!(f, "{}.{direction}.{nulls}", self.column)
+    }
+}
+
+/// A parsed, validated request against one dataset.
+#[derive(Debug, Default)]
+pub struct Request {
+    /// Output columns (indexes into the dataset's columns), in order.
+    pub select: Vec<usize>,
+    /// Filters, ANDed.
+    pub filters: Vec<Filter>,
+    /// Explicit `order`; empty means the key's order.
+    pub order: Vec<OrderTerm>,
+    /// `limit`.
+    pub limit: Option<u64>,
+    /// `after`: resume after this key value.
+    pub after: Option<String>,
+    /// `cursor` (pages).
+    pub cursor: Option<String>,
+    /// `format` (rows).
+    pub format: Option<String>,
+}
+
+/// Parses the decoded query pairs of a request for `dataset`.
+pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) -> Result<Request, ParamError> {
+    let mut request = Request {
+        select: (0..dataset.columns.len()).collect(),
+        ..Request::default()
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in pairs {
+        let reserved = matches!(
+            name.as_str(),
+            "select" | "order" | "limit" | "after" | "cursor" | "format"
+        );
+        if reserved && !seen.insert(name.as_str()) {
+            return Err(reject(name, "given more than once"));
+        }
+        match (name.as_str(), endpoint) {
+            ("select", _) => request.select = parse_select(dataset, name, value)?,
+            ("order", _) => request.order = parse_order(dataset, name, value)?,
+            ("limit", _) => {
+                request.limit = Some(
+                    value
+                        .parse()
+                        .map_err(|_| reject(name, "must be a non-negative integer"))?,
+                )
+            }
+            ("after", Endpoint::Rows) => request.after = Some(value.clone()),
+            ("format", Endpoint::Rows) => request.format = Some(value.clone()),
+            ("cursor", Endpoint::Page) => request.cursor = Some(value.clone()),
+            (_, _) if reserved => return Err(reject(name, "is not accepted by this endpoint")),
+            _ => request.filters.push(parse_filter(dataset, name, value)?),
+        }
+    }
+    if let Some(after) = &request.after {
+        let Some(key) = dataset.key else {
+            return Err(reject("after", "this dataset has no key to resume by"));
+        };
+        let key_order = [OrderTerm {
+            column: key,
+            descending: false,
+            nulls_first: false,
+        }];
+        if !request.order.is_empty() && request.order != key_order {
+            return Err(reject("after", "can only be combined with the key's ascending order"));
+        }
+        let _ = after;
+    }
+    Ok(request)
+}
+
+fn column(dataset: &Dataset, parameter: &str, name: &str) -> Result<usize, ParamError> {
+    dataset
+        .columns
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| reject(parameter, format!("no column {name:?}")))
+}
+
+fn parse_select(dataset: &Dataset, parameter: &str, value: &str) -> Result<Vec<usize>, ParamError> {
+    let mut select = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        if name.is_empty() {
+            return Err(reject(parameter, "has an empty column name"));
+        }
+        let index = column(dataset, parameter, name)?;
+        if select.contains(&index) {
+            return Err(reject(parameter, format!("names {name:?} twice")));
+        }
+        select.push(index);
+    }
+    Ok(select)
+}
+
+fn parse_order(dataset: &Dataset, parameter: &str, value: &str) -> Result<Vec<OrderTerm>, ParamError> {
+    let mut terms: Vec<OrderTerm> = Vec::new();
+    for term in value.split(',') {
+        let mut parts = term.split('.');
+        let name = parts.next().unwrap_or_default();
+        let column = column(dataset, parameter, name)?;
+        let (mut descending, mut nulls) = (false, None);
+        for modifier in parts {
+            match modifier {
+                "asc" => descending = false,
+                "desc" => descending = true,
+                "nullsfirst" => nulls = Some(true),
+                "nullslast" => nulls = Some(false),
+                other => {
+                    return Err(reject(
+                        parameter,
+                        format!("unknown modifier {other:?} (asc, desc, nullsfirst, nullslast)"),
+                    ));
+                }
+            }
+        }
+        if terms.iter().any(|t| t.column == column) {
+            return Err(reject(parameter, format!("orders by {name:?} twice")));
+        }
+        terms.push(OrderTerm {
+            column,
+            descending,
+            nulls_first: nulls.unwrap_or(descending),
+        });
+    }
+    Ok(terms)
+}
+
+fn parse_filter(dataset: &Dataset, parameter: &str, value: &str) -> Result<Filter, ParamError> {
+    let column = column(dataset, parameter, parameter)?;
+    let (negated, rest) = match value.strip_prefix("not.") {
+        Some(rest) => (true, rest),
+        None => (false, value),
+    };
+    let Some((op, argument)) = rest.split_once('.') else {
+        return Err(reject(
+            parameter,
+            "expected op.value, e.g. eq.5 (operators: eq neq gt gte lt lte like ilike in is)",
+        ));
+    };
+    let compare = |sql: &'static str| Operator::Compare(sql, argument.to_owned());
+    let operator = match op {
+        "eq" => compare("="),
+        "neq" => compare("<>"),
+        "gt" => compare(">"),
+        "gte" => compare(">="),
+        "lt" => compare("<"),
+        "lte" => compare("<="),
+        "like" | "ilike" => {
+            if !dataset.columns[column].kind.is_textual() {
+                return Err(reject(parameter, format!("{op} applies only to text columns")));
+            }
+            Operator::Like(if op == "like" { "LIKE" } else { "ILIKE" }, argument.replace('*', "%"))
+        }
+        "in" => Operator::In(parse_list(parameter, argument)?),
+        "is" => match argument {
+            "null" => Operator::Is("NULL"),
+            "true" | "false" if dataset.columns[column].kind != crate::encode::ValueKind::Bool => {
+                return Err(reject(
+                    parameter,
+                    format!("is.{argument} applies only to boolean columns"),
+                ));
+            }
+            "true" => Operator::Is("TRUE"),
+            "false" => Operator::Is("FALSE"),
+            other => {
+                return Err(reject(
+                    parameter,
+                    format!("is.{other}: expected is.null, is.true or is.false"),
+                ));
+            }
+        },
+        other => return Err(reject(parameter, format!("unknown operator {other:?}"))),
+    };
+    Ok(Filter {
+        parameter: parameter.to_owned(),
+        column,
+        negated,
+        operator,
+    })
+}
+
+/// `(a,b,"c,d","say \"hi\"")` → its items; quotes protect commas, `\` escapes inside quotes.
+fn parse_list(parameter: &str, argument: &str) -> Result<Vec<String>, ParamError> {
+    let inner = argument
+        .strip_prefix('(')
+        .and_then(|a| a.strip_suffix(')'))
+        .ok_or_else(|| reject(parameter, "in expects a parenthesised list: in.(a,b,\"c,d\")"))?;
+    let mut items = Vec::new();
+    if inner.is_empty() {
+        return Ok(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut item = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('\\') => item.push(
+                        chars
+                            .next()
+                            .ok_or_else(|| reject(parameter, "list ends inside an escape"))?,
+                    ),
+                    Some('"') => break,
+                    Some(c) => item.push(c),
+                    None => return Err(reject(parameter, "list has an unterminated quote")),
+                }
+            }
+            match chars.next() {
+                None => {
+                    items.push(item);
+                    return Ok(items);
+                }
+                Some(',') => {}
+                Some(_) => return Err(reject(parameter, "list has text after a closing quote")),
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    Some(',') => break,
+                    Some(c) => item.push(c),
+                    None => {
+                        items.push(item);
+                        return Ok(items);
+                    }
+                }
+            }
+        }
+        items.push(item);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::db::catalog::Column;
+    use crate::encode::ValueKind;
+
+    pub(crate) fn dataset() -> Dataset {
+        let column = |name: &str, kind, cast: &str| Column {
+            name: name.into(),
+            ident: format!("\"{name}\""),
+            type_name: cast.into(),
+            cast_type: cast.into(),
+            nullable: true,
+            kind,
+            output_function: "pg_catalog.textout".into(),
+        };
+        Dataset {
+            name: "orders".into(),
+            relation: "public.orders".into(),
+            columns: vec![
+                column("id", ValueKind::Int, "bigint"),
+                column("name", ValueKind::Text, "text"),
+                column("amount", ValueKind::Numeric, "numeric"),
+                column("paid", ValueKind::Bool, "boolean"),
+            ],
+            key: Some(0),
+        }
+    }
+
+    fn pairs(query: &str) -> Vec<(String, String)> {
+        serde_urlencoded::from_str(query).unwrap()
+    }
+
+    fn parse_rows(query: &str) -> Result<Request, ParamError> {
+        parse(&dataset(), Endpoint::Rows, &pairs(query))
+    }
+
+    #[test]
+    fn filters_select_order_and_limit_parse() {
+        let request =
+            parse_rows("select=amount,id&amount=gt.100&name=not.like.B*&order=amount.desc,id&limit=5").unwrap();
+        assert_eq!(request.select, vec![2, 0]);
+        assert_eq!(request.filters[0].operator, Operator::Compare(">", "100".into()));
+        assert!(request.filters[1].negated);
+        assert_eq!(request.filters[1].operator, Operator::Like("LIKE", "B%".into()));
+        assert_eq!(
+            request.order[0],
+            OrderTerm {
+                column: 2,
+                descending: true,
+                nulls_first: true
+            }
+        );
+        assert_eq!(
+            request.order[1],
+            OrderTerm {
+                column: 0,
+                descending: false,
+                nulls_first: false
+            }
+        );
+        assert_eq!(request.limit, Some(5));
+    }
+
+    #[test]
+    fn in_lists_honour_quotes_and_escapes() {
+        let list = |arg: &str| parse_list("p", arg);
+        assert_eq!(list("(a,b,\"c,d\")").unwrap(), vec!["a", "b", "c,d"]);
+        assert_eq!(list("(\"say \\\"hi\\\"\",x)").unwrap(), vec!["say \"hi\"", "x"]);
+        assert_eq!(list("()").unwrap(), Vec::<String>::new());
+        assert_eq!(list("(a,,b)").unwrap(), vec!["a", "", "b"]);
+        assert!(list("(\"open").is_err());
+        assert!(list("a,b").is_err());
+    }
+
+    #[test]
+    fn rejections_name_the_parameter() {
+        for (query, parameter) in [
+            ("nope=eq.1", "nope"),
+            ("id=equals.1", "id"),
+            ("id=5", "id"),
+            ("select=id,ghost", "select"),
+            ("order=id.sideways", "order"),
+            ("limit=-1", "limit"),
+            ("name=is.maybe", "name"),
+            ("id=like.1*", "id"),
+            ("name=is.true", "name"),
+            ("after=5&order=amount", "after"),
+            ("cursor=abc", "cursor"),
+            ("limit=1&limit=2", "limit"),
+            ("id;drop table x=eq.1", "id;drop table x"),
+        ] {
+            let error = parse_rows(query).unwrap_err();
+            assert_eq!(error.parameter, parameter, "{query}: {error}");
+        }
+    }
+
+    #[test]
+    fn after_needs_a_key_and_the_key_order() {
+        assert!(parse_rows("after=10&order=id.asc").is_ok());
+        let mut keyless = dataset();
+        keyless.key = None;
+        assert!(parse(&keyless, Endpoint::Rows, &pairs("after=1")).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3.1 document generated at start-up.
+
+use actix_web::{HttpResponse, get, web};
+
+use crate::startup::AppState;
+
+/// The document.
+#[get("/v1/openapi.json")]
+pub(super) async fn openapi(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(state.openapi.clone())
+}

@@ -27,6 +27,9 @@ pub enum ApiError {
     /// No route matches.
     #[error("no resource at this path")]
     NoRoute,
+    /// The path exists, but not for this method; the value is the `Allow` header.
+    #[error("this resource answers only {0}")]
+    MethodNotAllowed(&'static str),
     /// A query parameter is unknown or malformed.
     #[error("{0}")]
     BadQuery(String),
@@ -68,6 +71,7 @@ impl ApiError {
         match self {
             ApiError::UnknownDataset(_) => ("urn:pgspout:problem:unknown-dataset", "Unknown dataset"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
+            ApiError::MethodNotAllowed(_) => ("urn:pgspout:problem:method-not-allowed", "Method not allowed"),
             ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. }) => {
                 ("urn:pgspout:problem:bad-query", "Bad query parameter")
             }
@@ -92,6 +96,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::UnknownDataset(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_)
             | ApiError::Format(FormatError::Unknown(_))
             | ApiError::Open(OpenError::InvalidValue { .. }) => StatusCode::BAD_REQUEST,
@@ -131,6 +136,9 @@ impl ResponseError for ApiError {
         ));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+        }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response.insert_header((header::ALLOW, *allow));
         }
         response.body(body)
     }

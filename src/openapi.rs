@@ -63,30 +63,93 @@ fn parameter(name: &str, description: &str, schema: Value) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
-fn query_parameters(dataset: &Dataset, page: bool) -> Vec<Value> {
+/// A regular expression matching `text` literally (ECMA-262).
+fn regex_escape(text: &str) -> String {
+    text.chars().fold(String::new(), |mut out, c| {
+        if "\\^$.|?*+()[]{}/-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// A regular expression for values a column accepts in filters, or `None` when its text form is not
+/// describable (arrays, json, ranges, …: the API still takes them, the document offers only `is.null`).
+/// The expressions are deliberately narrower than what Postgres parses, so every match is valid.
+fn value_pattern(column: &Column) -> Option<String> {
+    if let Some(labels) = &column.enum_labels {
+        return Some(format!(
+            "({})",
+            labels.iter().map(|l| regex_escape(l)).collect::<Vec<_>>().join("|")
+        ));
+    }
+    let date = "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])";
+    Some(match column.kind {
+        ValueKind::Int => match column.cast_type.as_str() {
+            "smallint" => "-?[0-9]{1,4}".to_owned(),
+            "integer" => "-?[0-9]{1,9}".to_owned(),
+            _ => "-?[0-9]{1,18}".to_owned(),
+        },
+        ValueKind::Numeric => "-?[0-9]{1,12}(\\.[0-9]{1,6})?".to_owned(),
+        ValueKind::Bool => "(true|false)".to_owned(),
+        ValueKind::Text => "[^\\x00,()\"\\\\]*".to_owned(),
+        ValueKind::Uuid => "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}".to_owned(),
+        ValueKind::Date => date.to_owned(),
+        ValueKind::Timestamp | ValueKind::TimestampUtc => format!("{date}T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"),
+        _ if matches!(column.type_name.as_str(), "real" | "double precision") => {
+            "-?[0-9]{1,6}(\\.[0-9]{1,6})?".to_owned()
+        }
+        _ => return None,
+    })
+}
+
+/// The pattern of a filter on `column`: `[not.]op.value` for the operators its type supports.
+fn filter_pattern(column: &Column) -> String {
+    let mut alternatives = vec!["is\\.null".to_owned()];
+    if let Some(value) = value_pattern(column) {
+        alternatives.push(format!("(eq|neq|gt|gte|lt|lte)\\.{value}"));
+        alternatives.push(format!("in\\.\\(({value}(,{value})*)?\\)"));
+    }
+    if column.kind.is_textual() && column.enum_labels.is_none() {
+        alternatives.push("(like|ilike)\\.[^\\x00]*".to_owned());
+    }
+    if column.kind == ValueKind::Bool {
+        alternatives.push("is\\.(true|false)".to_owned());
+    }
+    format!("^(not\\.)?({})$", alternatives.join("|"))
+}
+
+fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value> {
     let names: Vec<&str> = dataset.columns.iter().map(|c| c.name.as_str()).collect();
+    let column = format!(
+        "({})",
+        names.iter().map(|n| regex_escape(n)).collect::<Vec<_>>().join("|")
+    );
+    let term = format!("{column}(\\.(asc|desc))?(\\.(nullsfirst|nullslast))?");
+    let limit = if page {
+        json!({ "type": "integer", "minimum": 1, "maximum": max_limit })
+    } else {
+        json!({ "type": "integer", "minimum": 0 })
+    };
     let mut parameters = vec![
         parameter(
             "select",
             &format!("Comma-separated columns, in output order: {}", names.join(", ")),
-            json!({ "type": "string" }),
+            json!({ "type": "string", "pattern": format!("^{column}(,{column})*$") }),
         ),
         parameter(
             "order",
-            "Comma-separated col[.asc|.desc][.nullsfirst|.nullslast]",
-            json!({ "type": "string" }),
+            "Comma-separated col[.asc|.desc][.nullsfirst|.nullslast], each column once; the key breaks ties",
+            json!({ "type": "string", "pattern": format!("^{term}$") }),
         ),
-        parameter(
-            "limit",
-            "Maximum number of rows",
-            json!({ "type": "integer", "minimum": if page { 1 } else { 0 } }),
-        ),
+        parameter("limit", "Maximum number of rows", limit),
     ];
     if page {
         parameters.push(parameter(
             "cursor",
-            "The `next` value of the previous page",
-            json!({ "type": "string" }),
+            "The opaque `next` value of the previous page (signed; any other value is refused)",
+            json!({ "type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9_-]{43}$" }),
         ));
     } else {
         parameters.push(parameter(
@@ -94,11 +157,11 @@ fn query_parameters(dataset: &Dataset, page: bool) -> Vec<Value> {
             "Output format (else the Accept header)",
             json!({ "type": "string", "enum": ["ndjson", "csv"] }),
         ));
-        if dataset.key.is_some() {
+        if let Some(pattern) = dataset.key.and_then(|k| value_pattern(&dataset.columns[k])) {
             parameters.push(parameter(
                 "after",
                 "Resume after this key value (key order)",
-                json!({ "type": "string" }),
+                json!({ "type": "string", "pattern": format!("^{pattern}$") }),
             ));
         }
     }
@@ -109,14 +172,14 @@ fn query_parameters(dataset: &Dataset, page: bool) -> Vec<Value> {
                 "Filter on {} ({}): [not.]op.value with op one of eq, neq, gt, gte, lt, lte, like, ilike, in.(a,b,\"c,d\"), is.null, is.true, is.false",
                 column.name, column.type_name
             ),
-            json!({ "type": "string", "pattern": "^(not\\.)?(eq|neq|gt|gte|lt|lte|like|ilike|in|is)\\..*$" }),
+            json!({ "type": "string", "pattern": filter_pattern(column) }),
         ));
     }
     parameters
 }
 
-/// The whole document.
-pub fn document(catalog: &Catalog) -> Value {
+/// The whole document; `max_limit` is the largest page.
+pub fn document(catalog: &Catalog, max_limit: u64) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     schemas.insert(
@@ -187,7 +250,7 @@ pub fn document(catalog: &Catalog) -> Value {
             format!("/v1/datasets/{name}/rows"),
             json!({ "get": {
             "summary": format!("Stream the rows of {name}"), "operationId": format!("rows_{name}"),
-            "parameters": query_parameters(dataset, false), "responses": rows_responses } }),
+            "parameters": query_parameters(dataset, false, max_limit), "responses": rows_responses } }),
         );
         if dataset.key.is_some() {
             let mut page_responses = problem_responses();
@@ -199,7 +262,7 @@ pub fn document(catalog: &Catalog) -> Value {
                 format!("/v1/datasets/{name}/page"),
                 json!({ "get": {
                 "summary": format!("One keyset page of {name}"), "operationId": format!("page_{name}"),
-                "parameters": query_parameters(dataset, true), "responses": page_responses } }),
+                "parameters": query_parameters(dataset, true, max_limit), "responses": page_responses } }),
             );
         }
     }

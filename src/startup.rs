@@ -101,7 +101,7 @@ impl Application {
                 Some(secret) => CursorKey::new(secret.as_bytes()),
                 None => CursorKey::random(),
             },
-            openapi: crate::openapi::document(&catalog).to_string(),
+            openapi: crate::openapi::document(&catalog, settings.pages.max_limit).to_string(),
             catalog,
         });
         let database = settings.database.clone();

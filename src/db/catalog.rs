@@ -42,6 +42,8 @@ pub struct Column {
     pub kind: ValueKind,
     /// Its type's output function as quoted SQL (for [`ValueKind::ServerFormatted`] columns in CSV).
     pub output_function: String,
+    /// An enum's labels, in order (for the OpenAPI document).
+    pub enum_labels: Option<Vec<String>>,
 }
 
 /// All datasets by name.
@@ -205,6 +207,7 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
                 kind: value_kind(described.type_(), utc),
                 output_function: row.get(4),
                 cast_type: row.get(5),
+                enum_labels: enum_labels(described.type_()),
             }
         })
         .collect();
@@ -286,6 +289,15 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         columns,
         key,
     })
+}
+
+/// The labels of an enum type (or of a domain over one).
+fn enum_labels(ty: &Type) -> Option<Vec<String>> {
+    match ty.kind() {
+        Kind::Enum(labels) => Some(labels.clone()),
+        Kind::Domain(base) => enum_labels(base),
+        _ => None,
+    }
 }
 
 /// Which values pgspout decodes itself; everything else Postgres formats in the query.

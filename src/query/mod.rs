@@ -289,7 +289,7 @@ pub fn plan_page(
     Plan {
         sql: text,
         params: sql.params,
-        checks: Vec::new(),
+        checks: sql.checks,
         count,
         columns,
         keyset,

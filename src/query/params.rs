@@ -105,6 +105,9 @@ pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) 
     };
     let mut seen = std::collections::HashSet::new();
     for (name, value) in pairs {
+        if name.contains('\0') || value.contains('\0') {
+            return Err(reject(name, "contains a NUL byte, which PostgreSQL text cannot hold"));
+        }
         let reserved = matches!(
             name.as_str(),
             "select" | "order" | "limit" | "after" | "cursor" | "format"
@@ -322,6 +325,7 @@ pub(crate) mod tests {
             nullable: true,
             kind,
             output_function: "pg_catalog.textout".into(),
+            enum_labels: None,
         };
         Dataset {
             name: "orders".into(),
@@ -398,6 +402,7 @@ pub(crate) mod tests {
             ("cursor=abc", "cursor"),
             ("limit=1&limit=2", "limit"),
             ("id;drop table x=eq.1", "id;drop table x"),
+            ("name=eq.a%00b", "name"),
         ] {
             let error = parse_rows(query).unwrap_err();
             assert_eq!(error.parameter, parameter, "{query}: {error}");

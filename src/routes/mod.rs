@@ -23,9 +23,20 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(datasets::one)
         .service(rows::rows)
         .service(page::page)
-        .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, _>(ApiError::NoRoute)
-        }));
+        .default_service(web::to(fallback));
+}
+
+/// Unmatched requests: 405 with `Allow` on a known path, else 404; both problem+json.
+async fn fallback(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    let segments: Vec<&str> = request.path().trim_start_matches('/').split('/').collect();
+    Err(match segments.as_slice() {
+        ["v1", "datasets", _, "rows"] => ApiError::MethodNotAllowed("GET, HEAD"),
+        ["healthz"] | ["readyz"] | ["v1", "openapi.json"] | ["v1", "datasets"] | ["v1", "datasets", _] => {
+            ApiError::MethodNotAllowed("GET")
+        }
+        ["v1", "datasets", _, "page"] => ApiError::MethodNotAllowed("GET"),
+        _ => ApiError::NoRoute,
+    })
 }
 
 /// A request header as text, if present and valid.

@@ -66,6 +66,14 @@ async fn bad_requests_get_problem_json() {
     let app = app().await;
     assert_problem(app.get("/v1/datasets/nope/rows", &[]).await, 404, "nope").await;
     assert_problem(app.get("/v1/nothing/here", &[]).await, 404, "no resource").await;
+    let post = reqwest::Client::new()
+        .post(app.url("/v1/datasets/small/rows"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    assert_problem(post, 405, "GET, HEAD").await;
+    assert_problem(app.get("/v1/datasets/small/rows?label=eq.a%00b", &[]).await, 400, "NUL").await;
     assert_problem(app.get("/v1/datasets/small/rows?format=xml", &[]).await, 400, "xml").await;
     assert_problem(app.get("/v1/datasets/small/rows?colour=red", &[]).await, 400, "colour").await;
     let accept = [("accept", "application/xml")];

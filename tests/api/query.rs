@@ -302,6 +302,7 @@ async fn tampered_foreign_or_malformed_cursors_are_400s() {
         ("limit=0".to_owned(), "limit"),
         ("limit=501".to_owned(), "limit"),
         ("format=csv".to_owned(), "format"),
+        ("seen=gt.".to_owned(), "a value that is no timestamp"),
     ] {
         let response = app.get(&format!("/v1/datasets/items/page?{query}"), &[]).await;
         assert_eq!(response.status(), 400, "{why}");

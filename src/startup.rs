@@ -32,6 +32,15 @@ pub struct AppState {
     pub openapi: String,
 }
 
+impl AppState {
+    /// The dataset called `name`, or a 404.
+    pub fn dataset(&self, name: &str) -> Result<&crate::db::catalog::Dataset, crate::error::ApiError> {
+        self.catalog
+            .get(name)
+            .ok_or_else(|| crate::error::ApiError::UnknownDataset(name.to_owned()))
+    }
+}
+
 /// One worker's connection pools. Each actix worker is a single-threaded runtime, and a connection's task
 /// lives on the runtime that opened it; a pool per worker keeps a request and its connection on one thread.
 pub struct Pools {

@@ -205,6 +205,26 @@ fn effective_order(dataset: &Dataset, request: &Request) -> Vec<OrderTerm> {
     order
 }
 
+/// The request's filters as SQL, and the count over them if one is asked for.
+fn filtered<'a>(dataset: &'a Dataset, request: &Request, count: Option<CountMethod>) -> (Sql<'a>, Option<CountPlan>) {
+    let mut sql = Sql::new(dataset);
+    for filter in &request.filters {
+        sql.filter(filter);
+    }
+    let count = count_plan(&sql, count);
+    (sql, count)
+}
+
+/// `SELECT <expressions> FROM <relation> AS t WHERE …`.
+fn select_from(expressions: &[String], sql: &Sql<'_>) -> String {
+    format!(
+        "SELECT {} FROM {} AS t{}",
+        expressions.join(", "),
+        sql.dataset.relation,
+        sql.where_sql()
+    )
+}
+
 fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
     let method = method?;
     let from = format!("FROM {} AS t{}", sql.dataset.relation, sql.where_sql());
@@ -221,23 +241,14 @@ fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
 
 /// The plan for `/rows`: the selected columns of every matching row, in order.
 pub fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>) -> Plan {
-    let mut sql = Sql::new(dataset);
-    for filter in &request.filters {
-        sql.filter(filter);
-    }
-    let count = count_plan(&sql, count);
+    let (mut sql, count) = filtered(dataset, request, count);
     if let (Some(after), Some(key)) = (&request.after, dataset.key) {
         let column = &dataset.columns[key];
         let placeholder = sql.bind(after, column, "after");
         sql.where_clauses.push(format!("t.{} > {placeholder}", column.ident));
     }
     let (expressions, columns) = select_list(dataset, &request.select, format);
-    let mut text = format!(
-        "SELECT {} FROM {} AS t{}",
-        expressions.join(", "),
-        dataset.relation,
-        sql.where_sql()
-    );
+    let mut text = select_from(&expressions, &sql);
     text.push_str(&order_sql(dataset, &effective_order(dataset, request)));
     if let Some(limit) = request.limit {
         let placeholder = sql.bind_text(limit.to_string());
@@ -262,11 +273,7 @@ pub fn plan_page(
     limit: u64,
     count: Option<CountMethod>,
 ) -> Plan {
-    let mut sql = Sql::new(dataset);
-    for filter in &request.filters {
-        sql.filter(filter);
-    }
-    let count = count_plan(&sql, count);
+    let (mut sql, count) = filtered(dataset, request, count);
     let keyset = effective_order(dataset, request);
     if let Some(values) = after {
         let predicate = keyset_predicate(&mut sql, &keyset, values);
@@ -277,12 +284,7 @@ pub fn plan_page(
         let column = &dataset.columns[term.column];
         expressions.push(format!("{}(t.{})::text", column.output_function, column.ident));
     }
-    let mut text = format!(
-        "SELECT {} FROM {} AS t{}",
-        expressions.join(", "),
-        dataset.relation,
-        sql.where_sql()
-    );
+    let mut text = select_from(&expressions, &sql);
     text.push_str(&order_sql(dataset, &keyset));
     let placeholder = sql.bind_text((limit + 1).to_string());
     text.push_str(&format!(" LIMIT {placeholder}::bigint"));

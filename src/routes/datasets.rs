@@ -43,9 +43,6 @@ pub(super) async fn one(
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
-    let dataset = state
-        .catalog
-        .get(&name)
-        .ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
+    let dataset = state.dataset(&name)?;
     Ok(HttpResponse::Ok().json(describe(dataset, &pools).await?))
 }

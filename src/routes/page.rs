@@ -21,10 +21,7 @@ pub(super) async fn page(
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
-    let dataset = state
-        .catalog
-        .get(&name)
-        .ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
+    let dataset = state.dataset(&name)?;
     if dataset.key.is_none() {
         return Err(ApiError::BadQuery(format!(
             "dataset {:?} has no key, so it cannot be paged",

@@ -25,10 +25,7 @@ pub(super) async fn rows(
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
-    let dataset = state
-        .catalog
-        .get(&name)
-        .ok_or_else(|| ApiError::UnknownDataset(name.into_inner()))?;
+    let dataset = state.dataset(&name)?;
     let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
     let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
     let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;

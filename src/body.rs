@@ -26,6 +26,8 @@ pub struct Chunking {
 /// The state of one export's body.
 struct Pipeline {
     export: Option<Export>,
+    /// The export's slot, held until the body is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
     encoder: RowEncoder,
     compressor: Option<Compressor>,
     /// Encoded, not yet compressed (or, uncompressed, not yet sent) bytes.
@@ -43,6 +45,7 @@ struct Pipeline {
 /// The body of an export: header, rows, trailer; an `Err` item aborts the transfer.
 pub fn stream(
     export: Export,
+    slot: tokio::sync::OwnedSemaphorePermit,
     encoder: RowEncoder,
     compressor: Option<Compressor>,
     chunking: Chunking,
@@ -52,6 +55,7 @@ pub fn stream(
     encoder.write_header(&mut plain);
     let pipeline = Pipeline {
         export: Some(export),
+        _slot: slot,
         encoder,
         compressor,
         plain,

@@ -80,6 +80,7 @@ impl ApiError {
                 ("urn:pgspout:problem:not-acceptable", "Not acceptable")
             }
             ApiError::Open(OpenError::PoolExhausted) => ("urn:pgspout:problem:busy", "All connections busy"),
+            ApiError::Open(OpenError::ExportsBusy) => ("urn:pgspout:problem:busy", "All export slots busy"),
             ApiError::Open(OpenError::Unavailable(_)) | ApiError::NotReady(_) => {
                 ("urn:pgspout:problem:database-unavailable", "Database unavailable")
             }
@@ -101,9 +102,8 @@ impl ResponseError for ApiError {
             | ApiError::Format(FormatError::Unknown(_))
             | ApiError::Open(OpenError::InvalidValue { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => StatusCode::NOT_ACCEPTABLE,
-            ApiError::Open(OpenError::PoolExhausted | OpenError::Unavailable(_)) | ApiError::NotReady(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Open(OpenError::PoolExhausted | OpenError::ExportsBusy | OpenError::Unavailable(_))
+            | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Open(OpenError::StatementTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Open(OpenError::Forbidden(_)) => StatusCode::FORBIDDEN,
             ApiError::Open(OpenError::Query(_)) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -100,6 +100,9 @@ pub struct ExportSettings {
     /// The longest that encoded rows may wait in pgspout while Postgres is slow to send more.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Exports running at once per worker; the rest of the pool stays free for pages and the catalog.
+    /// Default: `database.pool_size - 2` (at least 1). A request waits `acquire_timeout` for a slot, then 503.
+    pub max_concurrent: Option<usize>,
 }
 
 impl Default for ExportSettings {
@@ -107,6 +110,7 @@ impl Default for ExportSettings {
         ExportSettings {
             chunk_size: 32 * 1024,
             flush_interval: Duration::from_millis(200),
+            max_concurrent: None,
         }
     }
 }
@@ -207,6 +211,13 @@ impl Settings {
         if self.database.pool_size == 0 {
             return invalid("database.pool_size must be at least 1".into());
         }
+        if let Some(slots) = self.export.max_concurrent
+            && !(1..=self.database.pool_size).contains(&slots)
+        {
+            return invalid(format!(
+                "export.max_concurrent = {slots} is not within 1..=database.pool_size"
+            ));
+        }
         if self.server.workers == Some(0) {
             return invalid("server.workers must be at least 1".into());
         }
@@ -240,6 +251,13 @@ impl Settings {
             }
         }
         Ok(())
+    }
+
+    /// Exports that may run at once on one worker.
+    pub fn export_slots(&self) -> usize {
+        self.export
+            .max_concurrent
+            .unwrap_or(self.database.pool_size.saturating_sub(2).max(1))
     }
 
     /// The number of HTTP workers (and connection pools).

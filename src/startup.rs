@@ -26,6 +26,8 @@ pub struct AppState {
     pub levels: Levels,
     /// Page limits.
     pub pages: PageSettings,
+    /// How long a request waits for an export slot.
+    pub acquire_timeout: std::time::Duration,
     /// Signs page cursors.
     pub cursor_key: CursorKey,
     /// The OpenAPI document.
@@ -48,6 +50,8 @@ pub struct Pools {
     pub exports: Pool,
     /// One connection for `/readyz`.
     pub health: Pool,
+    /// Limits concurrent exports, so they cannot take every connection from pages.
+    pub export_slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Why pgspout could not start.
@@ -106,6 +110,7 @@ impl Application {
             },
             levels: settings.compression.clone(),
             pages: settings.pages.clone(),
+            acquire_timeout: settings.database.acquire_timeout,
             cursor_key: match &settings.pages.cursor_secret {
                 Some(secret) => CursorKey::new(secret.as_bytes()),
                 None => CursorKey::random(),
@@ -114,10 +119,12 @@ impl Application {
             catalog,
         });
         let database = settings.database.clone();
+        let export_slots = settings.export_slots();
         let server = HttpServer::new(move || {
             let pools = Pools {
                 exports: db::pool(connection.clone(), &database, database.pool_size),
                 health: db::pool(connection.clone(), &database, 1),
+                export_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(export_slots)),
             };
             App::new()
                 .app_data(state.clone())

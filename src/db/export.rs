@@ -29,6 +29,9 @@ pub enum OpenError {
     /// Every connection stayed busy for the whole acquire timeout.
     #[error("every database connection is busy")]
     PoolExhausted,
+    /// Every export slot stayed busy for the whole acquire timeout.
+    #[error("the maximum number of concurrent exports is running")]
+    ExportsBusy,
     /// No connection could be made, or the server is shutting down or full.
     #[error("the database is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, route, web};
 use super::{count_preference, header_value, total_count_headers};
 use crate::body;
 use crate::compress::{Compressor, Encoding};
-use crate::db::export::Export;
+use crate::db::export::{Export, OpenError};
 use crate::encode::{Format, RowEncoder};
 use crate::error::ApiError;
 use crate::query::{self, Endpoint};
@@ -49,8 +49,12 @@ pub(super) async fn rows(
     let count = count_preference(&request);
     let plan = query::plan_rows(dataset, &parsed, format, count);
     let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let slot = tokio::time::timeout(state.acquire_timeout, pools.export_slots.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
+        .expect("the semaphore is never closed");
     let (export, total) = Export::open(&pools.exports, &state.begin_sql, &plan).await?;
     total_count_headers(&mut response, count, total);
     let encoder = RowEncoder::new(format, &plan.columns);
-    Ok(response.streaming(body::stream(export, encoder, compressor, state.chunking, label)))
+    Ok(response.streaming(body::stream(export, slot, encoder, compressor, state.chunking, label)))
 }

@@ -230,3 +230,44 @@ async fn rows_reach_the_client_within_the_flush_interval_when_postgres_is_slow()
         assert!(terminated && !rest.is_empty(), "{coding}");
     }
 }
+
+#[tokio::test]
+async fn exports_have_their_own_limit_so_pages_still_answer() {
+    let db = TestDb::new().await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    small_table(&db, 100).await;
+    let mut settings = settings(&db, &[("big", "big", None), ("small", "small", Some("id"))]);
+    settings.database.pool_size = 3;
+    settings.export.max_concurrent = Some(1);
+    settings.database.acquire_timeout = Duration::from_millis(300);
+    let app = spawn_with(db, settings).await;
+
+    // The only export slot is held by a reader that never reads.
+    let stalled = app.raw("/v1/datasets/big/rows", &[]).await;
+    assert_eq!(stalled.status, 200);
+    let mut refused = app.raw("/v1/datasets/small/rows", &[]).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let problem: serde_json::Value = serde_json::from_slice(&refused.read_body().await).unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("concurrent exports"),
+        "{problem}"
+    );
+    // Short requests are not starved by the export.
+    let started = Instant::now();
+    let page = app.get("/v1/datasets/small/page?limit=10", &[]).await;
+    assert_eq!(page.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "a page took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.get("/v1/datasets", &[]).await.status(), 200);
+    drop(stalled);
+    let served = crate::helpers::wait_for(Duration::from_secs(5), || async {
+        let response = app.get("/v1/datasets/small/rows", &[]).await;
+        (response.status() == 200).then_some(response)
+    })
+    .await;
+    assert_eq!(served.text().await.unwrap().lines().count(), 100);
+}

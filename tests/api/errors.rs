@@ -54,7 +54,8 @@ async fn a_full_pool_answers_503_with_retry_after_then_recovers() {
     let stalled = app.raw("/v1/datasets/big/rows", &[]).await;
     assert_eq!(stalled.status, 200);
     let started = std::time::Instant::now();
-    let mut refused = app.raw("/v1/datasets/small/rows", &[]).await;
+    // A page needs no export slot, only a connection: it waits for one, then gives up.
+    let mut refused = app.raw("/v1/datasets/small/page", &[]).await;
     assert_eq!(refused.status, 503);
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -64,6 +65,7 @@ async fn a_full_pool_answers_503_with_retry_after_then_recovers() {
     assert_eq!(refused.header("content-type"), Some("application/problem+json"));
     let problem: serde_json::Value = serde_json::from_slice(&refused.read_body().await).unwrap();
     assert_eq!(problem["status"], 503);
+    assert!(problem["detail"].as_str().unwrap().contains("connection"), "{problem}");
 
     drop(stalled);
     let served = crate::helpers::wait_for(Duration::from_secs(5), || async {

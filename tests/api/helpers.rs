@@ -291,3 +291,55 @@ pub(crate) async fn small_table(db: &TestDb, n: i32) {
         .await
         .unwrap();
 }
+
+/// The pgspout binary running as a child process on a free port, for tests of the process itself
+/// (signals, memory). Killed when dropped.
+pub(crate) struct ServerProcess {
+    pub(crate) child: std::process::Child,
+    pub(crate) base: String,
+    dir: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `pgspout serve` with `config` (TOML, without `database.url`) against `db`; waits until healthy.
+    pub(crate) async fn start(db: &TestDb, config: &str) -> ServerProcess {
+        let dir = std::env::temp_dir().join(format!("pgspout-process-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pgspout.toml");
+        std::fs::write(&path, config).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("DATABASE_URL", db.url())
+            .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let base = format!("127.0.0.1:{port}");
+        let health = format!("http://{base}/healthz");
+        wait_until(Duration::from_secs(30), || async {
+            reqwest::get(&health).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        ServerProcess { child, base, dir }
+    }
+
+    /// Peak resident memory so far, in KiB.
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -6,4 +6,5 @@ mod fidelity;
 mod helpers;
 mod http;
 mod query;
+mod shutdown;
 mod streaming;

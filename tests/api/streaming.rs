@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{BIG_VIEW, TestApp, TestDb, settings, small_table, spawn_with, wait_until};
+use crate::helpers::{BIG_VIEW, ServerProcess, TestApp, TestDb, settings, small_table, spawn_with, wait_until};
 
 async fn app(pool_size: usize) -> TestApp {
     let db = TestDb::new().await;
@@ -109,13 +109,6 @@ async fn exports_run_in_a_read_only_repeatable_read_transaction() {
     );
 }
 
-/// Peak RSS of a process, from /proc.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn memory_stays_flat_from_ten_thousand_to_a_million_rows() {
     let db = TestDb::new().await;
@@ -128,34 +121,13 @@ async fn memory_stays_flat_from_ten_thousand_to_a_million_rows() {
         )
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("pgspout-memory-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("pgspout.toml");
-    std::fs::write(
-        &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n\n\
-         [[datasets]]\nname = \"small\"\ntable = \"rows_10k\"\nkey = \"id\"\n\n\
+    let server = ServerProcess::start(
+        &db,
+        "[server]\nworkers = 1\n\n[[datasets]]\nname = \"small\"\ntable = \"rows_10k\"\nkey = \"id\"\n\n\
          [[datasets]]\nname = \"large\"\ntable = \"rows_1m\"\nkey = \"id\"\n",
     )
-    .unwrap();
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("DATABASE_URL", db.url())
-        .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until(Duration::from_secs(30), || async {
-        reqwest::get(format!("{base}/healthz"))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
     .await;
+    let base = format!("http://{}", server.base);
     let count_lines = |dataset: &'static str| {
         let base = base.clone();
         async move {
@@ -170,12 +142,9 @@ async fn memory_stays_flat_from_ten_thousand_to_a_million_rows() {
         }
     };
     assert_eq!(count_lines("small").await, 10_000);
-    let after_small = peak_rss_kib(server.id());
+    let after_small = server.peak_rss_kib();
     assert_eq!(count_lines("large").await, 1_000_000);
-    let after_large = peak_rss_kib(server.id());
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let _ = std::fs::remove_dir_all(dir);
+    let after_large = server.peak_rss_kib();
     eprintln!("peak RSS after 10k rows: {after_small} KiB; after 1M rows: {after_large} KiB");
     assert!(
         after_large < after_small + 8 * 1024,

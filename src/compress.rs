@@ -100,6 +100,10 @@ impl Levels {
     }
 }
 
+/// Brotli's window: 256 KiB rather than the 4 MiB default, so each concurrent export costs little memory;
+/// at the fast qualities a stream uses, a larger window gains little.
+const BROTLI_WINDOW_BITS: u32 = 18;
+
 /// A running compressor whose output accumulates in memory until taken.
 pub enum Compressor {
     /// gzip via flate2's zlib-rs backend.
@@ -121,7 +125,7 @@ impl Compressor {
                 Vec::new(),
                 32 * 1024,
                 levels.brotli,
-                22,
+                BROTLI_WINDOW_BITS,
             ))),
         }))
     }

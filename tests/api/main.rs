@@ -7,4 +7,5 @@ mod helpers;
 mod http;
 mod query;
 mod shutdown;
+mod storm;
 mod streaming;

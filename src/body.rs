@@ -21,6 +21,8 @@ pub struct Chunking {
     pub size: usize,
     /// Emit what is ready once it has waited this long for more rows.
     pub flush_interval: Duration,
+    /// Give up on a client that has not taken a chunk for this long.
+    pub stall_timeout: Duration,
 }
 
 /// The state of one export's body.
@@ -67,21 +69,62 @@ pub fn stream(
         bytes: 0,
         started: Instant::now(),
     };
-    futures::stream::unfold(Some(pipeline), |state| async move {
-        let mut pipeline = state?;
-        match pipeline.next_chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(pipeline))),
-            Ok(None) => None,
-            Err(error) => {
-                tracing::error!(export = %pipeline.label, rows = pipeline.rows, error = %chain(&error), "export failed mid-stream; aborting the response");
-                // Dropping the pipeline discards the connection; the next poll ends the stream.
-                Some((Err(error), None))
-            }
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    actix_web::rt::spawn(pipeline.run(sender));
+    futures::stream::unfold(Some(receiver), |state| async move {
+        let mut receiver = state?;
+        match receiver.recv().await {
+            Some(Piece::Chunk(chunk)) => Some((Ok(chunk), Some(receiver))),
+            Some(Piece::End) => None,
+            Some(Piece::Failed(error)) => Some((Err(error), None)),
+            // The pipeline gave up without an end marker (the client stalled): never end cleanly.
+            None => Some((Err(StreamError::Stalled), None)),
         }
     })
 }
 
+/// What the pipeline task hands to the response body.
+enum Piece {
+    Chunk(Bytes),
+    End,
+    Failed(StreamError),
+}
+
 impl Pipeline {
+    /// Produces the body into `sender`, one chunk ahead of the client at most.
+    ///
+    /// Runs as a task of its own, so that it notices what a body stream cannot while actix does not poll it:
+    /// a client that stops reading (the backend, blocked sending, would wait forever; Postgres's own timeouts
+    /// do not fire then) and a client that leaves while the query is still thinking. In both cases it returns,
+    /// and dropping `self` cancels the query and discards the connection.
+    async fn run(mut self, sender: tokio::sync::mpsc::Sender<Piece>) {
+        loop {
+            let next = tokio::select! {
+                next = self.next_chunk() => next,
+                () = sender.closed() => {
+                    tracing::debug!(export = %self.label, rows = self.rows, "client left");
+                    return;
+                }
+            };
+            let (piece, last) = match next {
+                Ok(Some(chunk)) => (Piece::Chunk(chunk), false),
+                Ok(None) => (Piece::End, true),
+                Err(error) => {
+                    tracing::error!(export = %self.label, rows = self.rows, error = %chain(&error), "export failed mid-stream; aborting the response");
+                    (Piece::Failed(error), true)
+                }
+            };
+            match tokio::time::timeout(self.chunking.stall_timeout, sender.send(piece)).await {
+                Ok(Ok(())) if !last => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::warn!(export = %self.label, rows = self.rows, timeout = ?self.chunking.stall_timeout, "client stopped reading; export cut");
+                    return;
+                }
+            }
+        }
+    }
+
     /// The next chunk, or `None` after the last one.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, StreamError> {
         loop {

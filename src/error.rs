@@ -156,6 +156,9 @@ pub enum StreamError {
     /// The compressor failed.
     #[error("compression failed")]
     Compress(#[from] std::io::Error),
+    /// The client stopped reading for longer than `export.stall_timeout`, and the export was cut.
+    #[error("the client stopped reading; the export was cut")]
+    Stalled,
 }
 
 /// `error: cause: cause…`, for logs.

@@ -100,6 +100,10 @@ pub struct ExportSettings {
     /// The longest that encoded rows may wait in pgspout while Postgres is slow to send more.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// A client that takes no data for this long is cut, and its query and connection released (Postgres
+    /// itself never times out a backend blocked sending to a client that does not read).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// Exports running at once per worker; the rest of the pool stays free for pages and the catalog.
     /// Default: `database.pool_size - 2` (at least 1). A request waits `acquire_timeout` for a slot, then 503.
     pub max_concurrent: Option<usize>,
@@ -110,6 +114,7 @@ impl Default for ExportSettings {
         ExportSettings {
             chunk_size: 32 * 1024,
             flush_interval: Duration::from_millis(200),
+            stall_timeout: Duration::from_secs(60),
             max_concurrent: None,
         }
     }

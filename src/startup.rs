@@ -107,6 +107,7 @@ impl Application {
             chunking: Chunking {
                 size: settings.export.chunk_size,
                 flush_interval: settings.export.flush_interval,
+                stall_timeout: settings.export.stall_timeout,
             },
             levels: settings.compression.clone(),
             pages: settings.pages.clone(),

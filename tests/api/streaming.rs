@@ -240,3 +240,36 @@ async fn exports_have_their_own_limit_so_pages_still_answer() {
     .await;
     assert_eq!(served.text().await.unwrap().lines().count(), 100);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_its_backend_freed() {
+    let db = TestDb::new().await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    small_table(&db, 100).await;
+    let mut settings = settings(&db, &[("big", "big", None), ("small", "small", Some("id"))]);
+    settings.database.pool_size = 1;
+    settings.export.max_concurrent = Some(1);
+    settings.database.acquire_timeout = Duration::from_secs(10);
+    settings.export.stall_timeout = Duration::from_secs(1);
+    let app = spawn_with(db, settings).await;
+
+    let mut stalled = app.raw("/v1/datasets/big/rows", &[]).await;
+    stalled.next_chunk().await.unwrap().unwrap();
+    let pid = app.db.active_export().await;
+    // The client reads nothing more. Postgres would wait for it forever; pgspout gives up after the timeout.
+    let started = Instant::now();
+    wait_until(Duration::from_secs(10), || async {
+        app.db.pgspout_backends().await.iter().all(|b| b.0 != pid)
+    })
+    .await;
+    eprintln!(
+        "stalled export's backend gone {:?} after the client stopped reading",
+        started.elapsed()
+    );
+    // Its slot and connection are free again.
+    let response = app.get("/v1/datasets/small/rows", &[]).await;
+    assert_eq!(response.text().await.unwrap().lines().count(), 100);
+    // And when the client reads on, it gets what was buffered, then a broken transfer, never a clean end.
+    let (_, terminated) = stalled.read_to_end().await;
+    assert!(!terminated, "a cut export must not look complete");
+}

@@ -5,6 +5,11 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{BIG_VIEW, RawResponse, ServerProcess, TestDb, small_table, wait_for};
 
+/// The number of lines a GET of `url` returns.
+async fn lines(url: &str) -> usize {
+    reqwest::get(url).await.unwrap().text().await.unwrap().lines().count()
+}
+
 /// Current resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -25,17 +30,7 @@ async fn two_hundred_cut_exports_leave_no_backend_or_slot_behind() {
     .await;
     let small = format!("http://{}/v1/datasets/small/rows", server.base);
     for _ in 0..4 {
-        assert_eq!(
-            reqwest::get(&small)
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-                .lines()
-                .count(),
-            100
-        );
+        assert_eq!(lines(&small).await, 100);
     }
     let baseline_rss = rss_kib(server.child.id());
     let baseline_backends = db.pgspout_backends().await.len();
@@ -80,17 +75,7 @@ async fn two_hundred_cut_exports_leave_no_backend_or_slot_behind() {
         })
         .await;
         let started = Instant::now();
-        assert_eq!(
-            reqwest::get(&small)
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-                .lines()
-                .count(),
-            100
-        );
+        assert_eq!(lines(&small).await, 100);
         let next_request = started.elapsed();
         let rss = rss_kib(server.child.id());
         let fds = std::fs::read_dir(format!("/proc/{}/fd", server.child.id()))

@@ -23,6 +23,8 @@ pub struct Chunking {
     pub flush_interval: Duration,
     /// Give up on a client that has not taken a chunk for this long.
     pub stall_timeout: Duration,
+    /// Abort an export that runs longer than this.
+    pub max_duration: Option<Duration>,
 }
 
 /// The state of one export's body.
@@ -83,6 +85,14 @@ pub fn stream(
     })
 }
 
+/// Sleeps until `deadline`; with none, forever.
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// What the pipeline task hands to the response body.
 enum Piece {
     Chunk(Bytes),
@@ -99,12 +109,17 @@ impl Pipeline {
     /// and dropping `self` cancels the query and discards the connection.
     async fn run(mut self, sender: tokio::sync::mpsc::Sender<Piece>) {
         loop {
+            let deadline = self
+                .chunking
+                .max_duration
+                .map(|limit| tokio::time::Instant::from_std(self.started + limit));
             let next = tokio::select! {
                 next = self.next_chunk() => next,
                 () = sender.closed() => {
                     tracing::debug!(export = %self.label, rows = self.rows, "client left");
                     return;
                 }
+                () = sleep_until_or_never(deadline) => Err(StreamError::TooLong),
             };
             let (piece, last) = match next {
                 Ok(Some(chunk)) => (Piece::Chunk(chunk), false),

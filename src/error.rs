@@ -156,6 +156,9 @@ pub enum StreamError {
     /// The compressor failed.
     #[error("compression failed")]
     Compress(#[from] std::io::Error),
+    /// The export ran longer than `export.max_duration`.
+    #[error("the export exceeded its maximum duration")]
+    TooLong,
     /// The client stopped reading for longer than `export.stall_timeout`, and the export was cut.
     #[error("the client stopped reading; the export was cut")]
     Stalled,

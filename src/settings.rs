@@ -104,6 +104,9 @@ pub struct ExportSettings {
     /// itself never times out a backend blocked sending to a client that does not read).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Exports running longer than this are aborted (visibly); unset: no limit.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
     /// Exports running at once per worker; the rest of the pool stays free for pages and the catalog.
     /// Default: `database.pool_size - 2` (at least 1). A request waits `acquire_timeout` for a slot, then 503.
     pub max_concurrent: Option<usize>,
@@ -115,6 +118,7 @@ impl Default for ExportSettings {
             chunk_size: 32 * 1024,
             flush_interval: Duration::from_millis(200),
             stall_timeout: Duration::from_secs(60),
+            max_duration: None,
             max_concurrent: None,
         }
     }

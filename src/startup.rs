@@ -108,6 +108,7 @@ impl Application {
                 size: settings.export.chunk_size,
                 flush_interval: settings.export.flush_interval,
                 stall_timeout: settings.export.stall_timeout,
+                max_duration: settings.export.max_duration,
             },
             levels: settings.compression.clone(),
             pages: settings.pages.clone(),

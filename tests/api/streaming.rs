@@ -273,3 +273,27 @@ async fn a_client_that_stops_reading_is_cut_and_its_backend_freed() {
     let (_, terminated) = stalled.read_to_end().await;
     assert!(!terminated, "a cut export must not look complete");
 }
+
+#[tokio::test]
+async fn an_export_past_its_maximum_duration_is_aborted_visibly() {
+    let db = TestDb::new().await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    let mut settings = settings(&db, &[("big", "big", None)]);
+    settings.export.max_duration = Some(Duration::from_millis(800));
+    let app = spawn_with(db, settings).await;
+    let started = Instant::now();
+    let mut response = app.raw("/v1/datasets/big/rows", &[]).await;
+    let pid = app.db.active_export().await;
+    let (chunks, terminated) = response.read_to_end().await;
+    assert!(!terminated, "an aborted export must not look complete");
+    assert!(!chunks.is_empty());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(5),
+        "aborted after {took:?}"
+    );
+    wait_until(Duration::from_secs(3), || async {
+        app.db.pgspout_backends().await.iter().all(|b| b.0 != pid)
+    })
+    .await;
+}

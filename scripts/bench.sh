@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo bench --bench encode
-exec pg_virtualenv -t -- cargo bench --bench end_to_end
+pg_virtualenv -t -- cargo bench --bench end_to_end
+exec pg_virtualenv -t -- cargo bench --bench concurrency

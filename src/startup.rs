@@ -138,8 +138,6 @@ impl Application {
         // has produced more rows.
         .h1_allow_half_closed(false)
         .shutdown_timeout(settings.server.shutdown_grace.as_secs())
-        // SIGINT must drain like SIGTERM (actix would stop at once); `run_until_stopped` listens for both.
-        .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Listen {
             address: settings.server.listen.clone(),
@@ -155,33 +153,9 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM or SIGINT; then stops accepting, lets running exports finish for the configured
-    /// grace period, and cuts the rest (visibly: their bodies end without the terminating chunk).
+    /// Serves until a signal: on SIGTERM actix stops accepting and gives running requests the configured grace
+    /// period; SIGINT stops at once.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        tokio::spawn(async move {
-            match shutdown_signal().await {
-                Ok(()) => {
-                    tracing::info!(
-                        "shutting down: no new connections; running exports may finish within the grace period"
-                    );
-                    handle.stop(true).await;
-                }
-                Err(error) => tracing::error!(%error, "cannot listen for shutdown signals"),
-            }
-        });
         self.server.await
     }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
-    Ok(())
 }

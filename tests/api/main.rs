@@ -6,6 +6,5 @@ mod fidelity;
 mod helpers;
 mod http;
 mod query;
-mod shutdown;
 mod storm;
 mod streaming;

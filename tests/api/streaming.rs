@@ -226,8 +226,9 @@ async fn exports_have_their_own_limit_so_pages_still_answer() {
     let started = Instant::now();
     let page = app.get("/v1/datasets/small/page?limit=10", &[]).await;
     assert_eq!(page.status(), 200);
+    // A 200 (not a 503 after the 300 ms acquire timeout) shows the page did not wait behind the exports.
     assert!(
-        started.elapsed() < Duration::from_millis(250),
+        started.elapsed() < Duration::from_secs(2),
         "a page took {:?}",
         started.elapsed()
     );

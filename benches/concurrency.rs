@@ -5,6 +5,8 @@
 //! peak RSS. Phase 2 uses the default limits: each export must either complete correctly or get a clean 503
 //! with Retry-After, never a broken stream. Under `cargo test` it is a small smoke run.
 
+mod support;
+
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -116,10 +118,6 @@ async fn wave(port: u16) -> (Vec<Outcome>, Duration) {
 }
 
 fn main() {
-    if std::env::var("PGHOST").is_err() {
-        eprintln!("concurrency: no PostgreSQL (PGHOST unset); run scripts/bench.sh");
-        std::process::exit(1);
-    }
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let rows: usize = if benchmarking {
         std::env::var("BENCH_ROWS")
@@ -130,26 +128,8 @@ fn main() {
         2_000
     };
     let root = env!("CARGO_MANIFEST_DIR");
-    let seeded = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            &format!("rows={rows}"),
-            "-f",
-            &format!("{root}/config/demo-seed.sql"),
-        ])
-        .status()
-        .unwrap();
-    assert!(seeded.success());
-    let database_url = format!(
-        "host={} port={} user={} password={} dbname={}",
-        std::env::var("PGHOST").unwrap(),
-        std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
-        std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
-        std::env::var("PGPASSWORD").unwrap_or_default(),
-        std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()),
-    );
+    let database_url = support::database_url();
+    support::seed_orders(rows);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -5,6 +5,8 @@
 //! BENCH_RUNS rounds (default 5), each client to /dev/null and prints median wall times as ratios to psql,
 //! plus pgspout's peak RSS. Ratios, not absolute times, are what compare across noisy machines.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,10 +39,6 @@ fn median(mut times: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    if std::env::var("PGHOST").is_err() {
-        eprintln!("end_to_end: no PostgreSQL (PGHOST unset); run scripts/bench.sh");
-        std::process::exit(1);
-    }
     // `cargo bench` passes `--bench`; under `cargo test` this is a quick smoke run that keeps the bench working.
     let benchmarking = std::env::args().any(|a| a == "--bench");
     let rows = if benchmarking {
@@ -51,17 +49,9 @@ fn main() {
     let rounds = if benchmarking { env_number("BENCH_RUNS", 5) } else { 1 };
     let root = env!("CARGO_MANIFEST_DIR");
     eprintln!("seeding {rows} orders…");
-    let seed = format!("{root}/config/demo-seed.sql");
-    run("psql", &["-X", "-q", "-v", &format!("rows={rows}"), "-f", &seed]);
+    let database_url = support::database_url();
+    support::seed_orders(rows);
 
-    let database_url = format!(
-        "host={} port={} user={} password={} dbname={}",
-        std::env::var("PGHOST").unwrap(),
-        std::env::var("PGPORT").unwrap_or_else(|_| "5432".into()),
-        std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into()),
-        std::env::var("PGPASSWORD").unwrap_or_default(),
-        std::env::var("PGDATABASE").unwrap_or_else(|_| "postgres".into()),
-    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -165,3 +165,31 @@ fn the_binary_rejects_unknown_config_keys_with_their_name() {
     assert!(stderr.contains("pool_sise"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_role_without_select_privilege_gets_403() {
+    let db = TestDb::new().await;
+    let role = format!("reader_{}", uuid::Uuid::new_v4().simple());
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE secret (id int PRIMARY KEY); CREATE ROLE {role} LOGIN PASSWORD 'pw'; \
+             GRANT CONNECT ON DATABASE {} TO {role}",
+            db.name
+        ))
+        .await
+        .unwrap();
+    let mut settings = settings(&db, &[("secret", "secret", Some("id"))]);
+    let url = settings.database.url.take().unwrap();
+    let url = url.replace(
+        &format!("user={}", std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into())),
+        &format!("user={role}"),
+    );
+    settings.database.url = Some(url.replace(
+        &format!("password={}", std::env::var("PGPASSWORD").unwrap_or_default()),
+        "password=pw",
+    ));
+    let app = spawn_with(db, settings).await;
+    let response = app.get("/v1/datasets/secret/rows", &[]).await;
+    assert_eq!(response.status(), 403);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+}

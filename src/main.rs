@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use pgspout::error::chain;
 use pgspout::settings::Settings;
-use pgspout::startup::Application;
+use pgspout::startup::{Application, shutdown_signal};
 
 /// Stream PostgreSQL tables and views over HTTP as NDJSON or CSV, compressed on request.
 #[derive(Parser)]
@@ -59,8 +59,9 @@ fn main() -> ExitCode {
     let Command::Serve { config } = cli.command;
     let result = actix_web::rt::System::new().block_on(async move {
         let settings = Settings::load(&config).map_err(|e| chain(&e))?;
+        let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
         let application = Application::build(settings).await.map_err(|e| chain(&e))?;
-        application.run_until_stopped().await.map_err(|e| chain(&e))
+        application.run_until_stopped(shutdown).await.map_err(|e| chain(&e))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

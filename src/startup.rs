@@ -138,6 +138,9 @@ impl Application {
         // has produced more rows.
         .h1_allow_half_closed(false)
         .shutdown_timeout(settings.server.shutdown_grace.as_secs())
+        // Stopping is the caller's choice (`run_until_stopped`): SIGINT must drain like SIGTERM, where actix
+        // would stop at once, and tests must not take over the test process's signals.
+        .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Listen {
             address: settings.server.listen.clone(),
@@ -153,9 +156,29 @@ impl Application {
         self.port
     }
 
-    /// Serves until a signal: on SIGTERM actix stops accepting and gives running requests the configured grace
-    /// period; SIGINT stops at once.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until `shutdown` resolves; then stops accepting, lets running requests finish within
+    /// `server.shutdown_grace`, and cuts the rest (visibly: their bodies end without the terminating chunk).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new connections; running exports may finish within the grace period");
+            handle.stop(true).await;
+        });
         self.server.await
     }
+}
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when this is called, not when it is
+/// first polled, so a signal that arrives while the server is starting is not lost.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

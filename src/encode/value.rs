@@ -238,7 +238,7 @@ pub(crate) fn write_timestamp(raw: &[u8], style: Style, utc: bool, out: &mut Vec
             let mut fraction = time % 1_000_000;
             if fraction != 0 {
                 let mut width = 6;
-                while fraction % 10 == 0 {
+                while fraction.is_multiple_of(10) {
                     fraction /= 10;
                     width -= 1;
                 }

@@ -143,7 +143,7 @@ pub(crate) async fn spawn_app(db: TestDb, datasets: &[(&str, &str, Option<&str>)
 pub(crate) async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {
     let app = Application::build(settings).await.expect("pgspout starts");
     let address = format!("127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp { address, db }
 }
 

@@ -6,5 +6,6 @@ mod fidelity;
 mod helpers;
 mod http;
 mod query;
+mod shutdown;
 mod storm;
 mod streaming;

@@ -35,12 +35,16 @@ pub fn connection_config(settings: &DatabaseSettings) -> Result<tokio_postgres::
 }
 
 /// A bounded pool whose every wait is bounded too (deadpool's defaults wait forever).
+///
+/// Each idle connection is verified (an empty query) before it is handed out, within `connect_timeout`: one
+/// that Postgres closed (a restart) or that no longer answers (a half-open connection, which keepalives only
+/// notice after a minute) is discarded and replaced, so the request still gets a working connection.
 pub fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, size: usize) -> Pool {
     let manager = Manager::from_config(
         config,
         NoTls,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         },
     );
     Pool::builder(manager)

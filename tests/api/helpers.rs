@@ -141,10 +141,16 @@ pub(crate) async fn spawn_app(db: TestDb, datasets: &[(&str, &str, Option<&str>)
 }
 
 pub(crate) async fn spawn_with(db: TestDb, settings: Settings) -> TestApp {
+    let address = serve(settings).await;
+    TestApp { address, db }
+}
+
+/// Runs pgspout with `settings` in this process until the test ends; returns its address.
+pub(crate) async fn serve(settings: Settings) -> String {
     let app = Application::build(settings).await.expect("pgspout starts");
     let address = format!("127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
-    TestApp { address, db }
+    address
 }
 
 impl TestApp {

@@ -2,6 +2,7 @@
 
 mod clients;
 mod errors;
+mod faults;
 mod fidelity;
 mod helpers;
 mod http;

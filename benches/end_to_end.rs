@@ -89,6 +89,10 @@ fn main() {
             ("psql", ["-X", "-q", "-c", &copy].map(String::from).to_vec()),
         ),
         ("pgspout ndjson", curl(base.clone(), None)),
+        (
+            "pgspout ndjson chunked",
+            curl(format!("{base}?consistency=chunked"), None),
+        ),
         ("pgspout csv", curl(format!("{base}?format=csv"), None)),
         ("pgspout ndjson+gzip", curl(base.clone(), Some("gzip"))),
         ("pgspout ndjson+zstd", curl(base.clone(), Some("zstd"))),

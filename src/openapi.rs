@@ -6,7 +6,7 @@ use crate::db::catalog::{Catalog, Column, Dataset};
 use crate::encode::ValueKind;
 
 /// Query parameter names that are not filters.
-const RESERVED: [&str; 6] = ["select", "order", "limit", "after", "cursor", "format"];
+const RESERVED: [&str; 7] = ["select", "order", "limit", "after", "cursor", "format", "consistency"];
 
 /// The JSON Schema of a column's values as pgspout writes them in NDJSON (as `to_json()` does).
 fn value_schema(column: &Column) -> Value {
@@ -157,6 +157,15 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
             "Output format (else the Accept header)",
             json!({ "type": "string", "enum": ["ndjson", "csv"] }),
         ));
+        if dataset.key.is_some() {
+            parameters.push(parameter(
+                "consistency",
+                "snapshot: one transaction, one consistent snapshot for the whole download; chunked: keyset \
+                 batches in short transactions, so no snapshot is held for long (rows changed meanwhile may \
+                 appear in either state). Default: the dataset's",
+                json!({ "type": "string", "enum": ["snapshot", "chunked"] }),
+            ));
+        }
         if let Some(pattern) = dataset.key.and_then(|k| value_pattern(&dataset.columns[k])) {
             parameters.push(parameter(
                 "after",

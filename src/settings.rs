@@ -2,6 +2,7 @@
 //!
 //! Unknown keys are errors, so a typo fails at start-up instead of being silently ignored.
 
+use crate::query::Consistency;
 use std::path::Path;
 use std::time::Duration;
 
@@ -110,6 +111,8 @@ pub struct ExportSettings {
     /// Exports running at once per worker; the rest of the pool stays free for pages and the catalog.
     /// Default: `database.pool_size - 2` (at least 1). A request waits `acquire_timeout` for a slot, then 503.
     pub max_concurrent: Option<usize>,
+    /// Rows per batch when an export reads in keyset batches (`consistency = "chunked"`).
+    pub batch_rows: u64,
 }
 
 impl Default for ExportSettings {
@@ -120,6 +123,7 @@ impl Default for ExportSettings {
             stall_timeout: Duration::from_secs(60),
             max_duration: None,
             max_concurrent: None,
+            batch_rows: 10_000,
         }
     }
 }
@@ -159,6 +163,9 @@ pub struct DatasetSettings {
     pub key: Option<String>,
     /// If set, the only columns readable, filterable and orderable (the key must be among them).
     pub columns: Option<Vec<String>>,
+    /// `snapshot` (default) or `chunked`; a request's `consistency` parameter overrides it.
+    #[serde(default)]
+    pub consistency: Consistency,
 }
 
 /// Why the settings could not be loaded.

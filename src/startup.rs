@@ -24,6 +24,8 @@ pub struct AppState {
     pub chunking: Chunking,
     /// Compression levels.
     pub levels: Levels,
+    /// Rows per batch of a chunked export.
+    pub batch_rows: u64,
     /// Page limits.
     pub pages: PageSettings,
     /// How long a request waits for an export slot.
@@ -111,6 +113,7 @@ impl Application {
                 max_duration: settings.export.max_duration,
             },
             levels: settings.compression.clone(),
+            batch_rows: settings.export.batch_rows,
             pages: settings.pages.clone(),
             acquire_timeout: settings.database.acquire_timeout,
             cursor_key: match &settings.pages.cursor_secret {

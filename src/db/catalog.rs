@@ -10,10 +10,11 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{Kind, Type};
 
 use crate::encode::ValueKind;
+use crate::query::Consistency;
 use crate::settings::DatasetSettings;
 
 /// A configured dataset, checked against the database.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Dataset {
     /// The name in URLs.
     pub name: String,
@@ -23,10 +24,12 @@ pub struct Dataset {
     pub columns: Vec<Column>,
     /// The index in `columns` of the key, if one is configured.
     pub key: Option<usize>,
+    /// How `/rows` reads it unless a request says otherwise.
+    pub consistency: Consistency,
 }
 
 /// A column of a dataset.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Column {
     /// Its name.
     pub name: String,
@@ -112,6 +115,12 @@ pub enum CatalogError {
         key: String,
         /// Its configured table.
         table: String,
+    },
+    /// `consistency = "chunked"` reads in key order, so it needs a key.
+    #[error("dataset {dataset:?}: consistency = \"chunked\" needs a key")]
+    ChunkedWithoutKey {
+        /// The dataset.
+        dataset: String,
     },
     /// A table's key is not backed by a unique index, so ordering by it would not be total.
     #[error("dataset {dataset:?}: key column {key:?} of {table:?} has no unique index of its own")]
@@ -283,11 +292,15 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
             Some(index)
         }
     };
+    if settings.consistency == Consistency::Chunked && key.is_none() {
+        return Err(CatalogError::ChunkedWithoutKey { dataset });
+    }
     Ok(Dataset {
         name: dataset,
         relation: relation_sql,
         columns,
         key,
+        consistency: settings.consistency,
     })
 }
 

@@ -12,15 +12,40 @@ use tokio_postgres::{Row, RowStream};
 
 use super::lease::Lease;
 use crate::encode::{Cells, EncodeError};
-use crate::query::{CountMethod, Plan};
+use crate::query::{CountMethod, KeysetScan, Plan};
 
 /// A running export: its connection and the rows still to come.
 pub struct Export {
-    lease: Lease,
+    /// The connection; away in `next` while a new batch starts.
+    lease: Option<Lease>,
     rows: Pin<Box<RowStream>>,
     first: Option<Row>,
     /// The result is complete (a finished `RowStream` must not be polled again: it would report an error).
     ended: bool,
+    /// Set when the export reads in keyset batches rather than one statement.
+    batches: Option<Batches>,
+    /// The next batch being started. Kept here, not in a local, because `next_row` must be cancel-safe: the
+    /// body polls it with timeouts, and a dropped half-started batch would be lost.
+    next: Option<NextBatch>,
+}
+
+/// Starting a batch: the connection travels with the future and comes back with the result.
+type NextBatch = Pin<Box<dyn Future<Output = (Lease, Result<RowStream, tokio_postgres::Error>)> + Send>>;
+
+/// The state of an export read in keyset batches, each in a transaction of its own on the same connection.
+struct Batches {
+    scan: KeysetScan,
+    begin_sql: String,
+    /// The current batch's row limit, and how many of its rows have been read.
+    limit: u64,
+    read: u64,
+    /// Rows the request's `limit` still allows after the current batch; `None`: no limit.
+    remaining: Option<u64>,
+    /// The sort values of the last row read (the hidden text columns after the encoded ones), `None` for
+    /// NULL; the buffers are reused from row to row.
+    last: Vec<Option<Vec<u8>>>,
+    /// Index of the first hidden column.
+    hidden: usize,
 }
 
 /// Why an export could not start.
@@ -89,6 +114,37 @@ impl Export {
     /// Checks out a connection, opens the transaction with `begin_sql`, checks the plan's values, runs its
     /// count (in the same snapshot as the rows) and its query, and waits for the first row.
     pub async fn open(pool: &Pool, begin_sql: &str, plan: &Plan) -> Result<(Export, Option<i64>), OpenError> {
+        Self::open_plan(pool, begin_sql, plan).await
+    }
+
+    /// Like [`Export::open`], for an export read in keyset batches: each batch is a short statement in a
+    /// transaction of its own, so no snapshot is held for the whole download. The count, if any, runs with the
+    /// first batch.
+    pub async fn open_chunked(
+        pool: &Pool,
+        begin_sql: &str,
+        scan: KeysetScan,
+        count: Option<CountMethod>,
+    ) -> Result<(Export, Option<i64>), OpenError> {
+        let limit = batch_limit(scan.batch_rows, scan.limit());
+        let plan = scan.batch(None, limit, count);
+        let (mut export, total) = Self::open_plan(pool, begin_sql, &plan).await?;
+        export.batches = Some(Batches {
+            remaining: scan.limit().map(|l| l - limit),
+            scan,
+            begin_sql: begin_sql.to_owned(),
+            limit,
+            read: 0,
+            last: Vec::with_capacity(plan.keyset.len()),
+            hidden: plan.columns.len(),
+        });
+        if let (Some(row), Some(batches)) = (&export.first, export.batches.as_mut()) {
+            batches.note(row)?;
+        }
+        Ok((export, total))
+    }
+
+    async fn open_plan(pool: &Pool, begin_sql: &str, plan: &Plan) -> Result<(Export, Option<i64>), OpenError> {
         let lease = Lease::new(pool.get().await?);
         let client = lease.client();
         client.batch_execute(begin_sql).await?;
@@ -130,10 +186,12 @@ impl Export {
         let ended = first.is_none();
         Ok((
             Export {
-                lease,
+                lease: Some(lease),
                 rows,
                 first,
                 ended,
+                batches: None,
+                next: None,
             },
             total,
         ))
@@ -144,12 +202,56 @@ impl Export {
         if let Some(row) = self.first.take() {
             return Ok(Some(row));
         }
-        if self.ended {
-            return Ok(None);
+        loop {
+            if let Some(next) = self.next.as_mut() {
+                let (lease, rows) = next.await;
+                self.next = None;
+                self.lease = Some(lease);
+                self.rows = Box::pin(rows?);
+                self.ended = false;
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.rows.next().await.transpose()? {
+                Some(row) => {
+                    self.note(&row)?;
+                    return Ok(Some(row));
+                }
+                None => {
+                    self.ended = true;
+                    self.next = self.next_batch();
+                }
+            }
         }
-        let next = self.rows.next().await.transpose()?;
-        self.ended = next.is_none();
-        Ok(next)
+    }
+
+    /// In a batched export, remembers `row`'s sort values: the next batch starts after them.
+    fn note(&mut self, row: &Row) -> Result<(), tokio_postgres::Error> {
+        match self.batches.as_mut() {
+            Some(batches) => batches.note(row),
+            None => Ok(()),
+        }
+    }
+
+    /// After a full batch: the start of the next one, in a new transaction (so with a fresh snapshot).
+    fn next_batch(&mut self) -> Option<NextBatch> {
+        let batches = self.batches.as_mut()?;
+        // A short batch was the last; so was one that used up the request's limit.
+        if batches.read < batches.limit || batches.remaining == Some(0) {
+            return None;
+        }
+        let limit = batch_limit(batches.scan.batch_rows, batches.remaining);
+        let plan = batches.scan.batch(Some(&batches.position()), limit, None);
+        batches.remaining = batches.remaining.map(|r| r - limit);
+        batches.limit = limit;
+        batches.read = 0;
+        let lease = self.lease.take().expect("the lease is home between batches");
+        let begin = format!("COMMIT; {}", batches.begin_sql);
+        Some(Box::pin(async move {
+            let rows = start_batch(&lease, &begin, &plan).await;
+            (lease, rows)
+        }))
     }
 
     /// Ends a fully read export, returning its connection to the pool.
@@ -158,8 +260,50 @@ impl Export {
         // instead of waiting for a reader while COMMIT's answer queues behind it.
         let Export { lease, rows, .. } = self;
         drop(rows);
-        lease.release().await
+        lease.expect("a finished export is not between batches").release().await
     }
+}
+
+impl Batches {
+    fn note(&mut self, row: &Row) -> Result<(), tokio_postgres::Error> {
+        self.read += 1;
+        self.last.resize_with(row.len() - self.hidden, || None);
+        for (slot, index) in self.last.iter_mut().zip(self.hidden..) {
+            match row.try_get::<_, Option<Raw<'_>>>(index)? {
+                Some(raw) => {
+                    let buffer = slot.get_or_insert_with(Vec::new);
+                    buffer.clear();
+                    buffer.extend_from_slice(raw.0);
+                }
+                None => *slot = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// The last row's sort values as text.
+    fn position(&self) -> Vec<Option<String>> {
+        self.last
+            .iter()
+            .map(|value| value.as_ref().map(|raw| String::from_utf8_lossy(raw).into_owned()))
+            .collect()
+    }
+}
+
+/// Commits the last batch's transaction, opens the next, and runs the batch's query.
+async fn start_batch(lease: &Lease, begin: &str, plan: &Plan) -> Result<RowStream, tokio_postgres::Error> {
+    let client = lease.client();
+    client.batch_execute(begin).await?;
+    let types = vec![Type::TEXT; plan.params.len()];
+    let statement = client.prepare_typed(&plan.sql, &types).await?;
+    client
+        .query_raw(&statement, plan.params.iter().map(String::as_str))
+        .await
+}
+
+/// The row limit of the next batch: a full batch, or what the request's limit leaves.
+fn batch_limit(batch_rows: u64, remaining: Option<u64>) -> u64 {
+    remaining.map_or(batch_rows, |r| r.min(batch_rows))
 }
 
 /// Request values travel as text; the SQL casts each to its column's type.

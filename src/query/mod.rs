@@ -273,20 +273,90 @@ pub fn plan_page(
     limit: u64,
     count: Option<CountMethod>,
 ) -> Plan {
+    plan_keyset(dataset, request, Format::Ndjson, after, limit + 1, count)
+}
+
+/// How an export reads its rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// One statement in one transaction: every row from one consistent snapshot, which is held (and holds
+    /// back VACUUM) for the whole download.
+    #[default]
+    Snapshot,
+    /// Keyset batches, each a short statement in a transaction of its own: no snapshot outlives a batch, but
+    /// rows changed during the download may be seen in either state. Needs a key.
+    Chunked,
+}
+
+/// An export read as keyset batches ([`Consistency::Chunked`]): the request, and the plan of each batch.
+#[derive(Clone, Debug)]
+pub struct KeysetScan {
+    dataset: Dataset,
+    request: Request,
+    format: Format,
+    /// Rows per batch.
+    pub batch_rows: u64,
+}
+
+impl KeysetScan {
+    /// A scan of `request` over `dataset` (which must have a key) in `batch_rows`-row batches.
+    pub fn new(dataset: &Dataset, request: &Request, format: Format, batch_rows: u64) -> KeysetScan {
+        debug_assert!(dataset.key.is_some(), "a keyset scan needs a key");
+        KeysetScan {
+            dataset: dataset.clone(),
+            request: request.clone(),
+            format,
+            batch_rows: batch_rows.max(1),
+        }
+    }
+
+    /// The encoded columns of every batch.
+    pub fn columns(&self) -> Vec<EncodedColumn> {
+        select_list(&self.dataset, &self.request.select, self.format).1
+    }
+
+    /// The request's `limit`: the most rows all batches together return.
+    pub fn limit(&self) -> Option<u64> {
+        self.request.limit
+    }
+
+    /// The plan of the batch after the row whose sort values are `after` (`None`: the first batch), of at
+    /// most `limit` rows. Each row carries its sort values as hidden text columns after the encoded ones.
+    pub fn batch(&self, after: Option<&[Option<String>]>, limit: u64, count: Option<CountMethod>) -> Plan {
+        plan_keyset(&self.dataset, &self.request, self.format, after, limit, count)
+    }
+}
+
+/// Up to `limit` matching rows after `after` in the request's order (with the key as tie-breaker), each
+/// followed by its sort values as text.
+fn plan_keyset(
+    dataset: &Dataset,
+    request: &Request,
+    format: Format,
+    after: Option<&[Option<String>]>,
+    limit: u64,
+    count: Option<CountMethod>,
+) -> Plan {
     let (mut sql, count) = filtered(dataset, request, count);
+    if let (Some(after), Some(key)) = (&request.after, dataset.key) {
+        let column = &dataset.columns[key];
+        let placeholder = sql.bind(after, column, "after");
+        sql.where_clauses.push(format!("t.{} > {placeholder}", column.ident));
+    }
     let keyset = effective_order(dataset, request);
     if let Some(values) = after {
         let predicate = keyset_predicate(&mut sql, &keyset, values);
         sql.where_clauses.push(predicate);
     }
-    let (mut expressions, columns) = select_list(dataset, &request.select, Format::Ndjson);
+    let (mut expressions, columns) = select_list(dataset, &request.select, format);
     for term in &keyset {
         let column = &dataset.columns[term.column];
         expressions.push(format!("{}(t.{})::text", column.output_function, column.ident));
     }
     let mut text = select_from(&expressions, &sql);
     text.push_str(&order_sql(dataset, &keyset));
-    let placeholder = sql.bind_text((limit + 1).to_string());
+    let placeholder = sql.bind_text(limit.to_string());
     text.push_str(&format!(" LIMIT {placeholder}::bigint"));
     Plan {
         sql: text,

@@ -26,7 +26,7 @@ fn reject(parameter: &str, reason: impl Into<String>) -> ParamError {
 /// Which endpoint is asking: each takes a different set of reserved parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `/rows`: `select`, `order`, `limit`, `after`, `format`.
+    /// `/rows`: `select`, `order`, `limit`, `after`, `format`, `consistency`.
     Rows,
     /// `/page`: `select`, `order`, `limit`, `cursor`.
     Page,
@@ -79,7 +79,7 @@ impl fmt::Display for OrderTerm {
 }
 
 /// A parsed, validated request against one dataset.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Request {
     /// Output columns (indexes into the dataset's columns), in order.
     pub select: Vec<usize>,
@@ -95,6 +95,8 @@ pub struct Request {
     pub cursor: Option<String>,
     /// `format` (rows).
     pub format: Option<String>,
+    /// `consistency` (rows): overrides the dataset's.
+    pub consistency: Option<super::Consistency>,
 }
 
 /// Parses the decoded query pairs of a request for `dataset`.
@@ -110,7 +112,7 @@ pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) 
         }
         let reserved = matches!(
             name.as_str(),
-            "select" | "order" | "limit" | "after" | "cursor" | "format"
+            "select" | "order" | "limit" | "after" | "cursor" | "format" | "consistency"
         );
         if reserved && !seen.insert(name.as_str()) {
             return Err(reject(name, "given more than once"));
@@ -127,6 +129,14 @@ pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) 
             }
             ("after", Endpoint::Rows) => request.after = Some(value.clone()),
             ("format", Endpoint::Rows) => request.format = Some(value.clone()),
+            ("consistency", Endpoint::Rows) => {
+                request.consistency = Some(match value.as_str() {
+                    "snapshot" => super::Consistency::Snapshot,
+                    "chunked" if dataset.key.is_some() => super::Consistency::Chunked,
+                    "chunked" => return Err(reject(name, "chunked needs a dataset with a key")),
+                    _ => return Err(reject(name, "must be snapshot or chunked")),
+                })
+            }
             ("cursor", Endpoint::Page) => request.cursor = Some(value.clone()),
             (_, _) if reserved => return Err(reject(name, "is not accepted by this endpoint")),
             _ => request.filters.push(parse_filter(dataset, name, value)?),
@@ -337,6 +347,7 @@ pub(crate) mod tests {
                 column("paid", ValueKind::Bool, "boolean"),
             ],
             key: Some(0),
+            consistency: crate::query::Consistency::Snapshot,
         }
     }
 

@@ -10,7 +10,7 @@ use crate::compress::{Compressor, Encoding};
 use crate::db::export::{Export, OpenError};
 use crate::encode::{Format, RowEncoder};
 use crate::error::ApiError;
-use crate::query::{self, Endpoint};
+use crate::query::{self, Consistency, Endpoint, KeysetScan};
 use crate::startup::{AppState, Pools};
 
 /// Streams the rows a request selects, filters and orders (by default: all, in key order).
@@ -47,14 +47,27 @@ pub(super) async fn rows(
     }
 
     let count = count_preference(&request);
-    let plan = query::plan_rows(dataset, &parsed, format, count);
     let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let slot = tokio::time::timeout(state.acquire_timeout, pools.export_slots.clone().acquire_owned())
         .await
         .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
         .expect("the semaphore is never closed");
-    let (export, total) = Export::open(&pools.exports, &state.begin_sql, &plan).await?;
+    let ((export, total), columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
+        Consistency::Snapshot => {
+            let plan = query::plan_rows(dataset, &parsed, format, count);
+            (
+                Export::open(&pools.exports, &state.begin_sql, &plan).await?,
+                plan.columns,
+            )
+        }
+        Consistency::Chunked => {
+            let scan = KeysetScan::new(dataset, &parsed, format, state.batch_rows);
+            let columns = scan.columns();
+            let opened = Export::open_chunked(&pools.exports, &state.begin_sql, scan, count).await?;
+            (opened, columns)
+        }
+    };
     total_count_headers(&mut response, count, total);
-    let encoder = RowEncoder::new(format, &plan.columns);
+    let encoder = RowEncoder::new(format, &columns);
     Ok(response.streaming(body::stream(export, slot, encoder, compressor, state.chunking, label)))
 }

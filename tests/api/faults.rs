@@ -118,6 +118,7 @@ fn settings(url: String, datasets: &[(&str, &str, Option<&str>)]) -> Settings {
             table: (*table).into(),
             key: key.map(Into::into),
             columns: None,
+            consistency: Default::default(),
         })
         .collect();
     settings

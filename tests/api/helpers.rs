@@ -130,6 +130,7 @@ pub(crate) fn settings(db: &TestDb, datasets: &[(&str, &str, Option<&str>)]) -> 
             table: (*table).into(),
             key: key.map(Into::into),
             columns: None,
+            consistency: Default::default(),
         })
         .collect();
     settings

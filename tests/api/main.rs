@@ -1,6 +1,7 @@
 //! Integration tests: pgspout against a real PostgreSQL, with real HTTP clients.
 
 mod clients;
+mod consistency;
 mod errors;
 mod faults;
 mod fidelity;

@@ -29,6 +29,9 @@ pub struct Settings {
     /// `/page` limits and cursors.
     #[serde(default)]
     pub pages: PageSettings,
+    /// Background export jobs; off unless `jobs.directory` is set.
+    #[serde(default)]
+    pub jobs: JobSettings,
     /// The datasets served; identifiers come only from here, never from a request.
     #[serde(default)]
     pub datasets: Vec<DatasetSettings>,
@@ -151,6 +154,50 @@ impl Default for PageSettings {
     }
 }
 
+/// `[jobs]`: background exports written to files.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Where export files are written. Unset: background exports are off (and no schema is created).
+    /// Instances that share a database must share this directory.
+    pub directory: Option<std::path::PathBuf>,
+    /// The schema pgspout creates for its job table.
+    pub schema: String,
+    /// Jobs this instance runs at once.
+    pub max_running: usize,
+    /// Jobs that may wait in the queue (all instances together); beyond it, creating one is a 503.
+    pub max_queued: i64,
+    /// How long a finished file is kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// A running job's lease: renewed every third of it; a job whose lease ran out is taken over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often an idle instance looks for queued jobs (and sweeps expired files).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Rows between checkpoints.
+    pub batch_rows: u64,
+    /// Runs a job may take (each interrupted run counts) before it is marked failed.
+    pub max_attempts: i32,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            directory: None,
+            schema: "pgspout".into(),
+            max_running: 2,
+            max_queued: 1000,
+            retention: Duration::from_secs(7 * 24 * 3600),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            batch_rows: 50_000,
+            max_attempts: 10,
+        }
+    }
+}
+
 /// One `[[datasets]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +296,26 @@ impl Settings {
         self.compression.validate().map_err(SettingsError::Invalid)?;
         if self.pages.default_limit == 0 || self.pages.default_limit > self.pages.max_limit {
             return invalid("pages.default_limit must be between 1 and pages.max_limit".into());
+        }
+        if self.jobs.directory.is_some() {
+            let jobs = &self.jobs;
+            if jobs.max_running == 0 || jobs.max_queued < 1 || jobs.batch_rows == 0 || jobs.max_attempts < 1 {
+                return invalid(
+                    "jobs.max_running, jobs.max_queued, jobs.batch_rows and jobs.max_attempts must be at least 1"
+                        .into(),
+                );
+            }
+            if jobs.lease < Duration::from_secs(1) {
+                return invalid("jobs.lease must be at least 1s".into());
+            }
+            let schema = &jobs.schema;
+            if schema.is_empty()
+                || !schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return invalid(format!("jobs.schema {schema:?} may hold only a-z, 0-9 and '_'"));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for dataset in &self.datasets {

@@ -51,6 +51,33 @@ impl Encoding {
         }
     }
 
+    /// The coding called `name` (`identity`, `gzip`, `zstd`, `br`).
+    pub fn from_name(name: &str) -> Option<Encoding> {
+        match name {
+            "identity" => Some(Encoding::Identity),
+            "gzip" => Some(Encoding::Gzip),
+            "zstd" => Some(Encoding::Zstd),
+            "br" => Some(Encoding::Brotli),
+            _ => None,
+        }
+    }
+
+    /// Whether compressed pieces of this coding concatenate into one valid stream (gzip members, zstd
+    /// frames), so a file cut back to a checkpoint is still valid. Brotli streams do not concatenate.
+    pub fn concatenates(self) -> bool {
+        self != Encoding::Brotli
+    }
+
+    /// The file name suffix of this coding.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Encoding::Identity => "",
+            Encoding::Gzip => ".gz",
+            Encoding::Zstd => ".zst",
+            Encoding::Brotli => ".br",
+        }
+    }
+
     /// The `Content-Encoding` header value, if any.
     pub fn content_encoding(self) -> Option<&'static str> {
         match self {

@@ -42,6 +42,21 @@ pub enum ApiError {
     /// The export could not start.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// The request body is malformed or asks for something impossible.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Background exports are not configured on this server.
+    #[error("background exports are off on this server (jobs.directory is not set)")]
+    JobsOff,
+    /// No export job has this id.
+    #[error("no export job has the id {0:?}")]
+    UnknownJob(String),
+    /// The export job's file is not ready.
+    #[error("the export is {0}; it can be downloaded once it is completed")]
+    JobNotCompleted(String),
+    /// The job queue is full.
+    #[error("the export queue is full; retry later")]
+    QueueFull,
     /// The readiness check failed.
     #[error("the database does not answer")]
     NotReady(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -70,6 +85,11 @@ impl ApiError {
     fn kind(&self) -> (&'static str, &'static str) {
         match self {
             ApiError::UnknownDataset(_) => ("urn:pgspout:problem:unknown-dataset", "Unknown dataset"),
+            ApiError::BadRequest(_) => ("urn:pgspout:problem:bad-request", "Bad request"),
+            ApiError::JobsOff => ("urn:pgspout:problem:jobs-off", "Background exports are off"),
+            ApiError::UnknownJob(_) => ("urn:pgspout:problem:unknown-export", "Unknown export"),
+            ApiError::JobNotCompleted(_) => ("urn:pgspout:problem:export-not-completed", "Export not completed"),
+            ApiError::QueueFull => ("urn:pgspout:problem:queue-full", "Export queue full"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("urn:pgspout:problem:method-not-allowed", "Method not allowed"),
             ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. }) => {
@@ -96,7 +116,12 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::UnknownDataset(_) | ApiError::NoRoute => StatusCode::NOT_FOUND,
+            ApiError::UnknownDataset(_) | ApiError::NoRoute | ApiError::JobsOff | ApiError::UnknownJob(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::JobNotCompleted(_) => StatusCode::CONFLICT,
+            ApiError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_)
             | ApiError::Format(FormatError::Unknown(_))

@@ -10,6 +10,7 @@
 //! - [`db`]: pools, the catalog, exports; the only module that talks to tokio-postgres.
 //! - [`encode`]: rows → NDJSON or CSV, byte-identical to Postgres's own output.
 //! - [`body`]: the streaming body that ties rows, encoder and compressor together.
+//! - [`jobs`]: background exports to files that survive crashes (the `/v1/exports` API is in [`routes`]).
 //! - [`error`]: problem+json before the first byte, aborted transfers after it.
 //! - [`settings`], [`startup`]: configuration and wiring.
 
@@ -18,6 +19,7 @@ pub mod compress;
 pub mod db;
 pub mod encode;
 pub mod error;
+pub mod jobs;
 mod negotiate;
 pub mod openapi;
 pub mod query;

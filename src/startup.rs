@@ -34,6 +34,18 @@ pub struct AppState {
     pub cursor_key: CursorKey,
     /// The OpenAPI document.
     pub openapi: String,
+    /// Background export jobs, when configured.
+    pub jobs: Option<JobsState>,
+}
+
+/// What the `/v1/exports` routes need.
+pub struct JobsState {
+    /// The job table's statements.
+    pub store: crate::db::jobs::JobStore,
+    /// Where the files are.
+    pub directory: std::path::PathBuf,
+    /// The `[jobs]` settings.
+    pub settings: crate::settings::JobSettings,
 }
 
 impl AppState {
@@ -68,6 +80,22 @@ pub enum StartupError {
     /// A dataset does not match the database.
     #[error(transparent)]
     Catalog(#[from] db::catalog::CatalogError),
+    /// The job schema could not be created or migrated.
+    #[error("cannot migrate the job schema {schema:?}")]
+    Migrate {
+        /// The schema.
+        schema: String,
+        /// The database error.
+        source: tokio_postgres::Error,
+    },
+    /// The job directory could not be created.
+    #[error("cannot create the job directory {directory}")]
+    JobDirectory {
+        /// The directory.
+        directory: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {address}")]
     Listen {
@@ -82,15 +110,36 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    /// What the job runner needs, when jobs are on; it starts with the server.
+    runner: Option<(web::Data<AppState>, crate::settings::JobSettings, tokio_postgres::Config)>,
+    database: crate::settings::DatabaseSettings,
 }
 
 impl Application {
     /// Checks every dataset against the database, binds the listener and builds the server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let connection = db::connection_config(&settings.database).map_err(StartupError::DatabaseUrl)?;
-        let (client, task) = connection.connect(NoTls).await.map_err(StartupError::Connect)?;
+        let (mut client, task) = connection.connect(NoTls).await.map_err(StartupError::Connect)?;
         let task = tokio::spawn(task);
         let catalog = db::catalog::load(&client, &settings.datasets, db::is_utc(&settings.database.timezone)).await;
+        let jobs = match (&catalog, &settings.jobs.directory) {
+            (Ok(_), Some(directory)) => {
+                std::fs::create_dir_all(directory).map_err(|source| StartupError::JobDirectory {
+                    directory: directory.display().to_string(),
+                    source,
+                })?;
+                let schema = settings.jobs.schema.clone();
+                db::jobs::migrate(&mut client, &schema)
+                    .await
+                    .map_err(|source| StartupError::Migrate { schema, source })?;
+                Some(JobsState {
+                    store: db::jobs::JobStore::new(&settings.jobs.schema),
+                    directory: directory.clone(),
+                    settings: settings.jobs.clone(),
+                })
+            }
+            _ => None,
+        };
         drop(client);
         let _ = task.await;
         let catalog = catalog?;
@@ -122,7 +171,12 @@ impl Application {
             },
             openapi: crate::openapi::document(&catalog, settings.pages.max_limit).to_string(),
             catalog,
+            jobs,
         });
+        let runner = state
+            .jobs
+            .as_ref()
+            .map(|jobs| (state.clone(), jobs.settings.clone(), connection.clone()));
         let database = settings.database.clone();
         let export_slots = settings.export_slots();
         let server = HttpServer::new(move || {
@@ -151,7 +205,12 @@ impl Application {
         })?
         .run();
         tracing::info!(%port, workers = settings.workers(), "listening");
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            server,
+            runner,
+            database: settings.database.clone(),
+        })
     }
 
     /// The port actually bound (useful with port 0).
@@ -162,11 +221,21 @@ impl Application {
     /// Serves until `shutdown` resolves; then stops accepting, lets running requests finish within
     /// `server.shutdown_grace`, and cuts the rest (visibly: their bodies end without the terminating chunk).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let runner = match self.runner {
+            Some((state, jobs, connection)) => Some(crate::jobs::Runner::start(state, jobs, connection, &self.database)?),
+            None => None,
+        };
         let handle = self.server.handle();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; running exports may finish within the grace period");
-            handle.stop(true).await;
+            // Jobs go back to the queue at their last checkpoint, for another instance or the next start.
+            let stopping = async {
+                if let Some(runner) = runner {
+                    runner.stop().await;
+                }
+            };
+            tokio::join!(handle.stop(true), stopping);
         });
         self.server.await
     }

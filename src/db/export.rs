@@ -41,11 +41,50 @@ struct Batches {
     read: u64,
     /// Rows the request's `limit` still allows after the current batch; `None`: no limit.
     remaining: Option<u64>,
-    /// The sort values of the last row read (the hidden text columns after the encoded ones), `None` for
-    /// NULL; the buffers are reused from row to row.
-    last: Vec<Option<Vec<u8>>>,
+    /// Where the last row read sits in the sort order.
+    last: Position,
+}
+
+/// The sort values of the last row seen: a keyset plan's hidden text columns after the encoded ones. The buffers
+/// are reused from row to row.
+pub struct Position {
+    values: Vec<Option<Vec<u8>>>,
     /// Index of the first hidden column.
     hidden: usize,
+}
+
+impl Position {
+    /// Tracks the rows of a plan with `encoded` encoded columns.
+    pub fn new(encoded: usize) -> Position {
+        Position {
+            values: Vec::new(),
+            hidden: encoded,
+        }
+    }
+
+    /// Remembers `row`'s sort values.
+    pub fn note(&mut self, row: &Row) -> Result<(), tokio_postgres::Error> {
+        self.values.resize_with(row.len() - self.hidden, || None);
+        for (slot, index) in self.values.iter_mut().zip(self.hidden..) {
+            match row.try_get::<_, Option<Raw<'_>>>(index)? {
+                Some(raw) => {
+                    let buffer = slot.get_or_insert_with(Vec::new);
+                    buffer.clear();
+                    buffer.extend_from_slice(raw.0);
+                }
+                None => *slot = None,
+            }
+        }
+        Ok(())
+    }
+
+    /// The last row's sort values as text (a keyset plan's `after`).
+    pub fn values(&self) -> Vec<Option<String>> {
+        self.values
+            .iter()
+            .map(|value| value.as_ref().map(|raw| String::from_utf8_lossy(raw).into_owned()))
+            .collect()
+    }
 }
 
 /// Why an export could not start.
@@ -135,8 +174,7 @@ impl Export {
             begin_sql: begin_sql.to_owned(),
             limit,
             read: 0,
-            last: Vec::with_capacity(plan.keyset.len()),
-            hidden: plan.columns.len(),
+            last: Position::new(plan.columns.len()),
         });
         if let (Some(row), Some(batches)) = (&export.first, export.batches.as_mut()) {
             batches.note(row)?;
@@ -242,7 +280,7 @@ impl Export {
             return None;
         }
         let limit = batch_limit(batches.scan.batch_rows, batches.remaining);
-        let plan = batches.scan.batch(Some(&batches.position()), limit, None);
+        let plan = batches.scan.batch(Some(&batches.last.values()), limit, None);
         batches.remaining = batches.remaining.map(|r| r - limit);
         batches.limit = limit;
         batches.read = 0;
@@ -267,26 +305,7 @@ impl Export {
 impl Batches {
     fn note(&mut self, row: &Row) -> Result<(), tokio_postgres::Error> {
         self.read += 1;
-        self.last.resize_with(row.len() - self.hidden, || None);
-        for (slot, index) in self.last.iter_mut().zip(self.hidden..) {
-            match row.try_get::<_, Option<Raw<'_>>>(index)? {
-                Some(raw) => {
-                    let buffer = slot.get_or_insert_with(Vec::new);
-                    buffer.clear();
-                    buffer.extend_from_slice(raw.0);
-                }
-                None => *slot = None,
-            }
-        }
-        Ok(())
-    }
-
-    /// The last row's sort values as text.
-    fn position(&self) -> Vec<Option<String>> {
-        self.last
-            .iter()
-            .map(|value| value.as_ref().map(|raw| String::from_utf8_lossy(raw).into_owned()))
-            .collect()
+        self.last.note(row)
     }
 }
 

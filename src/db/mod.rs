@@ -4,9 +4,11 @@
 //! - `catalog`: datasets resolved against the database at start-up (relation, columns, types, key).
 //! - `lease`: a pooled connection that is discarded, never reused, unless its export ended cleanly.
 //! - `export`: opening an export (transaction, query, first row) and reading its rows.
+//! - `jobs`: the background export jobs' schema and statements.
 
 pub mod catalog;
 pub mod export;
+pub mod jobs;
 pub mod lease;
 
 use std::time::Duration;

@@ -617,6 +617,8 @@ mod fuzz {
             Just("limit".to_owned()),
             Just("after".to_owned()),
             Just("cursor".to_owned()),
+            Just("consistency".to_owned()),
+            Just("format".to_owned()),
             "[a-z.,()\"\\\\*%_ -]{0,12}",
             "(not\\.)?(eq|neq|gt|gte|lt|lte|like|ilike|in|is)\\.[a-z0-9.,()\"\\\\*]{0,10}",
             "[a-z]{1,6}(\\.(asc|desc|nullsfirst|nullslast)){0,3}(,[a-z]{1,6}){0,2}",
@@ -630,12 +632,14 @@ mod fuzz {
         #[test]
         fn parsing_and_planning_never_panic(pairs in proptest::collection::vec((token(), token()), 0..6)) {
             let dataset = dataset();
-            for endpoint in [Endpoint::Rows, Endpoint::Page] {
+            for endpoint in [Endpoint::Rows, Endpoint::Page, Endpoint::Job] {
                 match params::parse(&dataset, endpoint, &pairs) {
                     Ok(request) => {
                         let plan = match endpoint {
                             Endpoint::Rows => plan_rows(&dataset, &request, Format::Csv, Some(CountMethod::Exact)),
                             Endpoint::Page => plan_page(&dataset, &request, Some(&[Some("1".into())]), 10, None),
+                            Endpoint::Job => KeysetScan::new(&dataset, &request, Format::Ndjson, 100)
+                                .batch(Some(&[Some("1".into())]), 100, None),
                         };
                         // Every request value reaches SQL only as a numbered parameter.
                         for (name, value) in &pairs {

@@ -30,6 +30,8 @@ pub enum Endpoint {
     Rows,
     /// `/page`: `select`, `order`, `limit`, `cursor`.
     Page,
+    /// A background export job's query: `select`, `order`, `limit`, `after` (the job's body names the format).
+    Job,
 }
 
 /// A comparison a filter applies.
@@ -127,7 +129,7 @@ pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) 
                         .map_err(|_| reject(name, "must be a non-negative integer"))?,
                 )
             }
-            ("after", Endpoint::Rows) => request.after = Some(value.clone()),
+            ("after", Endpoint::Rows | Endpoint::Job) => request.after = Some(value.clone()),
             ("format", Endpoint::Rows) => request.format = Some(value.clone()),
             ("consistency", Endpoint::Rows) => {
                 request.consistency = Some(match value.as_str() {

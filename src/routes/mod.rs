@@ -1,6 +1,7 @@
 //! HTTP routes, one file per resource; with `startup` and `body`, the only code that touches actix types.
 
 mod datasets;
+mod exports;
 mod health;
 mod openapi;
 mod page;
@@ -23,6 +24,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(datasets::one)
         .service(rows::rows)
         .service(page::page)
+        .service(exports::create)
+        .service(exports::show)
+        .service(exports::download)
+        .service(exports::remove)
         .default_service(web::to(fallback));
 }
 
@@ -35,6 +40,9 @@ async fn fallback(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiEr
             ApiError::MethodNotAllowed("GET")
         }
         ["v1", "datasets", _, "page"] => ApiError::MethodNotAllowed("GET"),
+        ["v1", "exports"] => ApiError::MethodNotAllowed("POST"),
+        ["v1", "exports", _] => ApiError::MethodNotAllowed("GET, DELETE"),
+        ["v1", "exports", _, "download"] => ApiError::MethodNotAllowed("GET, HEAD"),
         _ => ApiError::NoRoute,
     })
 }

@@ -7,6 +7,7 @@ mod faults;
 mod fidelity;
 mod helpers;
 mod http;
+mod jobs;
 mod query;
 mod shutdown;
 mod storm;

@@ -1,0 +1,426 @@
+//! Background export jobs in Postgres: the schema's migrations and every statement on the job table.
+//!
+//! A job is claimed with `FOR UPDATE SKIP LOCKED` and held by a lease (an owner and an expiry) that its runner
+//! renews. Every write a runner makes is fenced by `lease_owner = me AND status = 'running'`, so an instance
+//! that lost its lease (it stalled, or the job was cancelled) finds out at its next write and stops.
+
+use std::time::Duration;
+
+use postgres_protocol::escape::escape_identifier;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+/// The schema's migrations, in order; each runs once, in one transaction with its version's record.
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and their runs (one row per claim, so "ran exactly once" can be checked).
+    "CREATE TABLE {schema}.export_jobs (
+        id uuid PRIMARY KEY,
+        dataset text NOT NULL,
+        format text NOT NULL,
+        compression text NOT NULL,
+        query text NOT NULL,
+        status text NOT NULL DEFAULT 'queued'
+            CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+        rows_written bigint NOT NULL DEFAULT 0,
+        bytes_written bigint NOT NULL DEFAULT 0,
+        position jsonb,
+        error text,
+        attempts int NOT NULL DEFAULT 0,
+        lease_owner uuid,
+        lease_expires_at timestamptz,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        started_at timestamptz,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        finished_at timestamptz,
+        expires_at timestamptz
+     );
+     CREATE INDEX export_jobs_waiting ON {schema}.export_jobs (created_at) WHERE status IN ('queued', 'running');
+     CREATE TABLE {schema}.export_job_runs (
+        job_id uuid NOT NULL REFERENCES {schema}.export_jobs ON DELETE CASCADE,
+        run int NOT NULL,
+        owner uuid NOT NULL,
+        rows_at_start bigint NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        ended_at timestamptz,
+        outcome text,
+        PRIMARY KEY (job_id, run)
+     )",
+];
+
+/// Creates the schema and applies missing migrations. Instances starting together serialize on an advisory lock.
+pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+    let schema = escape_identifier(schema);
+    let transaction = client.transaction().await?;
+    transaction
+        .batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(hashtext('pgspout migrations')); \
+             CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE IF NOT EXISTS {schema}.migrations \
+             (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        ))
+        .await?;
+    let applied: i32 = transaction
+        .query_one(&format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"), &[])
+        .await?
+        .get(0);
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        let version = index as i32 + 1;
+        transaction.batch_execute(&migration.replace("{schema}", &schema)).await?;
+        transaction
+            .execute(&format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"), &[&version])
+            .await?;
+        tracing::info!(version, "applied job schema migration");
+    }
+    transaction.commit().await
+}
+
+/// What a new job asks for, validated.
+pub struct NewJob<'a> {
+    /// The dataset's name.
+    pub dataset: &'a str,
+    /// `ndjson` or `csv`.
+    pub format: &'a str,
+    /// `identity`, `gzip` or `zstd`.
+    pub compression: &'a str,
+    /// The query string, as for `/rows`.
+    pub query: &'a str,
+}
+
+/// A job as its runner sees it when it claims it.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// The job.
+    pub id: Uuid,
+    /// The dataset's name.
+    pub dataset: String,
+    /// `ndjson` or `csv`.
+    pub format: String,
+    /// `identity`, `gzip` or `zstd`.
+    pub compression: String,
+    /// The query string.
+    pub query: String,
+    /// Rows in the file at the last checkpoint.
+    pub rows_written: i64,
+    /// The file's length at the last checkpoint.
+    pub bytes_written: i64,
+    /// The sort values of the last row at the last checkpoint; `None` before the first.
+    pub position: Option<Vec<Option<String>>>,
+    /// Runs so far, this one included.
+    pub attempts: i32,
+}
+
+/// A finished job's files to remove.
+pub struct Removed {
+    /// The job.
+    pub id: Uuid,
+}
+
+/// The statements on one schema's job table.
+#[derive(Clone, Debug)]
+pub struct JobStore {
+    schema: String,
+}
+
+fn interval(duration: Duration) -> String {
+    format!("{} milliseconds", duration.as_millis())
+}
+
+impl JobStore {
+    /// The store in `schema` (a plain lowercase name, checked by the settings).
+    pub fn new(schema: &str) -> JobStore {
+        JobStore {
+            schema: escape_identifier(schema),
+        }
+    }
+
+    /// Queues a job unless `max_queued` jobs already wait; `None` when the queue is full.
+    pub async fn create(
+        &self,
+        client: &impl GenericClient,
+        job: &NewJob<'_>,
+        max_queued: i64,
+    ) -> Result<Option<Uuid>, tokio_postgres::Error> {
+        let id = Uuid::new_v4();
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query) \
+                     SELECT $1, $2, $3, $4, $5 \
+                     WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = 'queued') < $6 RETURNING id",
+                    s = self.schema
+                ),
+                &[&id, &job.dataset, &job.format, &job.compression, &job.query, &max_queued],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The job's status document (JSON text) and its status; `None` if there is no such job.
+    pub async fn status(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+    ) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT jsonb_build_object('id', id, 'dataset', dataset, 'format', format, \
+                     'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
+                     'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
+                     'error', error, 'attempts', attempts, 'created_at', created_at, 'started_at', started_at, \
+                     'updated_at', updated_at, 'finished_at', finished_at, 'expires_at', expires_at)::text, status \
+                     FROM {}.export_jobs WHERE id = $1",
+                    self.schema
+                ),
+                &[&id],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// The oldest queued job, or a running one whose lease ran out, now leased to `owner`; its run is recorded.
+    pub async fn claim(
+        &self,
+        client: &mut tokio_postgres::Client,
+        owner: Uuid,
+        lease: Duration,
+    ) -> Result<Option<ClaimedJob>, tokio_postgres::Error> {
+        let transaction = client.transaction().await?;
+        let row = transaction
+            .query_opt(
+                &format!(
+                    "WITH next AS (SELECT id FROM {s}.export_jobs \
+                       WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < now()) \
+                       ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     UPDATE {s}.export_jobs j SET status = 'running', lease_owner = $1, \
+                       lease_expires_at = now() + $2::text::interval, attempts = j.attempts + 1, \
+                       started_at = coalesce(j.started_at, now()), updated_at = now() \
+                     FROM next WHERE j.id = next.id \
+                     RETURNING j.id, j.dataset, j.format, j.compression, j.query, j.rows_written, j.bytes_written, \
+                       j.position::text, j.attempts",
+                    s = self.schema
+                ),
+                &[&owner, &interval(lease)],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let position: Option<String> = row.get(7);
+        let job = ClaimedJob {
+            id: row.get(0),
+            dataset: row.get(1),
+            format: row.get(2),
+            compression: row.get(3),
+            query: row.get(4),
+            rows_written: row.get(5),
+            bytes_written: row.get(6),
+            // Written by `checkpoint` from a Vec<Option<String>>, so it parses back.
+            position: position.and_then(|text| serde_json::from_str(&text).ok()),
+            attempts: row.get(8),
+        };
+        transaction
+            .execute(
+                &format!(
+                    "INSERT INTO {}.export_job_runs (job_id, run, owner, rows_at_start) VALUES ($1, $2, $3, $4)",
+                    self.schema
+                ),
+                &[&job.id, &job.attempts, &owner, &job.rows_written],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(Some(job))
+    }
+
+    /// Extends the lease; `false` if `owner` no longer holds a running job (taken over or cancelled).
+    pub async fn renew(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+        lease: Duration,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let updated = client
+            .execute(
+                &format!(
+                    "UPDATE {}.export_jobs SET lease_expires_at = now() + $3::text::interval, updated_at = now() \
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    self.schema
+                ),
+                &[&id, &owner, &interval(lease)],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Records progress whose bytes are durably in the file; `false` if the lease was lost.
+    pub async fn checkpoint(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+        rows: i64,
+        bytes: i64,
+        position: &[Option<String>],
+    ) -> Result<bool, tokio_postgres::Error> {
+        let position = serde_json::to_string(position).expect("strings serialize");
+        let updated = client
+            .execute(
+                &format!(
+                    "UPDATE {}.export_jobs SET rows_written = $3, bytes_written = $4, position = $5::text::jsonb, \
+                     updated_at = now() WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    self.schema
+                ),
+                &[&id, &owner, &rows, &bytes, &position],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Marks the job completed (its file is whole and durable); `false` if the lease was lost.
+    pub async fn complete(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+        rows: i64,
+        bytes: i64,
+        position: Option<&[Option<String>]>,
+        retention: Duration,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let position = position.map(|p| serde_json::to_string(p).expect("strings serialize"));
+        let updated = client
+            .execute(
+                &format!(
+                    "UPDATE {}.export_jobs SET status = 'completed', rows_written = $3, bytes_written = $4, \
+                     error = NULL, finished_at = now(), updated_at = now(), expires_at = now() + $5::text::interval, \
+                     position = coalesce($6::text::jsonb, position), lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    self.schema
+                ),
+                &[&id, &owner, &rows, &bytes, &interval(retention), &position],
+            )
+            .await?;
+        self.end_run(client, id, owner, "completed").await?;
+        Ok(updated == 1)
+    }
+
+    /// Ends the run: `failed` with `error`, or back to `queued` (keeping the checkpoint) to be run again.
+    pub async fn release(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+        error: &str,
+        failed: bool,
+        retention: Duration,
+    ) -> Result<(), tokio_postgres::Error> {
+        let status = if failed { "failed" } else { "queued" };
+        client
+            .execute(
+                &format!(
+                    "UPDATE {}.export_jobs SET status = $3, error = $4, updated_at = now(), lease_owner = NULL, \
+                     lease_expires_at = NULL, \
+                     finished_at = CASE WHEN $3 = 'failed' THEN now() END, \
+                     expires_at = CASE WHEN $3 = 'failed' THEN now() + $5::text::interval END \
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    self.schema
+                ),
+                &[&id, &owner, &status, &error, &interval(retention)],
+            )
+            .await?;
+        self.end_run(client, id, owner, if failed { "failed" } else { "interrupted" })
+            .await
+    }
+
+    /// Records how this owner's current run of the job ended.
+    pub async fn end_run(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+        outcome: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        client
+            .execute(
+                &format!(
+                    "UPDATE {}.export_job_runs SET ended_at = now(), outcome = $3 \
+                     WHERE job_id = $1 AND owner = $2 AND ended_at IS NULL",
+                    self.schema
+                ),
+                &[&id, &owner, &outcome],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Cancels a queued or running job; `true` if it was either.
+    pub async fn cancel(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        retention: Duration,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let updated = client
+            .execute(
+                &format!(
+                    "UPDATE {}.export_jobs SET status = 'cancelled', finished_at = now(), updated_at = now(), \
+                     expires_at = now() + $2::text::interval, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $1 AND status IN ('queued', 'running')",
+                    self.schema
+                ),
+                &[&id, &interval(retention)],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// Deletes a finished (completed, failed or cancelled) job; `true` if there was one.
+    pub async fn delete(&self, client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+        let deleted = client
+            .execute(
+                &format!(
+                    "DELETE FROM {}.export_jobs WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')",
+                    self.schema
+                ),
+                &[&id],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// Deletes finished jobs past their retention; their files are the caller's to remove.
+    pub async fn expire(&self, client: &impl GenericClient) -> Result<Vec<Removed>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                &format!(
+                    "DELETE FROM {}.export_jobs WHERE expires_at < now() \
+                     AND status IN ('completed', 'failed', 'cancelled') RETURNING id",
+                    self.schema
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| Removed { id: r.get(0) }).collect())
+    }
+
+    /// Of `ids`, those that are no job at all (their files are orphans) or whose job cannot use its file
+    /// any more (failed or cancelled).
+    pub async fn unused_files(
+        &self,
+        client: &impl GenericClient,
+        ids: &[Uuid],
+    ) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT f.id FROM unnest($1::uuid[]) AS f(id) LEFT JOIN {}.export_jobs j ON j.id = f.id \
+                     WHERE j.id IS NULL OR j.status IN ('failed', 'cancelled')",
+                    self.schema
+                ),
+                &[&ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

@@ -1,0 +1,118 @@
+//! A job's export file: reopened at its last checkpoint, appended to batch by batch, and made durable before
+//! each checkpoint is recorded. Blocking I/O: the runner calls it from its own threads.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// Why a job's file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Another process (an instance whose lease ran out but which still runs) holds the file.
+    #[error("the file is locked by another process")]
+    Busy,
+    /// The file is shorter than its checkpoint: it was lost or cut outside pgspout.
+    #[error("the file holds {actual} bytes, fewer than the {checkpoint} its checkpoint recorded")]
+    Short {
+        /// Its length.
+        actual: u64,
+        /// The checkpoint's.
+        checkpoint: u64,
+    },
+    /// Any other I/O failure.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// An open, exclusively locked job file.
+pub struct JobFile {
+    file: File,
+    len: u64,
+}
+
+impl JobFile {
+    /// Opens (or creates) the file at `path`, locks it, and cuts it back to `checkpoint` bytes: whatever was
+    /// written after the last checkpoint is discarded, so the file is a valid prefix again.
+    pub fn open(path: &Path, checkpoint: u64) -> Result<JobFile, FileError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // An advisory lock, released when the process dies: a stale instance still writing cannot interleave.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(FileError::Busy),
+            Err(TryLockError::Error(error)) => return Err(error.into()),
+        }
+        let actual = file.metadata()?.len();
+        if actual < checkpoint {
+            return Err(FileError::Short { actual, checkpoint });
+        }
+        file.set_len(checkpoint)?;
+        file.seek(SeekFrom::Start(checkpoint))?;
+        if checkpoint == 0 {
+            // The new file's directory entry must be durable too.
+            if let Some(directory) = path.parent() {
+                File::open(directory)?.sync_all()?;
+            }
+        }
+        Ok(JobFile { file, len: checkpoint })
+    }
+
+    /// Appends `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything written so far durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// The file's length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopening_cuts_the_file_back_to_its_checkpoint_and_appends_after_it() {
+        let dir = std::env::temp_dir().join(format!("pgspout-file-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("job.ndjson");
+        let mut file = JobFile::open(&path, 0).unwrap();
+        file.write(b"checkpointed\n").unwrap();
+        file.sync().unwrap();
+        file.write(b"torn tail").unwrap();
+        drop(file);
+        let mut file = JobFile::open(&path, 13).unwrap();
+        assert_eq!(file.len(), 13);
+        file.write(b"more\n").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&path).unwrap(), b"checkpointed\nmore\n");
+        assert!(matches!(
+            JobFile::open(&path, 100),
+            Err(FileError::Short {
+                actual: 18,
+                checkpoint: 100
+            })
+        ));
+        let held = JobFile::open(&path, 18).unwrap();
+        assert!(matches!(JobFile::open(&path, 18), Err(FileError::Busy)));
+        drop(held);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,205 @@
+//! `/v1/exports`: background export jobs. Create one, follow its status, download its file (with ranges),
+//! cancel or delete it. The jobs themselves run in [`crate::jobs`].
+
+use actix_files::NamedFile;
+use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::compress::Encoding;
+use crate::db::export::{Export, OpenError};
+use crate::db::jobs::NewJob;
+use crate::encode::Format;
+use crate::error::ApiError;
+use crate::jobs::{file_path, remove_files};
+use crate::query::{self, Endpoint, KeysetScan};
+use crate::startup::{AppState, JobsState, Pools};
+
+/// The body of `POST /v1/exports`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateExport {
+    dataset: String,
+    format: Option<String>,
+    compression: Option<String>,
+    /// The query string, as for `/rows` (`select`, filters, `order`, `limit`, `after`).
+    query: Option<String>,
+}
+
+fn jobs(state: &AppState) -> Result<&JobsState, ApiError> {
+    state.jobs.as_ref().ok_or(ApiError::JobsOff)
+}
+
+fn job_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::UnknownJob(text.to_owned()))
+}
+
+fn database(error: impl Into<OpenError>) -> ApiError {
+    ApiError::Open(error.into())
+}
+
+/// Validates and queues a job: `202 Accepted` with its `Location`. Every check that can fail runs here,
+/// the database's type checks of the values included, so a bad request is a 400 and nothing is queued.
+#[post("/v1/exports")]
+pub(super) async fn create(
+    body: web::Bytes,
+    state: web::Data<AppState>,
+    pools: web::Data<Pools>,
+) -> Result<HttpResponse, ApiError> {
+    let jobs = jobs(&state)?;
+    let create: CreateExport = serde_json::from_slice(&body).map_err(|error| {
+        ApiError::BadRequest(format!(
+            "the body must be a JSON object with \"dataset\" and optionally \"format\", \"compression\" and \
+             \"query\": {error}"
+        ))
+    })?;
+    let dataset = state
+        .catalog
+        .get(&create.dataset)
+        .ok_or_else(|| ApiError::BadRequest(format!("no dataset is named {:?}", create.dataset)))?;
+    let format = Format::negotiate(Some(create.format.as_deref().unwrap_or("ndjson")), None)?;
+    let compression = create.compression.as_deref().unwrap_or("identity");
+    match Encoding::from_name(compression) {
+        Some(encoding) if encoding.concatenates() => {}
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "compression \"br\" cannot be written in resumable pieces; use gzip or zstd".into(),
+            ));
+        }
+        None => {
+            return Err(ApiError::BadRequest(format!(
+                "compression must be identity, gzip or zstd, not {compression:?}"
+            )));
+        }
+    }
+    let query = create.query.unwrap_or_default();
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.trim_start_matches('?'))
+        .map_err(|error| ApiError::BadRequest(format!("query is no query string: {error}")))?;
+    let parsed = query::params::parse(dataset, Endpoint::Job, &pairs)?;
+    let scan = KeysetScan::new(dataset, &parsed, format, 1);
+    let (export, _) = Export::open(&pools.exports, &state.begin_sql, &scan.batch(None, 0, None)).await?;
+    export.finish().await.map_err(database)?;
+
+    let client = pools.exports.get().await.map_err(database)?;
+    let job = NewJob {
+        dataset: &dataset.name,
+        format: format.extension(),
+        compression,
+        query: &query,
+    };
+    let id = jobs
+        .store
+        .create(&**client, &job, jobs.settings.max_queued)
+        .await
+        .map_err(database)?
+        .ok_or(ApiError::QueueFull)?;
+    let status_url = format!("/v1/exports/{id}");
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, status_url.clone()))
+        .json(serde_json::json!({ "id": id.to_string(), "status": "queued", "status_url": status_url })))
+}
+
+/// The job's status document, and its status.
+async fn status_of(
+    jobs: &JobsState,
+    pools: &Pools,
+    id: Uuid,
+) -> Result<(serde_json::Value, String), ApiError> {
+    let client = pools.exports.get().await.map_err(database)?;
+    let (document, state) = jobs
+        .store
+        .status(&**client, id)
+        .await
+        .map_err(database)?
+        .ok_or_else(|| ApiError::UnknownJob(id.to_string()))?;
+    let mut document: serde_json::Value =
+        serde_json::from_str(&document).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    document["status_url"] = format!("/v1/exports/{id}").into();
+    if state == "completed" {
+        document["download_url"] = format!("/v1/exports/{id}/download").into();
+    }
+    Ok((document, state))
+}
+
+/// Status, rows and bytes written, the last key written, timestamps, the error of a failed job, and
+/// `download_url` once completed.
+#[get("/v1/exports/{id}")]
+pub(super) async fn show(
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+    pools: web::Data<Pools>,
+) -> Result<HttpResponse, ApiError> {
+    let jobs = jobs(&state)?;
+    let (document, _) = status_of(jobs, &pools, job_id(&id)?).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(document))
+}
+
+/// The finished file, from disk: `Content-Length`, `ETag`, `Last-Modified`, and byte ranges (206) so an
+/// interrupted download can resume. 409 until the job is completed.
+#[get("/v1/exports/{id}/download")]
+pub(super) async fn download(
+    request: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+    pools: web::Data<Pools>,
+) -> Result<HttpResponse, ApiError> {
+    let jobs = jobs(&state)?;
+    let id = job_id(&id)?;
+    let (document, status) = status_of(jobs, &pools, id).await?;
+    if status != "completed" {
+        return Err(ApiError::JobNotCompleted(status));
+    }
+    let text = |field: &str| document[field].as_str().unwrap_or_default().to_owned();
+    let format = Format::negotiate(Some(&text("format")), None)?;
+    let encoding = Encoding::from_name(&text("compression"))
+        .ok_or_else(|| ApiError::Internal("a job with an unknown compression".into()))?;
+    let path = file_path(&jobs.directory, id, format, encoding);
+    let file = NamedFile::open_async(&path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))?;
+    let media_type = match encoding {
+        Encoding::Gzip => "application/gzip",
+        Encoding::Zstd => "application/zstd",
+        _ => format.media_type(),
+    };
+    let name = format!("{}-{id}.{}{}", text("dataset"), format.extension(), encoding.suffix());
+    let file = file
+        .set_content_type(media_type.parse().map_err(|_| ApiError::Internal("a bad media type".into()))?)
+        .set_content_disposition(ContentDisposition {
+            disposition: DispositionType::Attachment,
+            parameters: vec![DispositionParam::Filename(name)],
+        });
+    Ok(file.into_response(&request))
+}
+
+/// Cancels a queued or running job (200 with its status), or deletes a finished one and its file (204).
+#[delete("/v1/exports/{id}")]
+pub(super) async fn remove(
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+    pools: web::Data<Pools>,
+) -> Result<HttpResponse, ApiError> {
+    let jobs = jobs(&state)?;
+    let id = job_id(&id)?;
+    let client = pools.exports.get().await.map_err(database)?;
+    if jobs
+        .store
+        .cancel(&**client, id, jobs.settings.retention)
+        .await
+        .map_err(database)?
+    {
+        drop(client);
+        // The runner notices at its next lease renewal and stops; its file goes with it.
+        remove_files(&jobs.directory, &[id]);
+        let (document, _) = status_of(jobs, &pools, id).await?;
+        return Ok(HttpResponse::Ok().json(document));
+    }
+    if jobs.store.delete(&**client, id).await.map_err(database)? {
+        remove_files(&jobs.directory, &[id]);
+        return Ok(HttpResponse::NoContent().finish());
+    }
+    Err(ApiError::UnknownJob(id.to_string()))
+}

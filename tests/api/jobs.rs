@@ -1,0 +1,363 @@
+//! Background export jobs: the API, files equal to `/rows`, range downloads, `kill -9` mid-job, and two
+//! instances sharing one database.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{BIG_VIEW, ServerProcess, TestDb, spawn_app, wait_for};
+
+/// `n` orders with a few NULLs, quotes and a numeric column.
+async fn orders(db: &TestDb, n: i32) {
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer text, amount numeric(12,2), note text); \
+             INSERT INTO orders SELECT g, 'customer ' || (g % 1000), (g % 10000) / 7.0, \
+               CASE WHEN g % 13 = 0 THEN NULL WHEN g % 7 = 0 THEN 'say \"hi\", ok' ELSE 'n' || g END \
+             FROM generate_series(1, {n}) g"
+        ))
+        .await
+        .unwrap();
+}
+
+fn jobs_config(directory: &Path, extra: &str) -> String {
+    format!(
+        "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\n{extra}\n\n\
+         [[datasets]]\nname = \"orders\"\ntable = \"orders\"\nkey = \"id\"\n",
+        directory.display().to_string()
+    )
+}
+
+fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgspout-{label}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn create(base: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("http://{base}/v1/exports"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn create_ok(base: &str, body: Value) -> String {
+    let response = create(base, body).await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let created: Value = response.json().await.unwrap();
+    assert_eq!(created["status_url"], location.as_str());
+    created["id"].as_str().unwrap().to_owned()
+}
+
+async fn status(base: &str, id: &str) -> Value {
+    let response = reqwest::get(format!("http://{base}/v1/exports/{id}")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn wait_completed(base: &str, ids: &[String], limit: Duration) -> Vec<Value> {
+    let mut done = Vec::new();
+    for id in ids {
+        let status = wait_for(limit, || async {
+            let status = status(base, id).await;
+            assert_ne!(status["status"], "failed", "{status}");
+            (status["status"] == "completed").then_some(status)
+        })
+        .await;
+        done.push(status);
+    }
+    done
+}
+
+/// The decompressed bytes of a file written with `compression`.
+fn decompress(bytes: &[u8], compression: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    match compression {
+        "gzip" => {
+            flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut out).unwrap();
+        }
+        "zstd" => out = zstd::stream::decode_all(bytes).unwrap(),
+        _ => out = bytes.to_vec(),
+    }
+    out
+}
+
+/// SHA-256 and length of a `/rows` body, streamed.
+async fn rows_digest(base: &str, query: &str) -> (String, usize) {
+    let mut response = reqwest::get(format!("http://{base}/v1/datasets/orders/rows?{query}")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut hasher = Sha256::new();
+    let mut length = 0;
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        length += chunk.len();
+        hasher.update(&chunk);
+    }
+    (format!("{:x}", hasher.finalize()), length)
+}
+
+async fn download(base: &str, id: &str) -> Vec<u8> {
+    let response = reqwest::get(format!("http://{base}/v1/exports/{id}/download")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap().to_vec()
+}
+
+fn digest(bytes: &[u8]) -> (String, usize) {
+    (format!("{:x}", Sha256::digest(bytes)), bytes.len())
+}
+
+#[tokio::test]
+async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
+    let db = TestDb::new().await;
+    orders(&db, 20_000).await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    let directory = temp_dir("jobs-api");
+    let server = ServerProcess::start(
+        &db,
+        &jobs_config(
+            &directory,
+            "batch_rows = 3000\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"",
+        ),
+    )
+    .await;
+    let base = &server.base;
+
+    let cases = [
+        ("ndjson", "identity", ""),
+        ("csv", "gzip", "amount=gt.500&select=id,amount,note&order=amount.desc"),
+        ("ndjson", "zstd", "customer=like.customer 1*&limit=1234"),
+    ];
+    let mut ids = Vec::new();
+    for (format, compression, query) in cases {
+        ids.push(create_ok(base, json!({ "dataset": "orders", "format": format, "compression": compression, "query": query })).await);
+    }
+    let finished = wait_completed(base, &ids, Duration::from_secs(60)).await;
+    for ((format, compression, query), (id, status)) in cases.iter().zip(ids.iter().zip(&finished)) {
+        let file = download(base, id).await;
+        assert_eq!(status["bytes_written"], file.len(), "{status}");
+        let expected = rows_digest(base, &format!("format={format}&{query}")).await;
+        assert_eq!(digest(&decompress(&file, compression)), expected, "{format} {compression} {query}");
+        assert_eq!(status["download_url"], format!("/v1/exports/{id}/download"));
+        assert!(status["last_key"].is_string(), "{status}");
+        assert!(status["finished_at"].is_string() && status["created_at"].is_string());
+    }
+    assert_eq!(finished[0]["rows_written"], 20_000);
+    assert_eq!(finished[2]["rows_written"], 1234);
+
+    // Ranges: exact bytes, 206, and a `curl -C -` resume equal to the whole file.
+    let id = &ids[1];
+    let whole = download(base, id).await;
+    let url = format!("http://{base}/v1/exports/{id}/download");
+    let client = reqwest::Client::new();
+    let head = client.get(&url).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"], whole.len().to_string().as_str());
+    assert_eq!(head.headers()["content-type"], "application/gzip");
+    assert!(head.headers().contains_key("etag"));
+    assert_eq!(head.headers()["accept-ranges"], "bytes");
+    for (range, slice) in [
+        ("bytes=0-99", &whole[..100]),
+        ("bytes=100-", &whole[100..]),
+        ("bytes=-50", &whole[whole.len() - 50..]),
+    ] {
+        let response = client.get(&url).header("Range", range).send().await.unwrap();
+        assert_eq!(response.status(), 206, "{range}");
+        assert_eq!(&response.bytes().await.unwrap()[..], slice, "{range}");
+    }
+    let partial = directory.join("partial.gz");
+    let cut = std::process::Command::new("curl")
+        .args(["-sS", "-r", "0-999", "-o", partial.to_str().unwrap(), &url])
+        .status()
+        .unwrap();
+    assert!(cut.success());
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), 1000);
+    let resumed = std::process::Command::new("curl")
+        .args(["-sS", "-f", "-C", "-", "-o", partial.to_str().unwrap(), &url])
+        .status()
+        .unwrap();
+    assert!(resumed.success());
+    assert_eq!(std::fs::read(&partial).unwrap(), whole, "a resumed download equals the file");
+
+    // A long job: 409 on download while it runs; DELETE cancels it; DELETE again deletes it.
+    let long = create_ok(base, json!({ "dataset": "big" })).await;
+    wait_for(Duration::from_secs(10), || async {
+        (status(base, &long).await["status"] == "running").then_some(())
+    })
+    .await;
+    let early = reqwest::get(format!("http://{base}/v1/exports/{long}/download")).await.unwrap();
+    assert_eq!(early.status(), 409);
+    assert_eq!(early.headers()["content-type"], "application/problem+json");
+    assert!(early.text().await.unwrap().contains("running"));
+    let cancel = client.delete(format!("http://{base}/v1/exports/{long}")).send().await.unwrap();
+    assert_eq!(cancel.status(), 200);
+    assert_eq!(cancel.json::<Value>().await.unwrap()["status"], "cancelled");
+    wait_for(Duration::from_secs(10), || async {
+        let left: Vec<_> = std::fs::read_dir(&directory)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(long.as_str()))
+            .collect();
+        left.is_empty().then_some(())
+    })
+    .await;
+    let gone = client.delete(format!("http://{base}/v1/exports/{long}")).send().await.unwrap();
+    assert_eq!(gone.status(), 204);
+    let missing = reqwest::get(format!("http://{base}/v1/exports/{long}")).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+
+    // Bad requests are 400 problem+json and queue nothing.
+    for (body, expected) in [
+        (json!({ "dataset": "nope" }), "no dataset"),
+        (json!({ "dataset": "orders", "format": "xml" }), "xml"),
+        (json!({ "dataset": "orders", "compression": "br" }), "resumable"),
+        (json!({ "dataset": "orders", "compression": "lz4" }), "compression"),
+        (json!({ "dataset": "orders", "query": "amount=gt.cheap" }), "amount"),
+        (json!({ "dataset": "orders", "query": "colour=eq.red" }), "colour"),
+        (json!({ "dataset": "orders", "query": "format=csv" }), "format"),
+        (json!({ "dataset": "orders", "nope": 1 }), "nope"),
+        (json!(["orders"]), "JSON object"),
+    ] {
+        let response = create(base, body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(expected), "{body}: {text}");
+    }
+    let queued: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pgspout.export_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 3, "only the three good jobs remain");
+    let unknown = reqwest::get(format!("http://{base}/v1/exports/{}", uuid::Uuid::new_v4())).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[tokio::test]
+async fn without_a_job_directory_the_export_api_is_a_clear_404() {
+    let db = TestDb::new().await;
+    orders(&db, 10).await;
+    let app = spawn_app(db, &[("orders", "orders", Some("id"))]).await;
+    let response = reqwest::Client::new()
+        .post(app.url("/v1/exports"))
+        .json(&json!({ "dataset": "orders" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains("jobs.directory"));
+}
+
+/// The job's rows written so far, by id.
+async fn progress(base: &str, ids: &[String]) -> HashMap<String, i64> {
+    let mut rows = HashMap::new();
+    for id in ids {
+        rows.insert(id.clone(), status(base, id).await["rows_written"].as_i64().unwrap());
+    }
+    rows
+}
+
+#[tokio::test]
+async fn jobs_survive_kill_9_twice_and_their_files_equal_a_direct_export() {
+    let db = TestDb::new().await;
+    orders(&db, 1_000_000).await;
+    let directory = temp_dir("jobs-crash");
+    let config = jobs_config(&directory, "batch_rows = 50000\nmax_running = 3");
+    let mut server = ServerProcess::start(&db, &config).await;
+    let cases = [
+        ("ndjson", "identity"),
+        ("csv", "gzip"),
+        ("ndjson", "zstd"),
+    ];
+    let mut ids = Vec::new();
+    for (format, compression) in cases {
+        ids.push(create_ok(&server.base, json!({ "dataset": "orders", "format": format, "compression": compression })).await);
+    }
+    let mut kills = 0;
+    let mut last = progress(&server.base, &ids).await;
+    while kills < 2 {
+        // Wait for new checkpoints since the last start, then kill mid-job.
+        let base = server.base.clone();
+        let before = last.clone();
+        last = wait_for(Duration::from_secs(120), || async {
+            let now = progress(&base, &ids).await;
+            let advanced = ids.iter().any(|id| now[id] > before[id]);
+            let unfinished = now.values().any(|rows| *rows < 1_000_000);
+            (advanced && unfinished).then_some(now)
+        })
+        .await;
+        eprintln!("kill -9 with rows written {last:?}");
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        kills += 1;
+        server = ServerProcess::start(&db, &config).await;
+    }
+    let started = Instant::now();
+    let finished = wait_completed(&server.base, &ids, Duration::from_secs(300)).await;
+    eprintln!("all jobs completed {:?} after the last restart", started.elapsed());
+    for ((format, compression), (id, status)) in cases.iter().zip(ids.iter().zip(&finished)) {
+        assert_eq!(status["rows_written"], 1_000_000, "{status}");
+        let file = download(&server.base, id).await;
+        let expected = rows_digest(&server.base, &format!("format={format}")).await;
+        assert_eq!(digest(&decompress(&file, compression)), expected, "{format} {compression}");
+        eprintln!("{format}+{compression}: {} runs, {} bytes", status["attempts"], file.len());
+    }
+    let resumed: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pgspout.export_job_runs WHERE rows_at_start > 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(resumed >= 1, "some run resumed from a checkpoint");
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_run_every_job_exactly_once() {
+    let db = TestDb::new().await;
+    orders(&db, 60_000).await;
+    let directory = temp_dir("jobs-pair");
+    let config = jobs_config(&directory, "batch_rows = 5000\nmax_running = 2");
+    let first = ServerProcess::start(&db, &config).await;
+    let second = ServerProcess::start(&db, &config).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let base = if i % 2 == 0 { &first.base } else { &second.base };
+        let query = format!("id=gt.{}", i * 1000);
+        ids.push(create_ok(base, json!({ "dataset": "orders", "compression": "gzip", "query": query })).await);
+    }
+    let finished = wait_completed(&first.base, &ids, Duration::from_secs(120)).await;
+    for (i, (id, status)) in ids.iter().zip(&finished).enumerate() {
+        assert_eq!(status["attempts"], 1, "{status}");
+        let file = download(&second.base, id).await;
+        let expected = rows_digest(&first.base, &format!("id=gt.{}", i * 1000)).await;
+        assert_eq!(digest(&decompress(&file, "gzip")), expected);
+    }
+    let runs = db
+        .client
+        .query("SELECT job_id::text, owner::text, outcome FROM pgspout.export_job_runs", &[])
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 8, "one run per job");
+    let jobs: HashSet<String> = runs.iter().map(|r| r.get(0)).collect();
+    assert_eq!(jobs.len(), 8);
+    assert!(runs.iter().all(|r| r.get::<_, Option<String>>(2).as_deref() == Some("completed")));
+    let owners: HashSet<String> = runs.iter().map(|r| r.get(1)).collect();
+    eprintln!("8 jobs ran once each, on {} instances", owners.len());
+    assert_eq!(owners.len(), 2, "both instances took jobs");
+    drop((first, second));
+    std::fs::remove_dir_all(&directory).unwrap();
+}

@@ -111,7 +111,11 @@ pub struct Application {
     port: u16,
     server: Server,
     /// What the job runner needs, when jobs are on; it starts with the server.
-    runner: Option<(web::Data<AppState>, crate::settings::JobSettings, tokio_postgres::Config)>,
+    runner: Option<(
+        web::Data<AppState>,
+        crate::settings::JobSettings,
+        tokio_postgres::Config,
+    )>,
     database: crate::settings::DatabaseSettings,
 }
 
@@ -222,7 +226,9 @@ impl Application {
     /// `server.shutdown_grace`, and cuts the rest (visibly: their bodies end without the terminating chunk).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let runner = match self.runner {
-            Some((state, jobs, connection)) => Some(crate::jobs::Runner::start(state, jobs, connection, &self.database)?),
+            Some((state, jobs, connection)) => {
+                Some(crate::jobs::Runner::start(state, jobs, connection, &self.database)?)
+            }
             None => None,
         };
         let handle = self.server.handle();

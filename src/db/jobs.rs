@@ -60,14 +60,22 @@ pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Resul
         ))
         .await?;
     let applied: i32 = transaction
-        .query_one(&format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"), &[])
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations"),
+            &[],
+        )
         .await?
         .get(0);
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
         let version = index as i32 + 1;
-        transaction.batch_execute(&migration.replace("{schema}", &schema)).await?;
         transaction
-            .execute(&format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"), &[&version])
+            .batch_execute(&migration.replace("{schema}", &schema))
+            .await?;
+        transaction
+            .execute(
+                &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+                &[&version],
+            )
             .await?;
         tracing::info!(version, "applied job schema migration");
     }
@@ -107,6 +115,23 @@ pub struct ClaimedJob {
     pub position: Option<Vec<Option<String>>>,
     /// Runs so far, this one included.
     pub attempts: i32,
+}
+
+/// How far a job's file has got: durable on disk when recorded.
+pub struct Progress<'a> {
+    /// Rows in the file.
+    pub rows: i64,
+    /// The file's length.
+    pub bytes: i64,
+    /// The sort values of its last row (`None` while it has none).
+    pub position: Option<&'a [Option<String>]>,
+}
+
+impl Progress<'_> {
+    fn position_json(&self) -> Option<String> {
+        self.position
+            .map(|p| serde_json::to_string(p).expect("strings serialize"))
+    }
 }
 
 /// A finished job's files to remove.
@@ -149,7 +174,14 @@ impl JobStore {
                      WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = 'queued') < $6 RETURNING id",
                     s = self.schema
                 ),
-                &[&id, &job.dataset, &job.format, &job.compression, &job.query, &max_queued],
+                &[
+                    &id,
+                    &job.dataset,
+                    &job.format,
+                    &job.compression,
+                    &job.query,
+                    &max_queued,
+                ],
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
@@ -259,19 +291,17 @@ impl JobStore {
         client: &impl GenericClient,
         id: Uuid,
         owner: Uuid,
-        rows: i64,
-        bytes: i64,
-        position: &[Option<String>],
+        progress: &Progress<'_>,
     ) -> Result<bool, tokio_postgres::Error> {
-        let position = serde_json::to_string(position).expect("strings serialize");
         let updated = client
             .execute(
                 &format!(
-                    "UPDATE {}.export_jobs SET rows_written = $3, bytes_written = $4, position = $5::text::jsonb, \
-                     updated_at = now() WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+                    "UPDATE {}.export_jobs SET rows_written = $3, bytes_written = $4, \
+                     position = coalesce($5::text::jsonb, position), updated_at = now() \
+                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
                     self.schema
                 ),
-                &[&id, &owner, &rows, &bytes, &position],
+                &[&id, &owner, &progress.rows, &progress.bytes, &progress.position_json()],
             )
             .await?;
         Ok(updated == 1)
@@ -283,12 +313,9 @@ impl JobStore {
         client: &impl GenericClient,
         id: Uuid,
         owner: Uuid,
-        rows: i64,
-        bytes: i64,
-        position: Option<&[Option<String>]>,
+        progress: &Progress<'_>,
         retention: Duration,
     ) -> Result<bool, tokio_postgres::Error> {
-        let position = position.map(|p| serde_json::to_string(p).expect("strings serialize"));
         let updated = client
             .execute(
                 &format!(
@@ -298,7 +325,14 @@ impl JobStore {
                      WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
                     self.schema
                 ),
-                &[&id, &owner, &rows, &bytes, &interval(retention), &position],
+                &[
+                    &id,
+                    &owner,
+                    &progress.rows,
+                    &progress.bytes,
+                    &interval(retention),
+                    &progress.position_json(),
+                ],
             )
             .await?;
         self.end_run(client, id, owner, "completed").await?;

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use self::file::{FileError, JobFile};
 use crate::compress::{Compressor, Encoding};
 use crate::db::export::{Export, OpenError, Position};
-use crate::db::jobs::{ClaimedJob, JobStore};
+use crate::db::jobs::{ClaimedJob, JobStore, Progress};
 use crate::encode::{Format, RowEncoder};
 use crate::error::chain;
 use crate::query::{self, Endpoint, KeysetScan};
@@ -111,28 +111,26 @@ impl Runner {
         let (stop, stopped) = watch::channel(false);
         let pool_size = settings.max_running + 1;
         let database = database.clone();
-        let thread = std::thread::Builder::new()
-            .name("pgspout-jobs".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .thread_name("pgspout-job")
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the job runner");
-                runtime.block_on(async move {
-                    let context = Arc::new(Context {
-                        store: JobStore::new(&settings.schema),
-                        pool: crate::db::pool(connection, &database, pool_size),
-                        owner: Uuid::new_v4(),
-                        state,
-                        settings,
-                        directory,
-                    });
-                    tracing::info!(owner = %context.owner, "job runner started");
-                    context.run(stopped).await;
+        let thread = std::thread::Builder::new().name("pgspout-jobs".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("pgspout-job")
+                .enable_all()
+                .build()
+                .expect("a runtime for the job runner");
+            runtime.block_on(async move {
+                let context = Arc::new(Context {
+                    store: JobStore::new(&settings.schema),
+                    pool: crate::db::pool(connection, &database, pool_size),
+                    owner: Uuid::new_v4(),
+                    state,
+                    settings,
+                    directory,
                 });
-            })?;
+                tracing::info!(owner = %context.owner, "job runner started");
+                context.run(stopped).await;
+            });
+        })?;
         Ok(Runner { stop, thread })
     }
 
@@ -166,7 +164,7 @@ impl Context {
                     }
                 }
             }
-            if polls % 10 == 0 {
+            if polls.is_multiple_of(10) {
                 self.sweep().await;
             }
             polls = polls.wrapping_add(1);
@@ -324,32 +322,22 @@ impl Context {
             if read > 0 {
                 position = Some(last.values());
             }
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| JobError::Transient(e.to_string()))?;
+            let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
             if !lease.is_valid() {
                 return Err(JobError::LeaseLost);
             }
             let done = read < limit || remaining == Some(read);
+            let progress = Progress {
+                rows: rows as i64,
+                bytes: file.len() as i64,
+                position: position.as_deref(),
+            };
             let recorded = if done {
                 self.store
-                    .complete(
-                        &**client,
-                        job.id,
-                        self.owner,
-                        rows as i64,
-                        file.len() as i64,
-                        position.as_deref(),
-                        self.settings.retention,
-                    )
+                    .complete(&**client, job.id, self.owner, &progress, self.settings.retention)
                     .await?
             } else {
-                let position = position.as_deref().unwrap_or_default();
-                self.store
-                    .checkpoint(&**client, job.id, self.owner, rows as i64, file.len() as i64, position)
-                    .await?
+                self.store.checkpoint(&**client, job.id, self.owner, &progress).await?
             };
             if !recorded {
                 return Err(JobError::LeaseLost);

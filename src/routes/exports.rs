@@ -101,11 +101,7 @@ pub(super) async fn create(
 }
 
 /// The job's status document, and its status.
-async fn status_of(
-    jobs: &JobsState,
-    pools: &Pools,
-    id: Uuid,
-) -> Result<(serde_json::Value, String), ApiError> {
+async fn status_of(jobs: &JobsState, pools: &Pools, id: Uuid) -> Result<(serde_json::Value, String), ApiError> {
     let client = pools.exports.get().await.map_err(database)?;
     let (document, state) = jobs
         .store
@@ -167,7 +163,11 @@ pub(super) async fn download(
     };
     let name = format!("{}-{id}.{}{}", text("dataset"), format.extension(), encoding.suffix());
     let file = file
-        .set_content_type(media_type.parse().map_err(|_| ApiError::Internal("a bad media type".into()))?)
+        .set_content_type(
+            media_type
+                .parse()
+                .map_err(|_| ApiError::Internal("a bad media type".into()))?,
+        )
         .set_content_disposition(ContentDisposition {
             disposition: DispositionType::Attachment,
             parameters: vec![DispositionParam::Filename(name)],

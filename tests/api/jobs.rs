@@ -91,7 +91,9 @@ fn decompress(bytes: &[u8], compression: &str) -> Vec<u8> {
 
 /// SHA-256 and length of a `/rows` body, streamed.
 async fn rows_digest(base: &str, query: &str) -> (String, usize) {
-    let mut response = reqwest::get(format!("http://{base}/v1/datasets/orders/rows?{query}")).await.unwrap();
+    let mut response = reqwest::get(format!("http://{base}/v1/datasets/orders/rows?{query}"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let mut hasher = Sha256::new();
     let mut length = 0;
@@ -103,7 +105,9 @@ async fn rows_digest(base: &str, query: &str) -> (String, usize) {
 }
 
 async fn download(base: &str, id: &str) -> Vec<u8> {
-    let response = reqwest::get(format!("http://{base}/v1/exports/{id}/download")).await.unwrap();
+    let response = reqwest::get(format!("http://{base}/v1/exports/{id}/download"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap().to_vec()
 }
@@ -135,14 +139,24 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
     ];
     let mut ids = Vec::new();
     for (format, compression, query) in cases {
-        ids.push(create_ok(base, json!({ "dataset": "orders", "format": format, "compression": compression, "query": query })).await);
+        ids.push(
+            create_ok(
+                base,
+                json!({ "dataset": "orders", "format": format, "compression": compression, "query": query }),
+            )
+            .await,
+        );
     }
     let finished = wait_completed(base, &ids, Duration::from_secs(60)).await;
     for ((format, compression, query), (id, status)) in cases.iter().zip(ids.iter().zip(&finished)) {
         let file = download(base, id).await;
         assert_eq!(status["bytes_written"], file.len(), "{status}");
         let expected = rows_digest(base, &format!("format={format}&{query}")).await;
-        assert_eq!(digest(&decompress(&file, compression)), expected, "{format} {compression} {query}");
+        assert_eq!(
+            digest(&decompress(&file, compression)),
+            expected,
+            "{format} {compression} {query}"
+        );
         assert_eq!(status["download_url"], format!("/v1/exports/{id}/download"));
         assert!(status["last_key"].is_string(), "{status}");
         assert!(status["finished_at"].is_string() && status["created_at"].is_string());
@@ -181,7 +195,11 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         .status()
         .unwrap();
     assert!(resumed.success());
-    assert_eq!(std::fs::read(&partial).unwrap(), whole, "a resumed download equals the file");
+    assert_eq!(
+        std::fs::read(&partial).unwrap(),
+        whole,
+        "a resumed download equals the file"
+    );
 
     // A long job: 409 on download while it runs; DELETE cancels it; DELETE again deletes it.
     let long = create_ok(base, json!({ "dataset": "big" })).await;
@@ -189,11 +207,17 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         (status(base, &long).await["status"] == "running").then_some(())
     })
     .await;
-    let early = reqwest::get(format!("http://{base}/v1/exports/{long}/download")).await.unwrap();
+    let early = reqwest::get(format!("http://{base}/v1/exports/{long}/download"))
+        .await
+        .unwrap();
     assert_eq!(early.status(), 409);
     assert_eq!(early.headers()["content-type"], "application/problem+json");
     assert!(early.text().await.unwrap().contains("running"));
-    let cancel = client.delete(format!("http://{base}/v1/exports/{long}")).send().await.unwrap();
+    let cancel = client
+        .delete(format!("http://{base}/v1/exports/{long}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cancel.status(), 200);
     assert_eq!(cancel.json::<Value>().await.unwrap()["status"], "cancelled");
     wait_for(Duration::from_secs(10), || async {
@@ -205,7 +229,11 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         left.is_empty().then_some(())
     })
     .await;
-    let gone = client.delete(format!("http://{base}/v1/exports/{long}")).send().await.unwrap();
+    let gone = client
+        .delete(format!("http://{base}/v1/exports/{long}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(gone.status(), 204);
     let missing = reqwest::get(format!("http://{base}/v1/exports/{long}")).await.unwrap();
     assert_eq!(missing.status(), 404);
@@ -236,7 +264,9 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         .unwrap()
         .get(0);
     assert_eq!(queued, 3, "only the three good jobs remain");
-    let unknown = reqwest::get(format!("http://{base}/v1/exports/{}", uuid::Uuid::new_v4())).await.unwrap();
+    let unknown = reqwest::get(format!("http://{base}/v1/exports/{}", uuid::Uuid::new_v4()))
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
     drop(server);
     std::fs::remove_dir_all(&directory).unwrap();
@@ -273,14 +303,16 @@ async fn jobs_survive_kill_9_twice_and_their_files_equal_a_direct_export() {
     let directory = temp_dir("jobs-crash");
     let config = jobs_config(&directory, "batch_rows = 50000\nmax_running = 3");
     let mut server = ServerProcess::start(&db, &config).await;
-    let cases = [
-        ("ndjson", "identity"),
-        ("csv", "gzip"),
-        ("ndjson", "zstd"),
-    ];
+    let cases = [("ndjson", "identity"), ("csv", "gzip"), ("ndjson", "zstd")];
     let mut ids = Vec::new();
     for (format, compression) in cases {
-        ids.push(create_ok(&server.base, json!({ "dataset": "orders", "format": format, "compression": compression })).await);
+        ids.push(
+            create_ok(
+                &server.base,
+                json!({ "dataset": "orders", "format": format, "compression": compression }),
+            )
+            .await,
+        );
     }
     let mut kills = 0;
     let mut last = progress(&server.base, &ids).await;
@@ -308,8 +340,16 @@ async fn jobs_survive_kill_9_twice_and_their_files_equal_a_direct_export() {
         assert_eq!(status["rows_written"], 1_000_000, "{status}");
         let file = download(&server.base, id).await;
         let expected = rows_digest(&server.base, &format!("format={format}")).await;
-        assert_eq!(digest(&decompress(&file, compression)), expected, "{format} {compression}");
-        eprintln!("{format}+{compression}: {} runs, {} bytes", status["attempts"], file.len());
+        assert_eq!(
+            digest(&decompress(&file, compression)),
+            expected,
+            "{format} {compression}"
+        );
+        eprintln!(
+            "{format}+{compression}: {} runs, {} bytes",
+            status["attempts"],
+            file.len()
+        );
     }
     let resumed: i64 = db
         .client
@@ -337,7 +377,13 @@ async fn two_instances_on_one_database_run_every_job_exactly_once() {
     for i in 0..8 {
         let base = if i % 2 == 0 { &first.base } else { &second.base };
         let query = format!("id=gt.{}", i * 1000);
-        ids.push(create_ok(base, json!({ "dataset": "orders", "compression": "gzip", "query": query })).await);
+        ids.push(
+            create_ok(
+                base,
+                json!({ "dataset": "orders", "compression": "gzip", "query": query }),
+            )
+            .await,
+        );
     }
     let finished = wait_completed(&first.base, &ids, Duration::from_secs(120)).await;
     for (i, (id, status)) in ids.iter().zip(&finished).enumerate() {
@@ -348,13 +394,19 @@ async fn two_instances_on_one_database_run_every_job_exactly_once() {
     }
     let runs = db
         .client
-        .query("SELECT job_id::text, owner::text, outcome FROM pgspout.export_job_runs", &[])
+        .query(
+            "SELECT job_id::text, owner::text, outcome FROM pgspout.export_job_runs",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(runs.len(), 8, "one run per job");
     let jobs: HashSet<String> = runs.iter().map(|r| r.get(0)).collect();
     assert_eq!(jobs.len(), 8);
-    assert!(runs.iter().all(|r| r.get::<_, Option<String>>(2).as_deref() == Some("completed")));
+    assert!(
+        runs.iter()
+            .all(|r| r.get::<_, Option<String>>(2).as_deref() == Some("completed"))
+    );
     let owners: HashSet<String> = runs.iter().map(|r| r.get(1)).collect();
     eprintln!("8 jobs ran once each, on {} instances", owners.len());
     assert_eq!(owners.len(), 2, "both instances took jobs");

@@ -28,6 +28,12 @@ pgspout is starting on http://$listen — try, from another terminal:
   curl -s http://$listen/v1/datasets/nope/rows          # problem+json 404
   curl -s http://$listen/readyz
 
+  # a background export to a file, then its status and the download (resumable with curl -C -)
+  curl -s -X POST http://$listen/v1/exports -H 'Content-Type: application/json' \
+       -d '{"dataset": "orders", "format": "csv", "compression": "gzip", "query": "amount=gt.500"}'
+  curl -s http://$listen/v1/exports/<id>
+  curl -s -C - -o orders.csv.gz http://$listen/v1/exports/<id>/download
+
 Ctrl-C stops the server and removes the database.
 
 EOT

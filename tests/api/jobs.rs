@@ -413,3 +413,73 @@ async fn two_instances_on_one_database_run_every_job_exactly_once() {
     drop((first, second));
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[tokio::test]
+async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_jobs_expire() {
+    let db = TestDb::new().await;
+    orders(&db, 100).await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    let directory = temp_dir("jobs-life");
+    let config = jobs_config(
+        &directory,
+        "retention = \"1s\"\nbatch_rows = 2000\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"",
+    );
+    let server = ServerProcess::start(&db, &config).await;
+    let base = server.base.clone();
+
+    // SIGTERM: the running job goes back to the queue at once, not after its lease.
+    let long = create_ok(&base, json!({ "dataset": "big" })).await;
+    wait_for(Duration::from_secs(10), || async {
+        (status(&base, &long).await["rows_written"].as_i64() > Some(0)).then_some(())
+    })
+    .await;
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let mut server = server;
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "pgspout exited with {exit}");
+    let row = db
+        .client
+        .query_one(
+            "SELECT status, error, lease_owner IS NULL FROM pgspout.export_jobs",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "queued");
+    assert!(row.get::<_, String>(1).contains("shut down"));
+    assert!(row.get::<_, bool>(2), "the lease is released");
+
+    // A permanent error fails the job with the reason.
+    let server = ServerProcess::start(&db, &config).await;
+    let base = server.base.clone();
+    wait_for(Duration::from_secs(10), || async {
+        (status(&base, &long).await["status"] == "running").then_some(())
+    })
+    .await;
+    db.client.batch_execute("DROP VIEW big").await.unwrap();
+    let failed = wait_for(Duration::from_secs(20), || async {
+        let status = status(&base, &long).await;
+        (status["status"] == "failed").then_some(status)
+    })
+    .await;
+    assert!(failed["error"].as_str().unwrap().contains("big"), "{failed}");
+
+    // A completed job and its file are gone after the retention.
+    let short = create_ok(&base, json!({ "dataset": "orders" })).await;
+    wait_completed(&base, std::slice::from_ref(&short), Duration::from_secs(10)).await;
+    wait_for(Duration::from_secs(10), || async {
+        let response = reqwest::get(format!("http://{base}/v1/exports/{short}")).await.unwrap();
+        (response.status() == 404).then_some(())
+    })
+    .await;
+    wait_for(Duration::from_secs(10), || async {
+        std::fs::read_dir(&directory).unwrap().next().is_none().then_some(())
+    })
+    .await;
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
+}

@@ -183,6 +183,7 @@ impl Application {
             .map(|jobs| (state.clone(), jobs.settings.clone(), connection.clone()));
         let database = settings.database.clone();
         let export_slots = settings.export_slots();
+        let stall_timeout = settings.export.stall_timeout;
         let server = HttpServer::new(move || {
             let pools = Pools {
                 exports: db::pool(connection.clone(), &database, database.pool_size),
@@ -193,6 +194,15 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(web::Data::new(pools))
                 .configure(routes::configure)
+        })
+        // A client that stops reading leaves actix waiting to write, with no timeout of its own; the kernel's
+        // user timeout (which also bounds zero-window probes) closes such a connection after the stall timeout.
+        .on_connect(move |connection, _| {
+            if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+                && let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stall_timeout))
+            {
+                tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
+            }
         })
         .workers(settings.workers())
         // A client that closes its side must drop its export at once, not hold a connection until Postgres

@@ -270,6 +270,13 @@ async fn a_client_that_stops_reading_is_cut_and_its_backend_freed() {
     // Its slot and connection are free again.
     let response = app.get("/v1/datasets/small/rows", &[]).await;
     assert_eq!(response.text().await.unwrap().lines().count(), 100);
+    // The stalled client's connection is closed by the server too, though the client never read again.
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    wait_until(Duration::from_secs(15), || async { established_from(port) == 0 }).await;
+    eprintln!(
+        "stalled connection closed {:?} after the client stopped reading",
+        started.elapsed()
+    );
     // And when the client reads on, it gets what was buffered, then a broken transfer, never a clean end.
     let (_, terminated) = stalled.read_to_end().await;
     assert!(!terminated, "a cut export must not look complete");
@@ -297,4 +304,21 @@ async fn an_export_past_its_maximum_duration_is_aborted_visibly() {
         app.db.pgspout_backends().await.iter().all(|b| b.0 != pid)
     })
     .await;
+}
+
+/// Established TCP connections whose local port is `port` (the server's side), from /proc/net/tcp.
+fn established_from(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields[1]
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields[3] == "01"
+        })
+        .count()
 }

@@ -93,10 +93,16 @@ async fn two_hundred_cut_exports_leave_no_backend_or_slot_behind() {
         );
         after_storm.push(rss);
     }
-    // Allocator capacity from the peak of 20 concurrent compressors is retained (and varies from run to run),
-    // so this bound only catches real per-export leaks: leaked compressor contexts alone would add ~200 MiB.
-    assert!(
-        after_storm[1] < baseline_rss + 64 * 1024,
-        "RSS {after_storm:?} KiB against {baseline_rss} KiB"
+    // Memory freed by the cut exports goes back to the system (jemalloc purges in the background). What
+    // stays is a small constant (thread caches, pooled connections' buffers), the same after one storm or two.
+    let quiet = Instant::now();
+    let settled_rss = wait_for(Duration::from_secs(30), || async {
+        let rss = rss_kib(server.child.id());
+        (rss <= baseline_rss + 6 * 1024).then_some(rss)
+    })
+    .await;
+    eprintln!(
+        "RSS after the storms {after_storm:?} KiB; back to {settled_rss} KiB (baseline {baseline_rss} KiB) {:?} later",
+        quiet.elapsed()
     );
 }

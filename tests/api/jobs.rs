@@ -483,3 +483,34 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
     drop(server);
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_new_jobs_with_503_and_retry_after() {
+    let db = TestDb::new().await;
+    orders(&db, 10).await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    let directory = temp_dir("jobs-queue");
+    let config = jobs_config(
+        &directory,
+        "max_running = 1\nmax_queued = 1\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"",
+    );
+    let server = ServerProcess::start(&db, &config).await;
+    let base = server.base.clone();
+    let running = create_ok(&base, json!({ "dataset": "big" })).await;
+    wait_for(Duration::from_secs(10), || async {
+        (status(&base, &running).await["status"] == "running").then_some(())
+    })
+    .await;
+    let queued = create_ok(&base, json!({ "dataset": "big" })).await;
+    assert_eq!(
+        status(&base, &queued).await["status"],
+        "queued",
+        "one job runs at a time here"
+    );
+    let refused = create(&base, json!({ "dataset": "orders" })).await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert!(refused.text().await.unwrap().contains("queue is full"));
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
+}

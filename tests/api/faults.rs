@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use pgspout::settings::{DatasetSettings, Settings};
+use pgspout::settings::Settings;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
-use crate::helpers::{BIG_VIEW, RawResponse, TestDb, serve, small_table, wait_until};
+use crate::helpers::{BIG_VIEW, RawResponse, TestDb, serve, settings_for, small_table, wait_until};
 
 /// A PostgreSQL cluster owned by one test, dropped with it.
 struct PrivateCluster {
@@ -104,23 +104,11 @@ impl Drop for PrivateCluster {
     }
 }
 
+/// Test settings with short connect and acquire timeouts, so faults show quickly.
 fn settings(url: String, datasets: &[(&str, &str, Option<&str>)]) -> Settings {
-    let mut settings = Settings::parse("").unwrap();
-    settings.server.listen = "127.0.0.1:0".into();
-    settings.server.workers = Some(1);
-    settings.database.url = Some(url);
+    let mut settings = settings_for(url, datasets);
     settings.database.connect_timeout = Duration::from_secs(1);
     settings.database.acquire_timeout = Duration::from_secs(2);
-    settings.datasets = datasets
-        .iter()
-        .map(|(name, table, key)| DatasetSettings {
-            name: (*name).into(),
-            table: (*table).into(),
-            key: key.map(Into::into),
-            columns: None,
-            consistency: Default::default(),
-        })
-        .collect();
     settings
 }
 

@@ -119,10 +119,15 @@ pub(crate) struct TestApp {
 
 /// Settings for a test: one worker, the given datasets, everything else default.
 pub(crate) fn settings(db: &TestDb, datasets: &[(&str, &str, Option<&str>)]) -> Settings {
+    settings_for(db.url(), datasets)
+}
+
+/// Settings for a test against the database at `url`: one worker, the given datasets, everything else default.
+pub(crate) fn settings_for(url: String, datasets: &[(&str, &str, Option<&str>)]) -> Settings {
     let mut settings = Settings::parse("").unwrap();
     settings.server.listen = "127.0.0.1:0".into();
     settings.server.workers = Some(1);
-    settings.database.url = Some(db.url());
+    settings.database.url = Some(url);
     settings.datasets = datasets
         .iter()
         .map(|(name, table, key)| DatasetSettings {

@@ -187,8 +187,114 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
     parameters
 }
 
-/// The whole document; `max_limit` is the largest page.
-pub fn document(catalog: &Catalog, max_limit: u64) -> Value {
+/// Only these entries of `problem_responses()`, with `extra` statuses added.
+fn problems(statuses: &[&str], extra: &[(&str, &str)]) -> Value {
+    let all = problem_responses();
+    let problem = json!({ "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } });
+    let mut responses = Map::new();
+    for status in statuses {
+        responses.insert((*status).into(), all[*status].clone());
+    }
+    for (status, description) in extra {
+        responses.insert(
+            (*status).into(),
+            json!({ "description": description, "content": problem }),
+        );
+    }
+    Value::Object(responses)
+}
+
+/// The `/v1/exports` paths and their schemas (background export jobs).
+fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    let datasets: Vec<&str> = catalog
+        .iter()
+        .filter(|d| d.key.is_some())
+        .map(|d| d.name.as_str())
+        .collect();
+    schemas.insert(
+        "ExportRequest".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "dataset": { "type": "string", "enum": datasets },
+                "format": { "type": "string", "enum": ["ndjson", "csv"], "default": "ndjson" },
+                "compression": { "type": "string", "enum": ["identity", "gzip", "zstd"], "default": "identity" },
+                "query": { "type": "string", "description": "A /rows query string: select, filters, order, limit, after" }
+            },
+            "required": ["dataset"],
+            "additionalProperties": false
+        }),
+    );
+    let nullable_time = json!({ "type": ["string", "null"], "format": "date-time" });
+    schemas.insert(
+        "Export".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "dataset": { "type": "string" }, "format": { "type": "string" },
+                "compression": { "type": "string" }, "query": { "type": "string" },
+                "status": { "type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"] },
+                "rows_written": { "type": "integer" }, "bytes_written": { "type": "integer" },
+                "last_key": {}, "position": { "type": ["array", "null"] },
+                "error": { "type": ["string", "null"] }, "attempts": { "type": "integer" },
+                "created_at": { "type": "string", "format": "date-time" },
+                "started_at": nullable_time, "updated_at": { "type": "string", "format": "date-time" },
+                "finished_at": nullable_time, "expires_at": nullable_time,
+                "status_url": { "type": "string" }, "download_url": { "type": "string" }
+            },
+            "required": ["id", "dataset", "status", "rows_written", "bytes_written", "status_url"]
+        }),
+    );
+    let export = json!({ "application/json": { "schema": { "$ref": "#/components/schemas/Export" } } });
+    let id =
+        json!([{ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }]);
+    let unknown = ("404", "No such export, or background exports are off");
+    let mut create = problems(
+        &["400", "500", "503", "504"],
+        &[
+            ("403", "The database role may not read the dataset"),
+            ("404", "Background exports are off"),
+        ],
+    );
+    create["202"] = json!({ "description": "Queued; Location names the status resource", "content": { "application/json": {
+        "schema": { "type": "object", "properties": {
+            "id": { "type": "string", "format": "uuid" }, "status": { "const": "queued" }, "status_url": { "type": "string" } },
+            "required": ["id", "status", "status_url"] } } } });
+    paths.insert(
+        "/v1/exports".into(),
+        json!({ "post": {
+        "summary": "Queue a background export to a file", "operationId": "createExport",
+        "requestBody": { "required": true, "content": { "application/json": {
+            "schema": { "$ref": "#/components/schemas/ExportRequest" } } } },
+        "responses": create } }),
+    );
+    let mut show = problems(&["500", "503"], &[unknown]);
+    show["200"] = json!({ "description": "The export's status", "content": export });
+    let mut remove = problems(&["500", "503"], &[unknown]);
+    remove["200"] = json!({ "description": "Cancelled; its status", "content": export });
+    remove["204"] = json!({ "description": "A finished export and its file deleted" });
+    paths.insert("/v1/exports/{id}".into(), json!({
+        "get": { "summary": "An export's status", "operationId": "getExport", "parameters": id, "responses": show },
+        "delete": { "summary": "Cancel a queued or running export, or delete a finished one", "operationId": "deleteExport",
+            "parameters": id, "responses": remove } }));
+    let file = json!({
+        "application/x-ndjson": { "schema": { "type": "string" } }, "text/csv": { "schema": { "type": "string" } },
+        "application/gzip": { "schema": { "type": "string" } }, "application/zstd": { "schema": { "type": "string" } } });
+    let mut download = problems(&["500", "503"], &[unknown, ("409", "The export is not completed")]);
+    download["200"] = json!({ "description": "The file, as stored", "content": file });
+    download["206"] = json!({ "description": "The requested byte range", "content": file });
+    download["416"] = json!({ "description": "The range lies outside the file" });
+    paths.insert(
+        "/v1/exports/{id}/download".into(),
+        json!({ "get": {
+        "summary": "Download a completed export (byte ranges supported)", "operationId": "downloadExport",
+        "parameters": id, "responses": download } }),
+    );
+}
+
+/// The whole document; `max_limit` is the largest page; `jobs` adds the background export endpoints.
+pub fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     schemas.insert(
@@ -274,6 +380,9 @@ pub fn document(catalog: &Catalog, max_limit: u64) -> Value {
                 "parameters": query_parameters(dataset, true, max_limit), "responses": page_responses } }),
             );
         }
+    }
+    if jobs {
+        export_paths(catalog, &mut paths, &mut schemas);
     }
     json!({
         "openapi": "3.1.0",

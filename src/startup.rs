@@ -173,7 +173,7 @@ impl Application {
                 Some(secret) => CursorKey::new(secret.as_bytes()),
                 None => CursorKey::random(),
             },
-            openapi: crate::openapi::document(&catalog, settings.pages.max_limit).to_string(),
+            openapi: crate::openapi::document(&catalog, settings.pages.max_limit, jobs.is_some()).to_string(),
             catalog,
             jobs,
         });

@@ -3,7 +3,7 @@
 
 use actix_files::NamedFile;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
-use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, route, web};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -21,10 +21,21 @@ use crate::startup::{AppState, JobsState, Pools};
 #[serde(deny_unknown_fields)]
 struct CreateExport {
     dataset: String,
-    format: Option<String>,
-    compression: Option<String>,
+    #[serde(default = "default_format")]
+    format: String,
+    #[serde(default = "default_compression")]
+    compression: String,
     /// The query string, as for `/rows` (`select`, filters, `order`, `limit`, `after`).
-    query: Option<String>,
+    #[serde(default)]
+    query: String,
+}
+
+fn default_format() -> String {
+    "ndjson".into()
+}
+
+fn default_compression() -> String {
+    "identity".into()
 }
 
 fn jobs(state: &AppState) -> Result<&JobsState, ApiError> {
@@ -48,18 +59,24 @@ pub(super) async fn create(
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
-    let create: CreateExport = serde_json::from_slice(&body).map_err(|error| {
+    let bad_body = |error: &dyn std::fmt::Display| {
         ApiError::BadRequest(format!(
             "the body must be a JSON object with \"dataset\" and optionally \"format\", \"compression\" and \
-             \"query\": {error}"
+             \"query\" strings: {error}"
         ))
-    })?;
+    };
+    // Parsed as a value first: serde would also take a struct from a JSON array.
+    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| bad_body(&e))?;
+    if !body.is_object() {
+        return Err(bad_body(&"not an object"));
+    }
+    let create: CreateExport = serde_json::from_value(body).map_err(|e| bad_body(&e))?;
     let dataset = state
         .catalog
         .get(&create.dataset)
         .ok_or_else(|| ApiError::BadRequest(format!("no dataset is named {:?}", create.dataset)))?;
-    let format = Format::negotiate(Some(create.format.as_deref().unwrap_or("ndjson")), None)?;
-    let compression = create.compression.as_deref().unwrap_or("identity");
+    let format = Format::negotiate(Some(&create.format), None)?;
+    let compression = create.compression.as_str();
     match Encoding::from_name(compression) {
         Some(encoding) if encoding.concatenates() => {}
         Some(_) => {
@@ -73,7 +90,7 @@ pub(super) async fn create(
             )));
         }
     }
-    let query = create.query.unwrap_or_default();
+    let query = create.query;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.trim_start_matches('?'))
         .map_err(|error| ApiError::BadRequest(format!("query is no query string: {error}")))?;
     let parsed = query::params::parse(dataset, Endpoint::Job, &pairs)?;
@@ -135,7 +152,7 @@ pub(super) async fn show(
 
 /// The finished file, from disk: `Content-Length`, `ETag`, `Last-Modified`, and byte ranges (206) so an
 /// interrupted download can resume. 409 until the job is completed.
-#[get("/v1/exports/{id}/download")]
+#[route("/v1/exports/{id}/download", method = "GET", method = "HEAD")]
 pub(super) async fn download(
     request: HttpRequest,
     id: web::Path<String>,

@@ -174,6 +174,10 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
     assert_eq!(head.headers()["content-type"], "application/gzip");
     assert!(head.headers().contains_key("etag"));
     assert_eq!(head.headers()["accept-ranges"], "bytes");
+    let real_head = client.head(&url).send().await.unwrap();
+    assert_eq!(real_head.status(), 200);
+    assert_eq!(real_head.headers()["content-length"], whole.len().to_string().as_str());
+    assert_eq!(real_head.headers()["etag"], head.headers()["etag"]);
     for (range, slice) in [
         ("bytes=0-99", &whole[..100]),
         ("bytes=100-", &whole[100..]),
@@ -249,6 +253,7 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         (json!({ "dataset": "orders", "query": "colour=eq.red" }), "colour"),
         (json!({ "dataset": "orders", "query": "format=csv" }), "format"),
         (json!({ "dataset": "orders", "nope": 1 }), "nope"),
+        (json!({ "dataset": "orders", "query": null }), "null"),
         (json!(["orders"]), "JSON object"),
     ] {
         let response = create(base, body.clone()).await;

@@ -180,6 +180,9 @@ pub struct JobSettings {
     pub batch_rows: u64,
     /// Runs a job may take (each interrupted run counts) before it is marked failed.
     pub max_attempts: i32,
+    /// A batch that takes longer (stuck on a lock, a silent connection) ends the run; the job is retried.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
 }
 
 impl Default for JobSettings {
@@ -194,6 +197,7 @@ impl Default for JobSettings {
             poll_interval: Duration::from_secs(1),
             batch_rows: 50_000,
             max_attempts: 10,
+            batch_timeout: Duration::from_secs(600),
         }
     }
 }

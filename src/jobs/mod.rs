@@ -287,40 +287,28 @@ impl Context {
             }
             Err(error) => return Err(JobError::Transient(format!("{}: {error}", path.display()))),
         };
-        let chunk_size = state.chunking.size;
         loop {
             let remaining = request.limit.map(|limit| limit.saturating_sub(rows));
             let limit = remaining.map_or(self.settings.batch_rows, |r| r.min(self.settings.batch_rows));
             let plan = scan.batch(position.as_deref(), limit, None);
-            let (mut export, _) = Export::open(&self.pool, &state.begin_sql, &plan).await?;
-            let mut compressor = Compressor::new(encoding, &state.levels)?;
-            let mut plain = Vec::with_capacity(chunk_size + chunk_size / 4);
-            if file.is_empty() {
-                encoder.write_header(&mut plain);
-            }
-            let mut last = Position::new(plan.columns.len());
-            let mut read = 0u64;
-            while let Some(row) = export.next_row().await? {
-                encoder
-                    .write_row(&row, &mut plain)
-                    .map_err(|e| JobError::Permanent(e.to_string()))?;
-                last.note(&row)?;
-                read += 1;
-                if plain.len() >= chunk_size {
-                    let bytes = compress(&mut compressor, &mut plain)?;
-                    write(&mut file, &bytes, lease)?;
-                }
-            }
-            export.finish().await?;
-            let mut bytes = compress(&mut compressor, &mut plain)?;
-            if let Some(compressor) = compressor {
-                bytes.extend(compressor.finish()?);
-            }
-            write(&mut file, &bytes, lease)?;
-            tokio::task::block_in_place(|| file.sync())?;
+            let batch = Batch {
+                plan: &plan,
+                encoder: &encoder,
+                encoding,
+                lease,
+            };
+            // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
+            let (read, last) = tokio::time::timeout(self.settings.batch_timeout, self.write_batch(batch, &mut file))
+                .await
+                .map_err(|_| {
+                    JobError::Transient(format!(
+                        "a batch of {limit} rows took longer than jobs.batch_timeout ({:?})",
+                        self.settings.batch_timeout
+                    ))
+                })??;
             rows += read;
-            if read > 0 {
-                position = Some(last.values());
+            if let Some(last) = last {
+                position = Some(last);
             }
             let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
             if !lease.is_valid() {
@@ -349,6 +337,44 @@ impl Context {
         }
     }
 
+    /// Writes one batch to the file and makes it durable: its rows and the last row's sort values.
+    async fn write_batch(
+        &self,
+        batch: Batch<'_>,
+        file: &mut JobFile,
+    ) -> Result<(u64, Option<Vec<Option<String>>>), JobError> {
+        let state = &self.state;
+        let chunk_size = state.chunking.size;
+        let (mut export, _) = Export::open(&self.pool, &state.begin_sql, batch.plan).await?;
+        let mut compressor = Compressor::new(batch.encoding, &state.levels)?;
+        let mut plain = Vec::with_capacity(chunk_size + chunk_size / 4);
+        if file.is_empty() {
+            batch.encoder.write_header(&mut plain);
+        }
+        let mut last = Position::new(batch.plan.columns.len());
+        let mut read = 0u64;
+        while let Some(row) = export.next_row().await? {
+            batch
+                .encoder
+                .write_row(&row, &mut plain)
+                .map_err(|e| JobError::Permanent(e.to_string()))?;
+            last.note(&row)?;
+            read += 1;
+            if plain.len() >= chunk_size {
+                let bytes = compress(&mut compressor, &mut plain)?;
+                write(file, &bytes, batch.lease)?;
+            }
+        }
+        export.finish().await?;
+        let mut bytes = compress(&mut compressor, &mut plain)?;
+        if let Some(compressor) = compressor {
+            bytes.extend(compressor.finish()?);
+        }
+        write(file, &bytes, batch.lease)?;
+        tokio::task::block_in_place(|| file.sync())?;
+        Ok((read, (read > 0).then(|| last.values())))
+    }
+
     /// Deletes finished jobs past their retention and files that no job can use any more.
     async fn sweep(&self) {
         let swept = async {
@@ -365,6 +391,14 @@ impl Context {
             tracing::warn!(%error, "cannot sweep export files");
         }
     }
+}
+
+/// What one batch of a job is written with.
+struct Batch<'a> {
+    plan: &'a crate::query::Plan,
+    encoder: &'a RowEncoder,
+    encoding: Encoding,
+    lease: &'a LeaseClock,
 }
 
 /// Compresses (or, uncompressed, takes) what `plain` holds.

@@ -519,3 +519,45 @@ async fn a_full_queue_refuses_new_jobs_with_503_and_retry_after() {
     drop(server);
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[tokio::test]
+async fn a_job_whose_batches_stall_is_retried_then_failed_never_left_running() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE VIEW slow AS SELECT g AS id, pg_sleep(0.01)::text AS pause \
+             FROM (SELECT generate_series(1, 100000) AS g) AS series",
+        )
+        .await
+        .unwrap();
+    let directory = temp_dir("jobs-stall");
+    let server = ServerProcess::start(
+        &db,
+        &format!(
+            "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\nbatch_timeout = \"1s\"\n\
+             max_attempts = 2\n\n[[datasets]]\nname = \"slow\"\ntable = \"slow\"\nkey = \"id\"\n",
+            directory.display().to_string()
+        ),
+    )
+    .await;
+    let base = server.base.clone();
+    let id = create_ok(&base, json!({ "dataset": "slow" })).await;
+    let failed = wait_for(Duration::from_secs(20), || async {
+        let status = status(&base, &id).await;
+        (status["status"] == "failed").then_some(status)
+    })
+    .await;
+    assert_eq!(failed["attempts"], 2, "{failed}");
+    assert!(failed["error"].as_str().unwrap().contains("batch_timeout"), "{failed}");
+    // The stuck query was cancelled, not left running in Postgres.
+    wait_for(Duration::from_secs(5), || async {
+        db.pgspout_backends()
+            .await
+            .iter()
+            .all(|b| b.1 != "active")
+            .then_some(())
+    })
+    .await;
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
+}

@@ -3,7 +3,13 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::compress::Encoding;
+use crate::encode::Format;
 
 /// Why a job's file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +87,48 @@ impl JobFile {
     /// Whether nothing has been written.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// The file of job `id` in `format` and `encoding`.
+pub fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
+    directory.join(format!("{id}.{}{}", format.extension(), encoding.suffix()))
+}
+
+/// The ids of the job files in `directory` last modified more than `age` ago.
+pub(super) fn files_older_than(directory: &Path, age: Duration) -> Vec<Uuid> {
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age))
+        })
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let stem = name.to_str()?.split('.').next()?;
+            Uuid::parse_str(stem).ok()
+        })
+        .collect()
+}
+
+/// Removes every file of the jobs `ids`.
+pub fn remove_files(directory: &Path, ids: &[Uuid]) {
+    for id in ids {
+        for format in [Format::Ndjson, Format::Csv] {
+            for encoding in [Encoding::Identity, Encoding::Gzip, Encoding::Zstd] {
+                let path = file_path(directory, *id, format, encoding);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "removed export file"),
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove export file"),
+                }
+            }
+        }
     }
 }
 

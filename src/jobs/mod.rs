@@ -2,7 +2,8 @@
 //! to a file in keyset batches, with a checkpoint after every batch, so a job survives the crash of any instance.
 //!
 //! # Layout
-//! - `file`: the export file, cut back to its checkpoint on resume.
+//! - `file`: the export file, cut back to its checkpoint on resume; file names and the sweep's file listing.
+//! - `lease`: the lease as this instance's clock sees it.
 //! - this module: claiming, the lease, a job's batches, sweeping expired files.
 //!
 //! A batch is one read-only transaction on the dataset (the same encoders as `/rows`), then one gzip member or
@@ -10,10 +11,11 @@
 //! point leaves the file at most a partial batch past its checkpoint, which the next run cuts off.
 
 pub mod file;
+mod lease;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::web;
 use deadpool_postgres::Pool;
@@ -21,7 +23,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use self::file::{FileError, JobFile};
+use self::file::{FileError, JobFile, files_older_than};
+pub use self::file::{file_path, remove_files};
+use self::lease::LeaseClock;
 use crate::compress::{Compressor, Encoding};
 use crate::db::export::{Export, OpenError, Position};
 use crate::db::jobs::{ClaimedJob, JobStore, Progress};
@@ -30,11 +34,6 @@ use crate::error::chain;
 use crate::query::{self, Endpoint, KeysetScan};
 use crate::settings::JobSettings;
 use crate::startup::AppState;
-
-/// The file of job `id` in `format` and `encoding`.
-pub fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
-    directory.join(format!("{id}.{}{}", format.extension(), encoding.suffix()))
-}
 
 /// Why a run of a job ended without completing it.
 #[derive(Debug, thiserror::Error)]
@@ -421,83 +420,4 @@ fn write(file: &mut JobFile, bytes: &[u8], lease: &LeaseClock) -> Result<(), Job
     }
     tokio::task::block_in_place(|| file.write(bytes))?;
     Ok(())
-}
-
-/// The ids of the job files in `directory` last modified more than `age` ago.
-fn files_older_than(directory: &Path, age: Duration) -> Vec<Uuid> {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age))
-        })
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let stem = name.to_str()?.split('.').next()?;
-            Uuid::parse_str(stem).ok()
-        })
-        .collect()
-}
-
-/// Removes every file of the jobs `ids`.
-pub fn remove_files(directory: &Path, ids: &[Uuid]) {
-    for id in ids {
-        for format in [Format::Ndjson, Format::Csv] {
-            for encoding in [Encoding::Identity, Encoding::Gzip, Encoding::Zstd] {
-                let path = file_path(directory, *id, format, encoding);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "removed export file"),
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove export file"),
-                }
-            }
-        }
-    }
-}
-
-/// When this instance's hold on a job ends, by its own clock: a renewal asked at `t` holds until
-/// `t + lease`, and writes stop a margin before, so they end before any other instance may take the job over.
-struct LeaseClock {
-    lease: Duration,
-    valid_until: Mutex<Instant>,
-    lost: tokio::sync::Notify,
-    is_lost: std::sync::atomic::AtomicBool,
-}
-
-impl LeaseClock {
-    fn new(lease: Duration) -> LeaseClock {
-        LeaseClock {
-            lease,
-            valid_until: Mutex::new(Instant::now() + lease - lease / 4),
-            lost: tokio::sync::Notify::new(),
-            is_lost: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn renewed(&self, asked: Instant) {
-        *self.valid_until.lock().expect("never poisoned") = asked + self.lease - self.lease / 4;
-    }
-
-    fn lose(&self) {
-        self.is_lost.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.lost.notify_waiters();
-    }
-
-    fn is_valid(&self) -> bool {
-        !self.is_lost.load(std::sync::atomic::Ordering::SeqCst)
-            && Instant::now() < *self.valid_until.lock().expect("never poisoned")
-    }
-
-    async fn lost(&self) {
-        let notified = self.lost.notified();
-        if self.is_lost.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        notified.await;
-    }
 }

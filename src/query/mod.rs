@@ -4,16 +4,19 @@
 //! # Layout
 //! - `params`: the query string → a typed [`Request`] (PostgREST syntax).
 //! - `cursor`: signed, opaque keyset cursors for pages.
+//! - `keyset`: the "after this row" predicate, and exports read as keyset batches.
 //!
 //! Identifiers come only from the catalog (quoted there). Every value from the request is a bind parameter,
 //! sent as text and cast in SQL to the column's type (without typmod, so `numeric(12,2)` does not round it).
 
 pub mod cursor;
+mod keyset;
 pub mod params;
 
 use crate::db::catalog::{Column, Dataset};
 use crate::encode::{EncodedColumn, Format};
 
+pub use self::keyset::{Consistency, KeysetScan};
 pub use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
 
 /// A value that must be checked against its column's type before the query runs, so that a bad one is a 400
@@ -135,6 +138,39 @@ impl<'a> Sql<'a> {
         });
     }
 
+    /// `SELECT <expressions> … ORDER BY <order> [LIMIT n]` as a plan. With `hidden_sort_values`, each row also
+    /// carries its sort values as text after the encoded columns (for keyset positions).
+    fn into_plan(
+        mut self,
+        mut expressions: Vec<String>,
+        order: Vec<OrderTerm>,
+        limit: Option<u64>,
+        count: Option<CountPlan>,
+        columns: Vec<EncodedColumn>,
+        hidden_sort_values: bool,
+    ) -> Plan {
+        if hidden_sort_values {
+            for term in &order {
+                let column = &self.dataset.columns[term.column];
+                expressions.push(format!("{}(t.{})::text", column.output_function, column.ident));
+            }
+        }
+        let mut text = select_from(&expressions, &self);
+        text.push_str(&order_sql(self.dataset, &order));
+        if let Some(limit) = limit {
+            let placeholder = self.bind_text(limit.to_string());
+            text.push_str(&format!(" LIMIT {placeholder}::bigint"));
+        }
+        Plan {
+            sql: text,
+            params: self.params,
+            checks: self.checks,
+            count,
+            columns,
+            keyset: if hidden_sort_values { order } else { Vec::new() },
+        }
+    }
+
     fn where_sql(&self) -> String {
         if self.where_clauses.is_empty() {
             String::new()
@@ -212,6 +248,12 @@ fn filtered<'a>(dataset: &'a Dataset, request: &Request, count: Option<CountMeth
         sql.filter(filter);
     }
     let count = count_plan(&sql, count);
+    // `after` resumes a download: rows past a key value (it is refused with any order but the key's).
+    if let (Some(after), Some(key)) = (&request.after, dataset.key) {
+        let column = &dataset.columns[key];
+        let placeholder = sql.bind(after, column, "after");
+        sql.where_clauses.push(format!("t.{} > {placeholder}", column.ident));
+    }
     (sql, count)
 }
 
@@ -241,27 +283,16 @@ fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
 
 /// The plan for `/rows`: the selected columns of every matching row, in order.
 pub fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>) -> Plan {
-    let (mut sql, count) = filtered(dataset, request, count);
-    if let (Some(after), Some(key)) = (&request.after, dataset.key) {
-        let column = &dataset.columns[key];
-        let placeholder = sql.bind(after, column, "after");
-        sql.where_clauses.push(format!("t.{} > {placeholder}", column.ident));
-    }
+    let (sql, count) = filtered(dataset, request, count);
     let (expressions, columns) = select_list(dataset, &request.select, format);
-    let mut text = select_from(&expressions, &sql);
-    text.push_str(&order_sql(dataset, &effective_order(dataset, request)));
-    if let Some(limit) = request.limit {
-        let placeholder = sql.bind_text(limit.to_string());
-        text.push_str(&format!(" LIMIT {placeholder}::bigint"));
-    }
-    Plan {
-        sql: text,
-        params: sql.params,
-        checks: sql.checks,
+    sql.into_plan(
+        expressions,
+        effective_order(dataset, request),
+        request.limit,
         count,
         columns,
-        keyset: Vec::new(),
-    }
+        false,
+    )
 }
 
 /// The plan for one `/page`: up to `limit + 1` rows after the cursor's position, with the sort values
@@ -273,169 +304,7 @@ pub fn plan_page(
     limit: u64,
     count: Option<CountMethod>,
 ) -> Plan {
-    plan_keyset(dataset, request, Format::Ndjson, after, limit + 1, count)
-}
-
-/// How an export reads its rows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// One statement in one transaction: every row from one consistent snapshot, which is held (and holds
-    /// back VACUUM) for the whole download.
-    #[default]
-    Snapshot,
-    /// Keyset batches, each a short statement in a transaction of its own: no snapshot outlives a batch, but
-    /// rows changed during the download may be seen in either state. Needs a key.
-    Chunked,
-}
-
-/// An export read as keyset batches ([`Consistency::Chunked`]): the request, and the plan of each batch.
-#[derive(Clone, Debug)]
-pub struct KeysetScan {
-    dataset: Dataset,
-    request: Request,
-    format: Format,
-    /// Rows per batch.
-    pub batch_rows: u64,
-}
-
-impl KeysetScan {
-    /// A scan of `request` over `dataset` (which must have a key) in `batch_rows`-row batches.
-    pub fn new(dataset: &Dataset, request: &Request, format: Format, batch_rows: u64) -> KeysetScan {
-        debug_assert!(dataset.key.is_some(), "a keyset scan needs a key");
-        KeysetScan {
-            dataset: dataset.clone(),
-            request: request.clone(),
-            format,
-            batch_rows: batch_rows.max(1),
-        }
-    }
-
-    /// The encoded columns of every batch.
-    pub fn columns(&self) -> Vec<EncodedColumn> {
-        select_list(&self.dataset, &self.request.select, self.format).1
-    }
-
-    /// The request's `limit`: the most rows all batches together return.
-    pub fn limit(&self) -> Option<u64> {
-        self.request.limit
-    }
-
-    /// The plan of the batch after the row whose sort values are `after` (`None`: the first batch), of at
-    /// most `limit` rows. Each row carries its sort values as hidden text columns after the encoded ones.
-    pub fn batch(&self, after: Option<&[Option<String>]>, limit: u64, count: Option<CountMethod>) -> Plan {
-        plan_keyset(&self.dataset, &self.request, self.format, after, limit, count)
-    }
-}
-
-/// Up to `limit` matching rows after `after` in the request's order (with the key as tie-breaker), each
-/// followed by its sort values as text.
-fn plan_keyset(
-    dataset: &Dataset,
-    request: &Request,
-    format: Format,
-    after: Option<&[Option<String>]>,
-    limit: u64,
-    count: Option<CountMethod>,
-) -> Plan {
-    let (mut sql, count) = filtered(dataset, request, count);
-    if let (Some(after), Some(key)) = (&request.after, dataset.key) {
-        let column = &dataset.columns[key];
-        let placeholder = sql.bind(after, column, "after");
-        sql.where_clauses.push(format!("t.{} > {placeholder}", column.ident));
-    }
-    let keyset = effective_order(dataset, request);
-    if let Some(values) = after {
-        let predicate = keyset_predicate(&mut sql, &keyset, values);
-        sql.where_clauses.push(predicate);
-    }
-    let (mut expressions, columns) = select_list(dataset, &request.select, format);
-    for term in &keyset {
-        let column = &dataset.columns[term.column];
-        expressions.push(format!("{}(t.{})::text", column.output_function, column.ident));
-    }
-    let mut text = select_from(&expressions, &sql);
-    text.push_str(&order_sql(dataset, &keyset));
-    let placeholder = sql.bind_text(limit.to_string());
-    text.push_str(&format!(" LIMIT {placeholder}::bigint"));
-    Plan {
-        sql: text,
-        params: sql.params,
-        checks: sql.checks,
-        count,
-        columns,
-        keyset,
-    }
-}
-
-/// Rows strictly after `values` in the order `terms` (the last of which is the unique key):
-/// `(a after va) OR (a = va AND b after vb) OR …`, with NULLs placed as each term says.
-///
-/// The key is taken as NOT NULL (a key with NULLs is no key; for tables this is checked at start-up), and so
-/// are NOT NULL columns: `IS NULL` alternatives on them would stop Postgres (before 17) from using an index
-/// range scan, making every batch of a chunked export rescan the rows before it. When every term is NOT NULL
-/// and sorts the same way, the predicate is a row comparison, `(a, key) > ($1, $2)`, which an index on the
-/// sort columns serves directly.
-fn keyset_predicate(sql: &mut Sql<'_>, terms: &[OrderTerm], values: &[Option<String>]) -> String {
-    let dataset = sql.dataset;
-    let not_null = |term: &OrderTerm| Some(term.column) == dataset.key || !dataset.columns[term.column].nullable;
-    let operator = |term: &OrderTerm| if term.descending { "<" } else { ">" };
-    if let Some(first) = terms.first()
-        && terms.iter().all(|t| not_null(t) && t.descending == first.descending)
-        && values.iter().all(Option::is_some)
-    {
-        let (targets, placeholders): (Vec<String>, Vec<String>) = terms
-            .iter()
-            .zip(values.iter().flatten())
-            .map(|(term, value)| {
-                let column = &dataset.columns[term.column];
-                (format!("t.{}", column.ident), sql.bind(value, column, "cursor"))
-            })
-            .unzip();
-        return format!(
-            "({}) {} ({})",
-            targets.join(", "),
-            operator(first),
-            placeholders.join(", ")
-        );
-    }
-    let mut alternatives = Vec::new();
-    let mut equal_prefix: Vec<String> = Vec::new();
-    for (term, value) in terms.iter().zip(values) {
-        let column = &dataset.columns[term.column];
-        let target = format!("t.{}", column.ident);
-        let (after, equal) = match value {
-            None => {
-                let after = if term.nulls_first {
-                    Some(format!("{target} IS NOT NULL"))
-                } else {
-                    None
-                };
-                (after, format!("{target} IS NULL"))
-            }
-            Some(value) => {
-                let placeholder = sql.bind(value, column, "cursor");
-                let comparison = format!("{target} {} {placeholder}", operator(term));
-                let after = if term.nulls_first || not_null(term) {
-                    comparison
-                } else {
-                    format!("({comparison} OR {target} IS NULL)")
-                };
-                (Some(after), format!("{target} = {placeholder}"))
-            }
-        };
-        if let Some(after) = after {
-            let mut conjunction = equal_prefix.clone();
-            conjunction.push(after);
-            alternatives.push(format!("({})", conjunction.join(" AND ")));
-        }
-        equal_prefix.push(equal);
-    }
-    if alternatives.is_empty() {
-        "false".to_owned()
-    } else {
-        format!("({})", alternatives.join(" OR "))
-    }
+    keyset::plan_keyset(dataset, request, Format::Ndjson, after, limit + 1, count)
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub struct Runner {
 }
 
 impl Runner {
-    /// Starts a runner on threads of its own (file I/O blocks), reading with connections from `pool`'s config.
+    /// Starts a runner on threads of its own (file I/O blocks), with a pool of connections made from `connection`.
     pub fn start(
         state: web::Data<AppState>,
         settings: JobSettings,
@@ -108,7 +108,9 @@ impl Runner {
             .clone()
             .expect("a runner starts only with jobs.directory set");
         let (stop, stopped) = watch::channel(false);
-        let pool_size = settings.max_running + 1;
+        // Per running job: its batch's connection, and a short one for lease renewals and checkpoints; plus
+        // one for claiming and sweeping.
+        let pool_size = 2 * settings.max_running + 1;
         let database = database.clone();
         let thread = std::thread::Builder::new().name("pgspout-jobs".into()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()

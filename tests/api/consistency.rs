@@ -134,6 +134,8 @@ async fn a_chunked_export_moves_its_snapshot_forward_and_a_snapshot_export_holds
     let app = spawn_with(db, settings).await;
     let (first, later) = xmins_during_export(&app, "consistency=snapshot").await;
     assert_eq!(first, later, "one snapshot for the whole export");
+    eprintln!("figure: snapshot export: backend_xmin {first} early, {later} 12 MB later");
     let (first, later) = xmins_during_export(&app, "consistency=chunked").await;
     assert!(first < later, "each batch takes a fresh snapshot: {first} then {later}");
+    eprintln!("figure: chunked export: backend_xmin {first} early, {later} 12 MB later");
 }

@@ -170,7 +170,7 @@ async fn a_postgres_restart_fails_running_exports_visibly_and_pgspout_recovers_b
     cluster.start().await;
     let back = Instant::now();
     assert_eq!(export_small(&address).await, 500, "the first request after the restart");
-    println!("first export after the restart: {:?}", back.elapsed());
+    eprintln!("figure: first export after the restart: {:?}", back.elapsed());
     assert_eq!(status(&address, "/readyz").await.status(), 200);
 
     // Between exports: the pool's idle connections die with the restart and are not handed out.
@@ -182,7 +182,7 @@ async fn a_postgres_restart_fails_running_exports_visibly_and_pgspout_recovers_b
         500,
         "the first request after a quiet restart"
     );
-    println!("first export after a quiet restart: {:?}", back.elapsed());
+    eprintln!("figure: first export after a quiet restart: {:?}", back.elapsed());
 }
 
 /// A TCP proxy to Postgres that can freeze the connections it carries: they stay open but nothing passes, as
@@ -265,7 +265,7 @@ async fn a_half_open_pooled_connection_is_detected_and_replaced_not_handed_out()
         .expect("an export on a half-open pooled connection hung");
     assert_eq!(export, 300);
     let took = started.elapsed();
-    println!("export after the pooled connection went half-open: {took:?}");
+    eprintln!("figure: export after the pooled connection went half-open: {took:?}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     // And the dead connection was closed, not kept.
     wait_until(Duration::from_secs(5), || async {

@@ -333,7 +333,7 @@ async fn jobs_survive_kill_9_twice_and_their_files_equal_a_direct_export() {
             (advanced && unfinished).then_some(now)
         })
         .await;
-        eprintln!("kill -9 with rows written {last:?}");
+        eprintln!("figure: kill -9 with rows written {last:?}");
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         kills += 1;
@@ -341,7 +341,10 @@ async fn jobs_survive_kill_9_twice_and_their_files_equal_a_direct_export() {
     }
     let started = Instant::now();
     let finished = wait_completed(&server.base, &ids, Duration::from_secs(300)).await;
-    eprintln!("all jobs completed {:?} after the last restart", started.elapsed());
+    eprintln!(
+        "figure: all jobs completed {:?} after the last restart",
+        started.elapsed()
+    );
     for ((format, compression), (id, status)) in cases.iter().zip(ids.iter().zip(&finished)) {
         assert_eq!(status["rows_written"], 1_000_000, "{status}");
         let file = download(&server.base, id).await;
@@ -352,7 +355,7 @@ async fn jobs_survive_kill_9_twice_and_their_files_equal_a_direct_export() {
             "{format} {compression}"
         );
         eprintln!(
-            "{format}+{compression}: {} runs, {} bytes",
+            "figure: {format}+{compression}: {} runs, {} bytes",
             status["attempts"],
             file.len()
         );
@@ -414,7 +417,7 @@ async fn two_instances_on_one_database_run_every_job_exactly_once() {
             .all(|r| r.get::<_, Option<String>>(2).as_deref() == Some("completed"))
     );
     let owners: HashSet<String> = runs.iter().map(|r| r.get(1)).collect();
-    eprintln!("8 jobs ran once each, on {} instances", owners.len());
+    eprintln!("figure: 8 jobs ran once each, on {} instances", owners.len());
     assert_eq!(owners.len(), 2, "both instances took jobs");
     drop((first, second));
     std::fs::remove_dir_all(&directory).unwrap();

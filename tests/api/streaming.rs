@@ -66,7 +66,10 @@ async fn hang_up_mid_stream(app: &TestApp, headers: &[(&str, &str)]) {
         app.db.pgspout_backends().await.iter().all(|b| b.0 != pid)
     })
     .await;
-    eprintln!("backend {pid} gone {:?} after the client hung up", started.elapsed());
+    eprintln!(
+        "figure: backend {pid} gone {:?} after the client hung up",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -145,7 +148,7 @@ async fn memory_stays_flat_from_ten_thousand_to_a_million_rows() {
     let after_small = server.peak_rss_kib();
     assert_eq!(count_lines("large").await, 1_000_000);
     let after_large = server.peak_rss_kib();
-    eprintln!("peak RSS after 10k rows: {after_small} KiB; after 1M rows: {after_large} KiB");
+    eprintln!("figure: peak RSS after 10k rows: {after_small} KiB; after 1M rows: {after_large} KiB");
     assert!(
         after_large < after_small + 8 * 1024,
         "peak RSS grew from {after_small} KiB to {after_large} KiB between 10k and 1M rows"
@@ -264,7 +267,7 @@ async fn a_client_that_stops_reading_is_cut_and_its_backend_freed() {
     })
     .await;
     eprintln!(
-        "stalled export's backend gone {:?} after the client stopped reading",
+        "figure: stalled export's backend gone {:?} after the client stopped reading",
         started.elapsed()
     );
     // Its slot and connection are free again.
@@ -274,7 +277,7 @@ async fn a_client_that_stops_reading_is_cut_and_its_backend_freed() {
     let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
     wait_until(Duration::from_secs(15), || async { established_from(port) == 0 }).await;
     eprintln!(
-        "stalled connection closed {:?} after the client stopped reading",
+        "figure: stalled connection closed {:?} after the client stopped reading",
         started.elapsed()
     );
     // And when the client reads on, it gets what was buffered, then a broken transfer, never a clean end.

@@ -4,7 +4,7 @@
 //! # Layout
 //! A request flows route → negotiate → plan → lease a connection → cursor → encode → compress → body:
 //! - [`routes`]: the HTTP resources.
-//! - [`negotiate`] (private), [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
+//! - `negotiate` (private), [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
 //! - [`query`]: the query string (PostgREST syntax) → validated SQL, bind parameters, page cursors.
 //! - [`openapi`]: the OpenAPI document generated from the datasets.
 //! - [`db`]: pools, the catalog, exports; the only module that talks to tokio-postgres.

@@ -32,6 +32,17 @@ fn jobs_config(directory: &Path, extra: &str) -> String {
     )
 }
 
+/// The `big` dataset (the endless view), for a config's `extra`: jobs on it run until stopped.
+const BIG_DATASET: &str = "\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"";
+
+/// A database with `n` orders and the endless `big` view, and an empty job directory.
+async fn orders_and_big(n: i32, label: &str) -> (TestDb, PathBuf) {
+    let db = TestDb::new().await;
+    orders(&db, n).await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    (db, temp_dir(label))
+}
+
 fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pgspout-{label}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -118,16 +129,10 @@ fn digest(bytes: &[u8]) -> (String, usize) {
 
 #[tokio::test]
 async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
-    let db = TestDb::new().await;
-    orders(&db, 20_000).await;
-    db.client.batch_execute(BIG_VIEW).await.unwrap();
-    let directory = temp_dir("jobs-api");
+    let (db, directory) = orders_and_big(20_000, "jobs-api").await;
     let server = ServerProcess::start(
         &db,
-        &jobs_config(
-            &directory,
-            "batch_rows = 3000\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"",
-        ),
+        &jobs_config(&directory, &format!("batch_rows = 3000{BIG_DATASET}")),
     )
     .await;
     let base = &server.base;
@@ -425,13 +430,10 @@ async fn two_instances_on_one_database_run_every_job_exactly_once() {
 
 #[tokio::test]
 async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_jobs_expire() {
-    let db = TestDb::new().await;
-    orders(&db, 100).await;
-    db.client.batch_execute(BIG_VIEW).await.unwrap();
-    let directory = temp_dir("jobs-life");
+    let (db, directory) = orders_and_big(100, "jobs-life").await;
     let config = jobs_config(
         &directory,
-        "retention = \"1s\"\nbatch_rows = 2000\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"",
+        &format!("retention = \"1s\"\nbatch_rows = 2000{BIG_DATASET}"),
     );
     let server = ServerProcess::start(&db, &config).await;
     let base = server.base.clone();
@@ -495,14 +497,8 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
 
 #[tokio::test]
 async fn a_full_queue_refuses_new_jobs_with_503_and_retry_after() {
-    let db = TestDb::new().await;
-    orders(&db, 10).await;
-    db.client.batch_execute(BIG_VIEW).await.unwrap();
-    let directory = temp_dir("jobs-queue");
-    let config = jobs_config(
-        &directory,
-        "max_running = 1\nmax_queued = 1\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"",
-    );
+    let (db, directory) = orders_and_big(10, "jobs-queue").await;
+    let config = jobs_config(&directory, &format!("max_running = 1\nmax_queued = 1{BIG_DATASET}"));
     let server = ServerProcess::start(&db, &config).await;
     let base = server.base.clone();
     let running = create_ok(&base, json!({ "dataset": "big" })).await;

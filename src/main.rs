@@ -21,11 +21,15 @@ Endpoints:
   GET  /v1/datasets/{name}/rows   the matching rows, streamed, ordered by the dataset's key
          ?select=a,b  ?col=[not.]op.value (eq neq gt gte lt lte like ilike in.(..) is.null|true|false)
          ?order=col.desc.nullslast  ?limit=N  ?after=<key>  ?format=ndjson|csv (else Accept; else NDJSON)
+         ?consistency=snapshot|chunked (one snapshot, or keyset batches in short transactions)
          Accept-Encoding: zstd, gzip, br (q-values honoured; none sent = uncompressed)
          Prefer: count=exact|estimated adds X-Total-Count
   HEAD /v1/datasets/{name}/rows   the same headers, without running the query
   GET  /v1/datasets/{name}/page   one keyset page: {rows: [...], next: cursor or null}, Link rel=next
   GET  /v1/datasets[/{name}]      columns, key and row estimate
+  POST /v1/exports                a background export to a file: {dataset, format, compression, query}
+  GET  /v1/exports/{id}           its status; DELETE cancels it or deletes its file
+  GET  /v1/exports/{id}/download  the finished file (byte ranges supported)
   GET  /v1/openapi.json           the OpenAPI 3.1 document
   GET  /healthz                   200 while the process runs
   GET  /readyz                    200 when PostgreSQL answers, else 503

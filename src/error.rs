@@ -71,6 +71,19 @@ impl From<crate::query::ParamError> for ApiError {
     }
 }
 
+/// A database failure before the first byte is classified as when an export opens (503, 504, 403, 500).
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        ApiError::Open(error.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        ApiError::Open(error.into())
+    }
+}
+
 /// An RFC 9457 problem details document.
 #[derive(Serialize)]
 struct Problem<'a> {

@@ -9,10 +9,8 @@ use crate::error::ApiError;
 use crate::startup::{AppState, Pools};
 
 async fn describe(dataset: &Dataset, pools: &Pools) -> Result<Value, ApiError> {
-    let client = pools.exports.get().await.map_err(|e| ApiError::Open(e.into()))?;
-    let estimate = estimate_rows(&client, &dataset.relation)
-        .await
-        .map_err(|e| ApiError::Open(e.into()))?;
+    let client = pools.exports.get().await?;
+    let estimate = estimate_rows(&client, &dataset.relation).await?;
     let columns: Vec<Value> = dataset
         .columns
         .iter()

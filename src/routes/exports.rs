@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::compress::Encoding;
-use crate::db::export::{Export, OpenError};
+use crate::db::export::Export;
 use crate::db::jobs::NewJob;
 use crate::encode::Format;
 use crate::error::ApiError;
@@ -44,10 +44,6 @@ fn jobs(state: &AppState) -> Result<&JobsState, ApiError> {
 
 fn job_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|_| ApiError::UnknownJob(text.to_owned()))
-}
-
-fn database(error: impl Into<OpenError>) -> ApiError {
-    ApiError::Open(error.into())
 }
 
 /// Validates and queues a job: `202 Accepted` with its `Location`. Every check that can fail runs here,
@@ -96,9 +92,9 @@ pub(super) async fn create(
     let parsed = query::params::parse(dataset, Endpoint::Job, &pairs)?;
     let scan = KeysetScan::new(dataset, &parsed, format, 1);
     let (export, _) = Export::open(&pools.exports, &state.begin_sql, &scan.batch(None, 0, None)).await?;
-    export.finish().await.map_err(database)?;
+    export.finish().await?;
 
-    let client = pools.exports.get().await.map_err(database)?;
+    let client = pools.exports.get().await?;
     let job = NewJob {
         dataset: &dataset.name,
         format: format.extension(),
@@ -108,8 +104,7 @@ pub(super) async fn create(
     let id = jobs
         .store
         .create(&**client, &job, jobs.settings.max_queued)
-        .await
-        .map_err(database)?
+        .await?
         .ok_or(ApiError::QueueFull)?;
     let status_url = format!("/v1/exports/{id}");
     Ok(HttpResponse::Accepted()
@@ -119,12 +114,11 @@ pub(super) async fn create(
 
 /// The job's status document, and its status.
 async fn status_of(jobs: &JobsState, pools: &Pools, id: Uuid) -> Result<(serde_json::Value, String), ApiError> {
-    let client = pools.exports.get().await.map_err(database)?;
+    let client = pools.exports.get().await?;
     let (document, state) = jobs
         .store
         .status(&**client, id)
-        .await
-        .map_err(database)?
+        .await?
         .ok_or_else(|| ApiError::UnknownJob(id.to_string()))?;
     let mut document: serde_json::Value =
         serde_json::from_str(&document).map_err(|e| ApiError::Internal(Box::new(e)))?;
@@ -201,20 +195,15 @@ pub(super) async fn remove(
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
-    let client = pools.exports.get().await.map_err(database)?;
-    if jobs
-        .store
-        .cancel(&**client, id, jobs.settings.retention)
-        .await
-        .map_err(database)?
-    {
+    let client = pools.exports.get().await?;
+    if jobs.store.cancel(&**client, id, jobs.settings.retention).await? {
         drop(client);
         // The runner notices at its next lease renewal and stops; its file goes with it.
         remove_files(&jobs.directory, &[id]);
         let (document, _) = status_of(jobs, &pools, id).await?;
         return Ok(HttpResponse::Ok().json(document));
     }
-    if jobs.store.delete(&**client, id).await.map_err(database)? {
+    if jobs.store.delete(&**client, id).await? {
         remove_files(&jobs.directory, &[id]);
         return Ok(HttpResponse::NoContent().finish());
     }

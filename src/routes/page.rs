@@ -75,7 +75,7 @@ pub(super) async fn page(
     let mut last = None;
     let mut read = 0u64;
     // The query asks for one row more than the page holds; seeing it means there is a next page.
-    while let Some(row) = export.next_row().await.map_err(|e| ApiError::Open(e.into()))? {
+    while let Some(row) = export.next_row().await? {
         read += 1;
         if read > limit {
             continue;
@@ -103,7 +103,7 @@ pub(super) async fn page(
             });
         }
     }
-    export.finish().await.map_err(|e| ApiError::Open(e.into()))?;
+    export.finish().await?;
     let next = last
         .filter(|_| read > limit)
         .map(|cursor| state.cursor_key.seal(&cursor));

@@ -110,12 +110,9 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
-    /// What the job runner needs, when jobs are on; it starts with the server.
-    runner: Option<(
-        web::Data<AppState>,
-        crate::settings::JobSettings,
-        tokio_postgres::Config,
-    )>,
+    /// The job runner, when jobs are on, starts with the server and needs these.
+    state: web::Data<AppState>,
+    connection: tokio_postgres::Config,
     database: crate::settings::DatabaseSettings,
 }
 
@@ -177,10 +174,8 @@ impl Application {
             catalog,
             jobs,
         });
-        let runner = state
-            .jobs
-            .as_ref()
-            .map(|jobs| (state.clone(), jobs.settings.clone(), connection.clone()));
+        // Kept for the job runner, which starts with the server; the originals move into the workers' factory.
+        let (runner_state, runner_connection) = (state.clone(), connection.clone());
         let database = settings.database.clone();
         let export_slots = settings.export_slots();
         let stall_timeout = settings.export.stall_timeout;
@@ -222,7 +217,8 @@ impl Application {
         Ok(Application {
             port,
             server,
-            runner,
+            state: runner_state,
+            connection: runner_connection,
             database: settings.database.clone(),
         })
     }
@@ -235,10 +231,13 @@ impl Application {
     /// Serves until `shutdown` resolves; then stops accepting, lets running requests finish within
     /// `server.shutdown_grace`, and cuts the rest (visibly: their bodies end without the terminating chunk).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let runner = match self.runner {
-            Some((state, jobs, connection)) => {
-                Some(crate::jobs::Runner::start(state, jobs, connection, &self.database)?)
-            }
+        let runner = match &self.state.jobs {
+            Some(jobs) => Some(crate::jobs::Runner::start(
+                self.state.clone(),
+                jobs,
+                self.connection,
+                &self.database,
+            )?),
             None => None,
         };
         let handle = self.server.handle();

@@ -99,14 +99,12 @@ impl Runner {
     /// Starts a runner on threads of its own (file I/O blocks), with a pool of connections made from `connection`.
     pub fn start(
         state: web::Data<AppState>,
-        settings: JobSettings,
+        jobs: &crate::startup::JobsState,
         connection: tokio_postgres::Config,
         database: &crate::settings::DatabaseSettings,
     ) -> std::io::Result<Runner> {
-        let directory = settings
-            .directory
-            .clone()
-            .expect("a runner starts only with jobs.directory set");
+        let settings = jobs.settings.clone();
+        let directory = jobs.directory.clone();
         let (stop, stopped) = watch::channel(false);
         // Per running job: its batch's connection, and a short one for lease renewals and checkpoints; plus
         // one for claiming and sweeping.

@@ -43,6 +43,14 @@ async fn orders_and_big(n: i32, label: &str) -> (TestDb, PathBuf) {
     (db, temp_dir(label))
 }
 
+/// Whether `directory` holds a file of job `id`.
+fn has_file(directory: &Path, id: &str) -> bool {
+    std::fs::read_dir(directory)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(id))
+}
+
 fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pgspout-{label}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -230,12 +238,7 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
     assert_eq!(cancel.status(), 200);
     assert_eq!(cancel.json::<Value>().await.unwrap()["status"], "cancelled");
     wait_for(Duration::from_secs(10), || async {
-        let left: Vec<_> = std::fs::read_dir(&directory)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(long.as_str()))
-            .collect();
-        left.is_empty().then_some(())
+        (!has_file(&directory, &long)).then_some(())
     })
     .await;
     let gone = client
@@ -274,6 +277,21 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         .unwrap()
         .get(0);
     assert_eq!(queued, 3, "only the three good jobs remain");
+
+    // DELETE of a completed job removes it and its file.
+    let done = &ids[0];
+    assert!(has_file(&directory, done));
+    let deleted = client
+        .delete(format!("http://{base}/v1/exports/{done}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert!(!has_file(&directory, done), "the file goes with the job");
+    let download = reqwest::get(format!("http://{base}/v1/exports/{done}/download"))
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 404);
     let unknown = reqwest::get(format!("http://{base}/v1/exports/{}", uuid::Uuid::new_v4()))
         .await
         .unwrap();

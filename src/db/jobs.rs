@@ -134,12 +134,6 @@ impl Progress<'_> {
     }
 }
 
-/// A finished job's files to remove.
-pub struct Removed {
-    /// The job.
-    pub id: Uuid,
-}
-
 /// The statements on one schema's job table.
 #[derive(Clone, Debug)]
 pub struct JobStore {
@@ -423,8 +417,8 @@ impl JobStore {
         Ok(deleted == 1)
     }
 
-    /// Deletes finished jobs past their retention; their files are the caller's to remove.
-    pub async fn expire(&self, client: &impl GenericClient) -> Result<Vec<Removed>, tokio_postgres::Error> {
+    /// Deletes finished jobs past their retention; their ids are returned, their files the caller's to remove.
+    pub async fn expire(&self, client: &impl GenericClient) -> Result<Vec<Uuid>, tokio_postgres::Error> {
         let rows = client
             .query(
                 &format!(
@@ -435,7 +429,7 @@ impl JobStore {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| Removed { id: r.get(0) }).collect())
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Of `ids`, those that are no job at all (their files are orphans) or whose job cannot use its file

@@ -378,9 +378,7 @@ impl Context {
     async fn sweep(&self) {
         let swept = async {
             let client = self.pool.get().await?;
-            for removed in self.store.expire(&**client).await? {
-                remove_files(&self.directory, &[removed.id]);
-            }
+            remove_files(&self.directory, &self.store.expire(&**client).await?);
             let ids = files_older_than(&self.directory, self.settings.lease * 2);
             let unused = self.store.unused_files(&**client, &ids).await?;
             remove_files(&self.directory, &unused);

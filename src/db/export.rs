@@ -150,12 +150,6 @@ impl From<tokio_postgres::Error> for OpenError {
 }
 
 impl Export {
-    /// Checks out a connection, opens the transaction with `begin_sql`, checks the plan's values, runs its
-    /// count (in the same snapshot as the rows) and its query, and waits for the first row.
-    pub async fn open(pool: &Pool, begin_sql: &str, plan: &Plan) -> Result<(Export, Option<i64>), OpenError> {
-        Self::open_plan(pool, begin_sql, plan).await
-    }
-
     /// Like [`Export::open`], for an export read in keyset batches: each batch is a short statement in a
     /// transaction of its own, so no snapshot is held for the whole download. The count, if any, runs with the
     /// first batch.
@@ -167,7 +161,7 @@ impl Export {
     ) -> Result<(Export, Option<i64>), OpenError> {
         let limit = batch_limit(scan.batch_rows, scan.limit());
         let plan = scan.batch(None, limit, count);
-        let (mut export, total) = Self::open_plan(pool, begin_sql, &plan).await?;
+        let (mut export, total) = Self::open(pool, begin_sql, &plan).await?;
         export.batches = Some(Batches {
             remaining: scan.limit().map(|l| l - limit),
             scan,
@@ -182,7 +176,9 @@ impl Export {
         Ok((export, total))
     }
 
-    async fn open_plan(pool: &Pool, begin_sql: &str, plan: &Plan) -> Result<(Export, Option<i64>), OpenError> {
+    /// Checks out a connection, opens the transaction with `begin_sql`, checks the plan's values, runs its
+    /// count (in the same snapshot as the rows) and its query, and waits for the first row.
+    pub async fn open(pool: &Pool, begin_sql: &str, plan: &Plan) -> Result<(Export, Option<i64>), OpenError> {
         let lease = Lease::new(pool.get().await?);
         let client = lease.client();
         client.batch_execute(begin_sql).await?;

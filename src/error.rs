@@ -12,15 +12,17 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
 use crate::compress::NoAcceptableEncoding;
-use crate::db::export::OpenError;
-use crate::encode::{EncodeError, FormatError};
+use crate::db::error::OpenError;
+use crate::db::rows::ReadError;
+use crate::encode::FormatError;
+use crate::pipeline::PipelineError;
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: u32 = 1;
 
 /// A request that fails before any of its body is sent.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// No dataset has this name.
     #[error("no dataset is named {0:?}")]
     UnknownDataset(String),
@@ -52,8 +54,8 @@ pub enum ApiError {
     #[error("no export job has the id {0:?}")]
     UnknownJob(String),
     /// The export job's file is not ready.
-    #[error("the export is {0}; it can be downloaded once it is completed")]
-    JobNotCompleted(String),
+    #[error("the export is {}; it can be downloaded once it is completed", .0.as_str())]
+    JobNotCompleted(crate::db::jobs::JobStatus),
     /// The job queue is full.
     #[error("the export queue is full; retry later")]
     QueueFull,
@@ -75,6 +77,25 @@ impl From<crate::query::ParamError> for ApiError {
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> Self {
         ApiError::Open(error.into())
+    }
+}
+
+/// A page reads all its rows before answering: a failed read is classified as a failed open.
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::Read(error) => error.into(),
+            other => ApiError::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> Self {
+        match error {
+            ReadError::Database(error) => ApiError::Open(error.into()),
+            other => ApiError::Internal(Box::new(other)),
+        }
     }
 }
 
@@ -184,19 +205,16 @@ impl ResponseError for ApiError {
 
 /// An export that fails after its response has started.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    /// The database failed mid-result (backend terminated, connection lost, …).
-    #[error("the database failed mid-export")]
-    Database(#[from] tokio_postgres::Error),
-    /// A value could not be encoded.
-    #[error("a value could not be encoded")]
-    Encode(#[from] EncodeError),
-    /// The compressor failed.
-    #[error("compression failed")]
-    Compress(#[from] std::io::Error),
+pub(crate) enum StreamError {
+    /// Reading, encoding or compressing failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     /// The export ran longer than `export.max_duration`.
     #[error("the export exceeded its maximum duration")]
     TooLong,
+    /// The server shut down, and the export outlasted the grace period.
+    #[error("the server shut down before the export ended")]
+    ShutDown,
     /// The client stopped reading for longer than `export.stall_timeout`, and the export was cut.
     #[error("the client stopped reading; the export was cut")]
     Stalled,

@@ -2,27 +2,36 @@
 //! constant memory, with backpressure from the client all the way to the Postgres backend.
 //!
 //! # Layout
-//! A request flows route → negotiate → plan → lease a connection → cursor → encode → compress → body:
-//! - [`routes`]: the HTTP resources.
-//! - `negotiate` (private), [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
-//! - [`query`]: the query string (PostgREST syntax) → validated SQL, bind parameters, page cursors.
-//! - [`openapi`]: the OpenAPI document generated from the datasets.
-//! - [`db`]: pools, the catalog, exports; the only module that talks to tokio-postgres.
-//! - [`encode`]: rows → NDJSON or CSV, byte-identical to Postgres's own output.
-//! - [`body`]: the streaming body that ties rows, encoder and compressor together.
-//! - [`jobs`]: background exports to files that survive crashes (the `/v1/exports` API is in [`routes`]).
+//! A request flows route → negotiate → plan → rows → encode → compress → sink:
+//! - `routes`: the HTTP resources; with `startup` and `body`, the only code that touches actix.
+//! - `negotiate`, [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
+//! - `dataset`: what a dataset is (relation, columns, types and their operators, key); a leaf module.
+//! - `query`: the query string (PostgREST syntax) → validated SQL, bind parameters, positions, cursors.
+//! - `db`: pools, the catalog, rows, the job table; the only module that runs statements through
+//!   tokio-postgres (startup and the job runner hold its connection settings and pools).
+//! - [`encode`]: rows → NDJSON, CSV or a JSON array, byte-identical to Postgres's own output.
+//! - `pipeline`: the one export pipeline, rows → encoder → compressor → pieces, for every sink.
+//! - `body`: the sink that streams pieces as a response body.
+//! - `jobs`: the sink that writes background exports to files that survive crashes.
+//! - `openapi`: the OpenAPI document generated from the datasets.
+//! - `state`: what the workers share and own.
 //! - [`error`]: problem+json before the first byte, aborted transfers after it.
 //! - [`settings`], [`startup`]: configuration and wiring.
+//!
+//! Only what the binary, the tests and the benchmarks use is public.
 
-pub mod body;
+mod body;
 pub mod compress;
-pub mod db;
+mod dataset;
+mod db;
 pub mod encode;
 pub mod error;
-pub mod jobs;
+mod jobs;
 mod negotiate;
-pub mod openapi;
-pub mod query;
-pub mod routes;
+mod openapi;
+mod pipeline;
+mod query;
+mod routes;
 pub mod settings;
 pub mod startup;
+mod state;

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::db::catalog::{Catalog, Column, Dataset};
+use crate::dataset::{Catalog, Column, Dataset};
 use crate::encode::ValueKind;
 
 /// Query parameter names that are not filters.
@@ -294,7 +294,7 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
 }
 
 /// The whole document; `max_limit` is the largest page; `jobs` adds the background export endpoints.
-pub fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
+pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     schemas.insert(

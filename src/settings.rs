@@ -2,13 +2,13 @@
 //!
 //! Unknown keys are errors, so a typo fails at start-up instead of being silently ignored.
 
-use crate::query::Consistency;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::compress::Levels;
+pub use crate::dataset::Consistency;
 
 /// Everything pgspout is configured with.
 #[derive(Clone, Debug, Deserialize)]
@@ -294,6 +294,23 @@ impl Settings {
                 self.export.chunk_size
             ));
         }
+        for (key, duration) in [
+            ("database.acquire_timeout", Some(self.database.acquire_timeout)),
+            ("database.connect_timeout", Some(self.database.connect_timeout)),
+            ("export.flush_interval", Some(self.export.flush_interval)),
+            ("export.stall_timeout", Some(self.export.stall_timeout)),
+            ("export.max_duration", self.export.max_duration),
+            ("jobs.poll_interval", Some(self.jobs.poll_interval)),
+            ("jobs.batch_timeout", Some(self.jobs.batch_timeout)),
+            ("jobs.retention", Some(self.jobs.retention)),
+        ] {
+            if duration == Some(Duration::ZERO) {
+                return invalid(format!("{key} must be longer than 0"));
+            }
+        }
+        if self.export.batch_rows == 0 {
+            return invalid("export.batch_rows must be at least 1".into());
+        }
         if self.database.timezone.trim().is_empty() {
             return invalid("database.timezone is empty".into());
         }
@@ -389,6 +406,27 @@ mod tests {
     fn durations_are_human_readable() {
         let settings = Settings::parse("[database]\nacquire_timeout = \"250ms\"\n").unwrap();
         assert_eq!(settings.database.acquire_timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn zero_durations_are_config_errors_naming_the_key() {
+        for (section, key) in [
+            ("jobs", "poll_interval"),
+            ("jobs", "batch_timeout"),
+            ("export", "stall_timeout"),
+            ("export", "max_duration"),
+            ("database", "acquire_timeout"),
+        ] {
+            let text = match section {
+                "database" => format!("[database]\nurl = 'x'\n{key} = \"0s\"\n"),
+                _ => format!("[database]\nurl = 'x'\n[{section}]\n{key} = \"0s\"\n"),
+            };
+            let error = Settings::parse(&text).unwrap().validate().unwrap_err().to_string();
+            assert!(error.contains(&format!("{section}.{key}")), "{error}");
+        }
+        let grace = Settings::parse("[database]\nurl = 'x'\n[server]\nshutdown_grace = \"300ms\"\n").unwrap();
+        grace.validate().unwrap();
+        assert_eq!(grace.server.shutdown_grace, Duration::from_millis(300));
     }
 
     #[test]

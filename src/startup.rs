@@ -1,72 +1,19 @@
 //! Wiring: resolve the datasets, bind the listener, build one connection pool per worker, run the server.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use deadpool_postgres::Pool;
 use tokio_postgres::NoTls;
 
 use crate::body::Chunking;
-use crate::compress::Levels;
-use crate::db::{self, catalog::Catalog};
+use crate::db;
+pub use crate::db::catalog::CatalogError;
 use crate::query::cursor::CursorKey;
 use crate::routes;
-use crate::settings::{PageSettings, Settings};
-
-/// State shared by all workers.
-pub struct AppState {
-    /// The datasets.
-    pub catalog: Catalog,
-    /// The statements that open an export's transaction.
-    pub begin_sql: String,
-    /// Body chunking.
-    pub chunking: Chunking,
-    /// Compression levels.
-    pub levels: Levels,
-    /// Rows per batch of a chunked export.
-    pub batch_rows: u64,
-    /// Page limits.
-    pub pages: PageSettings,
-    /// How long a request waits for an export slot.
-    pub acquire_timeout: std::time::Duration,
-    /// Signs page cursors.
-    pub cursor_key: CursorKey,
-    /// The OpenAPI document.
-    pub openapi: String,
-    /// Background export jobs, when configured.
-    pub jobs: Option<JobsState>,
-}
-
-/// What the `/v1/exports` routes need.
-pub struct JobsState {
-    /// The job table's statements.
-    pub store: crate::db::jobs::JobStore,
-    /// Where the files are.
-    pub directory: std::path::PathBuf,
-    /// The `[jobs]` settings.
-    pub settings: crate::settings::JobSettings,
-}
-
-impl AppState {
-    /// The dataset called `name`, or a 404.
-    pub fn dataset(&self, name: &str) -> Result<&crate::db::catalog::Dataset, crate::error::ApiError> {
-        self.catalog
-            .get(name)
-            .ok_or_else(|| crate::error::ApiError::UnknownDataset(name.to_owned()))
-    }
-}
-
-/// One worker's connection pools. Each actix worker is a single-threaded runtime, and a connection's task
-/// lives on the runtime that opened it; a pool per worker keeps a request and its connection on one thread.
-pub struct Pools {
-    /// Connections for exports.
-    pub exports: Pool,
-    /// One connection for `/readyz`.
-    pub health: Pool,
-    /// Limits concurrent exports, so they cannot take every connection from pages.
-    pub export_slots: std::sync::Arc<tokio::sync::Semaphore>,
-}
+use crate::settings::Settings;
+use crate::state::{AppState, JobsState, Pools};
 
 /// Why pgspout could not start.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +26,7 @@ pub enum StartupError {
     Connect(#[source] tokio_postgres::Error),
     /// A dataset does not match the database.
     #[error(transparent)]
-    Catalog(#[from] db::catalog::CatalogError),
+    Catalog(#[from] CatalogError),
     /// The job schema could not be created or migrated.
     #[error("cannot migrate the job schema {schema:?}")]
     Migrate {
@@ -111,9 +58,12 @@ pub struct Application {
     port: u16,
     server: Server,
     /// The job runner, when jobs are on, starts with the server and needs these.
-    state: web::Data<AppState>,
+    state: Arc<AppState>,
     connection: tokio_postgres::Config,
     database: crate::settings::DatabaseSettings,
+    /// Tells running exports that the shutdown grace period is over.
+    cut: tokio::sync::watch::Sender<bool>,
+    shutdown_grace: std::time::Duration,
 }
 
 impl Application {
@@ -154,7 +104,8 @@ impl Application {
                 source,
             })?
             .port();
-        let state = web::Data::new(AppState {
+        let (cut, exports_cut) = tokio::sync::watch::channel(false);
+        let state = Arc::new(AppState {
             begin_sql: db::begin_sql(&settings.database),
             chunking: Chunking {
                 size: settings.export.chunk_size,
@@ -173,6 +124,7 @@ impl Application {
             openapi: crate::openapi::document(&catalog, settings.pages.max_limit, jobs.is_some()).to_string(),
             catalog,
             jobs,
+            cut: exports_cut,
         });
         // Kept for the job runner, which starts with the server; the originals move into the workers' factory.
         let (runner_state, runner_connection) = (state.clone(), connection.clone());
@@ -186,7 +138,7 @@ impl Application {
                 export_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(export_slots)),
             };
             App::new()
-                .app_data(state.clone())
+                .app_data(web::Data::from(state.clone()))
                 .app_data(web::Data::new(pools))
                 .configure(routes::configure)
         })
@@ -203,7 +155,9 @@ impl Application {
         // A client that closes its side must drop its export at once, not hold a connection until Postgres
         // has produced more rows.
         .h1_allow_half_closed(false)
-        .shutdown_timeout(settings.server.shutdown_grace.as_secs())
+        // A backstop only: exports are cut at the grace period's end (`run_until_stopped`), sub-second too;
+        // actix counts whole seconds.
+        .shutdown_timeout(settings.server.shutdown_grace.as_secs() + 1)
         // Stopping is the caller's choice (`run_until_stopped`): SIGINT must drain like SIGTERM, where actix
         // would stop at once, and tests must not take over the test process's signals.
         .disable_signals()
@@ -220,6 +174,8 @@ impl Application {
             state: runner_state,
             connection: runner_connection,
             database: settings.database.clone(),
+            cut,
+            shutdown_grace: settings.server.shutdown_grace,
         })
     }
 
@@ -241,9 +197,14 @@ impl Application {
             None => None,
         };
         let handle = self.server.handle();
+        let (cut, grace) = (self.cut, self.shutdown_grace);
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: no new connections; running exports may finish within the grace period");
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = cut.send(true);
+            });
             // Jobs go back to the queue at their last checkpoint, for another instance or the next start.
             let stopping = async {
                 if let Some(runner) = runner {

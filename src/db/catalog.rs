@@ -9,65 +9,8 @@ use postgres_protocol::escape::escape_identifier;
 use tokio_postgres::Client;
 use tokio_postgres::types::{Kind, Type};
 
-use crate::encode::ValueKind;
-use crate::query::Consistency;
+use crate::dataset::{Catalog, Column, Consistency, Dataset, Operators, ValueKind};
 use crate::settings::DatasetSettings;
-
-/// A configured dataset, checked against the database.
-#[derive(Clone, Debug)]
-pub struct Dataset {
-    /// The name in URLs.
-    pub name: String,
-    /// The relation as quoted, schema-qualified SQL.
-    pub relation: String,
-    /// Its columns in table order.
-    pub columns: Vec<Column>,
-    /// The index in `columns` of the key, if one is configured.
-    pub key: Option<usize>,
-    /// How `/rows` reads it unless a request says otherwise.
-    pub consistency: Consistency,
-}
-
-/// A column of a dataset.
-#[derive(Clone, Debug)]
-pub struct Column {
-    /// Its name.
-    pub name: String,
-    /// Its name as a quoted SQL identifier.
-    pub ident: String,
-    /// Its type as `format_type` prints it, e.g. `numeric(12,2)`.
-    pub type_name: String,
-    /// Its type without typmod, for casting request values (`numeric`, not `numeric(12,2)`, which would round).
-    pub cast_type: String,
-    /// Whether it may hold NULL (always true for a view's columns).
-    pub nullable: bool,
-    /// How pgspout decodes its values.
-    pub kind: ValueKind,
-    /// Its type's output function as quoted SQL (for [`ValueKind::ServerFormatted`] columns in CSV).
-    pub output_function: String,
-    /// An enum's labels, in order (for the OpenAPI document).
-    pub enum_labels: Option<Vec<String>>,
-}
-
-/// All datasets by name.
-#[derive(Debug, Default)]
-pub struct Catalog {
-    datasets: HashMap<String, Dataset>,
-}
-
-impl Catalog {
-    /// The dataset called `name`.
-    pub fn get(&self, name: &str) -> Option<&Dataset> {
-        self.datasets.get(name)
-    }
-
-    /// Every dataset, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Dataset> {
-        let mut datasets: Vec<&Dataset> = self.datasets.values().collect();
-        datasets.sort_by(|a, b| a.name.cmp(&b.name));
-        datasets.into_iter()
-    }
-}
 
 /// A dataset that does not match the database.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +65,16 @@ pub enum CatalogError {
         /// The dataset.
         dataset: String,
     },
+    /// The key's type has no btree ordering, so rows cannot be streamed or paged in its order.
+    #[error("dataset {dataset:?}: key column {key:?} is of type {type_name}, which cannot be sorted")]
+    KeyNotSortable {
+        /// The dataset.
+        dataset: String,
+        /// The configured key.
+        key: String,
+        /// Its type.
+        type_name: String,
+    },
     /// A table's key is not backed by a unique index, so ordering by it would not be total.
     #[error("dataset {dataset:?}: key column {key:?} of {table:?} has no unique index of its own")]
     KeyNotUnique {
@@ -143,14 +96,14 @@ pub enum CatalogError {
 }
 
 /// Resolves every configured dataset; `utc` says whether the session TimeZone lets pgspout print timestamptz.
-pub async fn load(client: &Client, configured: &[DatasetSettings], utc: bool) -> Result<Catalog, CatalogError> {
-    let mut datasets = HashMap::new();
+pub(crate) async fn load(client: &Client, configured: &[DatasetSettings], utc: bool) -> Result<Catalog, CatalogError> {
+    let mut datasets = Vec::new();
     for settings in configured {
         let dataset = resolve(client, settings, utc).await?;
         tracing::info!(dataset = %dataset.name, relation = %dataset.relation, columns = dataset.columns.len(), "dataset ready");
-        datasets.insert(dataset.name.clone(), dataset);
+        datasets.push(dataset);
     }
-    Ok(Catalog { datasets })
+    Ok(Catalog::new(datasets))
 }
 
 async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Result<Dataset, CatalogError> {
@@ -184,11 +137,16 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         escape_identifier(relation.get::<_, &str>(2))
     );
 
+    // The cast type drops the typmod (it would round numerics and truncate varchars); where the bare name
+    // means a length of 1 (`character`, `bit`), the unlimited type of the same family compares the same way.
     let rows = client
         .query(
             "SELECT a.attname::text, a.attnum, NOT a.attnotnull, pg_catalog.format_type(a.atttypid, a.atttypmod), \
                     pg_catalog.quote_ident(pn.nspname) || '.' || pg_catalog.quote_ident(p.proname), \
-                    pg_catalog.format_type(a.atttypid, NULL) \
+                    CASE pg_catalog.format_type(a.atttypid, NULL) \
+                         WHEN 'character' THEN 'bpchar' WHEN 'character[]' THEN 'bpchar[]' \
+                         WHEN 'bit' THEN 'bit varying' WHEN 'bit[]' THEN 'bit varying[]' \
+                         ELSE pg_catalog.format_type(a.atttypid, NULL) END \
              FROM pg_catalog.pg_attribute a \
              JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
              JOIN pg_catalog.pg_proc p ON p.oid = t.typoutput \
@@ -203,20 +161,23 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         .prepare(&format!("SELECT * FROM {relation_sql}"))
         .await
         .map_err(query_error)?;
+    let types: Vec<&Type> = statement.columns().iter().map(|c| c.type_()).collect();
+    let base = BaseTypes::load(client, &types).await.map_err(query_error)?;
     let columns: Vec<Column> = rows
         .iter()
-        .zip(statement.columns())
-        .map(|(row, described)| {
+        .zip(&types)
+        .map(|(row, ty)| {
             let name: String = row.get(0);
             Column {
                 ident: escape_identifier(&name),
                 name,
                 nullable: row.get(2),
                 type_name: row.get(3),
-                kind: value_kind(described.type_(), utc),
+                kind: value_kind(ty, utc),
                 output_function: row.get(4),
                 cast_type: row.get(5),
-                enum_labels: enum_labels(described.type_()),
+                enum_labels: enum_labels(ty),
+                operators: base.operators(ty),
             }
         })
         .collect();
@@ -263,6 +224,13 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
                     table,
                 });
             };
+            if !columns[index].operators.sortable {
+                return Err(CatalogError::KeyNotSortable {
+                    dataset,
+                    key: key.clone(),
+                    type_name: columns[index].type_name.clone(),
+                });
+            }
             if matches!(relkind.as_str(), "r" | "p" | "m") {
                 if columns[index].nullable {
                     return Err(CatalogError::KeyNullable {
@@ -302,6 +270,111 @@ async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Resu
         key,
         consistency: settings.consistency,
     })
+}
+
+/// What the catalog says of the base types a dataset's columns are built from: their default operator
+/// classes and comparison operators (binary-coercible types count, as `varchar` uses `text`'s).
+struct BaseTypes(HashMap<u32, BaseType>);
+
+#[derive(Clone, Copy, Default)]
+struct BaseType {
+    /// A default btree operator class: sortable, and comparable inside arrays and composites.
+    btree: bool,
+    /// A default hash operator class: its equality works inside arrays and composites.
+    hash: bool,
+    /// The comparison operators the parser finds for the type itself.
+    operators: Operators,
+}
+
+impl BaseTypes {
+    async fn load(client: &Client, types: &[&Type]) -> Result<BaseTypes, tokio_postgres::Error> {
+        let mut oids = Vec::new();
+        for ty in types {
+            collect_base_oids(ty, &mut oids);
+        }
+        let rows = client
+            .query(
+                "WITH ty AS (SELECT t.oid, ARRAY(SELECT t.oid UNION SELECT k.casttarget FROM pg_catalog.pg_cast k \
+                   WHERE k.castsource = t.oid AND k.castmethod = 'b' AND k.castcontext = 'i') AS alike \
+                   FROM pg_catalog.pg_type t WHERE t.oid = ANY($1)) \
+                 SELECT ty.oid, \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am a ON a.oid = c.opcmethod \
+                     WHERE a.amname = 'btree' AND c.opcdefault AND c.opcintype = ANY(ty.alike)), \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am a ON a.oid = c.opcmethod \
+                     WHERE a.amname = 'hash' AND c.opcdefault AND c.opcintype = ANY(ty.alike)), \
+                   ARRAY(SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o \
+                     WHERE o.oprname IN ('=', '<>', '<', '<=', '>', '>=') AND o.oprleft = o.oprright \
+                     AND o.oprleft = ANY(ty.alike) AND o.oprresult = 'pg_catalog.bool'::pg_catalog.regtype) \
+                 FROM ty",
+                &[&oids],
+            )
+            .await?;
+        Ok(BaseTypes(
+            rows.iter()
+                .map(|row| {
+                    let names: Vec<String> = row.get(3);
+                    let has = |wanted: &[&str]| wanted.iter().all(|w| names.iter().any(|n| n == w));
+                    let btree: bool = row.get(1);
+                    let base = BaseType {
+                        btree,
+                        hash: row.get(2),
+                        operators: Operators {
+                            equal: has(&["="]),
+                            unequal: has(&["<>"]),
+                            ordering: has(&["<", "<=", ">", ">="]),
+                            sortable: btree,
+                        },
+                    };
+                    (row.get::<_, u32>(0), base)
+                })
+                .collect(),
+        ))
+    }
+
+    fn get(&self, ty: &Type) -> BaseType {
+        self.0.get(&ty.oid()).copied().unwrap_or_default()
+    }
+
+    /// What a column of type `ty` supports. Arrays and composites resolve to generic operators that look up
+    /// their elements' comparison functions only when they run, so those are checked here too.
+    fn operators(&self, ty: &Type) -> Operators {
+        match ty.kind() {
+            Kind::Domain(base) => self.operators(base),
+            Kind::Enum(_) | Kind::Range(_) | Kind::Multirange(_) => Operators::ALL,
+            Kind::Array(_) | Kind::Composite(_) => {
+                let comparable = self.runtime(ty, true);
+                let equal = self.runtime(ty, false);
+                Operators {
+                    equal,
+                    unequal: equal,
+                    ordering: comparable,
+                    sortable: comparable,
+                }
+            }
+            _ => self.get(ty).operators,
+        }
+    }
+
+    /// Whether `ty`'s values can be compared (`ordered`) or tested for equality inside an array or record.
+    fn runtime(&self, ty: &Type, ordered: bool) -> bool {
+        match ty.kind() {
+            Kind::Domain(inner) | Kind::Array(inner) => self.runtime(inner, ordered),
+            Kind::Composite(fields) => fields.iter().all(|f| self.runtime(f.type_(), ordered)),
+            Kind::Enum(_) | Kind::Range(_) | Kind::Multirange(_) => true,
+            _ => {
+                let base = self.get(ty);
+                base.btree || (!ordered && base.hash)
+            }
+        }
+    }
+}
+
+fn collect_base_oids(ty: &Type, oids: &mut Vec<u32>) {
+    match ty.kind() {
+        Kind::Domain(inner) | Kind::Array(inner) => collect_base_oids(inner, oids),
+        Kind::Composite(fields) => fields.iter().for_each(|f| collect_base_oids(f.type_(), oids)),
+        _ => oids.push(ty.oid()),
+    }
 }
 
 /// The labels of an enum type (or of a domain over one).

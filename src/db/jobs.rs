@@ -10,6 +10,8 @@ use postgres_protocol::escape::escape_identifier;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::query::Position;
+
 /// The schema's migrations, in order; each runs once, in one transaction with its version's record.
 const MIGRATIONS: &[&str] = &[
     // 1: jobs and their runs (one row per claim, so "ran exactly once" can be checked).
@@ -45,10 +47,80 @@ const MIGRATIONS: &[&str] = &[
         outcome text,
         PRIMARY KEY (job_id, run)
      )",
+    // 2: whether a job resumes from its checkpoints (a dataset with a key) or restarts from its first row
+    // (a keyless dataset, read in one statement).
+    "ALTER TABLE {schema}.export_jobs ADD COLUMN resumable boolean NOT NULL DEFAULT true",
 ];
 
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobStatus {
+    /// Waiting for a runner.
+    Queued,
+    /// Leased to a runner.
+    Running,
+    /// Its file is whole.
+    Completed,
+    /// It gave up; `error` says why.
+    Failed,
+    /// A client cancelled it.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The name stored and shown.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(text: &str) -> Option<JobStatus> {
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Completed,
+            JobStatus::Failed,
+            JobStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+}
+
+/// How one run of a job ended (`export_job_runs.outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    /// It wrote the last batch and completed the job.
+    Completed,
+    /// It failed the job.
+    Failed,
+    /// It handed the job back to the queue (shutdown, a transient error).
+    Interrupted,
+    /// Its lease ran out or was taken over before it finished.
+    LeaseLost,
+    /// The job was cancelled while it ran.
+    Cancelled,
+}
+
+impl RunOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Completed => "completed",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Interrupted => "interrupted",
+            RunOutcome::LeaseLost => "lease_lost",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// Creates the schema and applies missing migrations. Instances starting together serialize on an advisory lock.
-pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), tokio_postgres::Error> {
     let schema = escape_identifier(schema);
     let transaction = client.transaction().await?;
     transaction
@@ -83,48 +155,52 @@ pub async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Resul
 }
 
 /// What a new job asks for, validated.
-pub struct NewJob<'a> {
+pub(crate) struct NewJob<'a> {
     /// The dataset's name.
-    pub dataset: &'a str,
+    pub(crate) dataset: &'a str,
     /// `ndjson` or `csv`.
-    pub format: &'a str,
+    pub(crate) format: &'a str,
     /// `identity`, `gzip` or `zstd`.
-    pub compression: &'a str,
+    pub(crate) compression: &'a str,
     /// The query string, as for `/rows`.
-    pub query: &'a str,
+    pub(crate) query: &'a str,
+    /// Whether it resumes from checkpoints (its dataset has a key) or restarts from its first row.
+    pub(crate) resumable: bool,
 }
 
 /// A job as its runner sees it when it claims it.
 #[derive(Debug, Clone)]
-pub struct ClaimedJob {
+pub(crate) struct ClaimedJob {
     /// The job.
-    pub id: Uuid,
+    pub(crate) id: Uuid,
     /// The dataset's name.
-    pub dataset: String,
+    pub(crate) dataset: String,
     /// `ndjson` or `csv`.
-    pub format: String,
+    pub(crate) format: String,
     /// `identity`, `gzip` or `zstd`.
-    pub compression: String,
+    pub(crate) compression: String,
     /// The query string.
-    pub query: String,
+    pub(crate) query: String,
     /// Rows in the file at the last checkpoint.
-    pub rows_written: i64,
+    pub(crate) rows_written: i64,
     /// The file's length at the last checkpoint.
-    pub bytes_written: i64,
-    /// The sort values of the last row at the last checkpoint; `None` before the first.
-    pub position: Option<Vec<Option<String>>>,
+    pub(crate) bytes_written: i64,
+    /// The last checkpoint's position as stored (JSON text); `None` before the first.
+    pub(crate) position: Option<String>,
     /// Runs so far, this one included.
-    pub attempts: i32,
+    pub(crate) attempts: i32,
+    /// Whether it resumes from checkpoints or restarts from its first row.
+    pub(crate) resumable: bool,
 }
 
 /// How far a job's file has got: durable on disk when recorded.
-pub struct Progress<'a> {
+pub(crate) struct Progress<'a> {
     /// Rows in the file.
-    pub rows: i64,
+    pub(crate) rows: i64,
     /// The file's length.
-    pub bytes: i64,
-    /// The sort values of its last row (`None` while it has none).
-    pub position: Option<&'a [Option<String>]>,
+    pub(crate) bytes: i64,
+    /// Its last row's position (`None` while it has none, and for jobs that cannot resume).
+    pub(crate) position: Option<&'a Position>,
 }
 
 impl Progress<'_> {
@@ -136,7 +212,7 @@ impl Progress<'_> {
 
 /// The statements on one schema's job table.
 #[derive(Clone, Debug)]
-pub struct JobStore {
+pub(crate) struct JobStore {
     schema: String,
 }
 
@@ -146,25 +222,32 @@ fn interval(duration: Duration) -> String {
 
 impl JobStore {
     /// The store in `schema` (a plain lowercase name, checked by the settings).
-    pub fn new(schema: &str) -> JobStore {
+    pub(crate) fn new(schema: &str) -> JobStore {
         JobStore {
             schema: escape_identifier(schema),
         }
     }
 
     /// Queues a job unless `max_queued` jobs already wait; `None` when the queue is full.
-    pub async fn create(
+    ///
+    /// Creations serialize on an advisory lock, and the count runs after it is granted (a statement of its
+    /// own, so with a snapshot that sees every job queued before): concurrent requests cannot overfill it.
+    pub(crate) async fn create(
         &self,
-        client: &impl GenericClient,
+        client: &mut tokio_postgres::Client,
         job: &NewJob<'_>,
         max_queued: i64,
     ) -> Result<Option<Uuid>, tokio_postgres::Error> {
         let id = Uuid::new_v4();
-        let row = client
+        let transaction = client.transaction().await?;
+        transaction
+            .batch_execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgspout job queue'))")
+            .await?;
+        let row = transaction
             .query_opt(
                 &format!(
-                    "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query) \
-                     SELECT $1, $2, $3, $4, $5 \
+                    "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query, resumable) \
+                     SELECT $1, $2, $3, $4, $5, $7 \
                      WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = 'queued') < $6 RETURNING id",
                     s = self.schema
                 ),
@@ -175,64 +258,74 @@ impl JobStore {
                     &job.compression,
                     &job.query,
                     &max_queued,
+                    &job.resumable,
                 ],
             )
             .await?;
+        transaction.commit().await?;
         Ok(row.map(|r| r.get(0)))
     }
 
     /// The job's status document (JSON text) and its status; `None` if there is no such job.
-    pub async fn status(
+    pub(crate) async fn status(
         &self,
         client: &impl GenericClient,
         id: Uuid,
-    ) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+    ) -> Result<Option<(String, JobStatus)>, tokio_postgres::Error> {
         let row = client
             .query_opt(
                 &format!(
                     "SELECT jsonb_build_object('id', id, 'dataset', dataset, 'format', format, \
                      'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
                      'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
-                     'error', error, 'attempts', attempts, 'created_at', created_at, 'started_at', started_at, \
-                     'updated_at', updated_at, 'finished_at', finished_at, 'expires_at', expires_at)::text, status \
+                     'error', error, 'attempts', attempts, 'resumable', resumable, 'created_at', created_at, \
+                     'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
+                     'expires_at', expires_at)::text, status \
                      FROM {}.export_jobs WHERE id = $1",
                     self.schema
                 ),
                 &[&id],
             )
             .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        Ok(row.map(|r| {
+            let status: &str = r.get(1);
+            let status = JobStatus::parse(status).expect("the table's CHECK allows only known statuses");
+            (r.get(0), status)
+        }))
     }
 
-    /// The oldest queued job, or a running one whose lease ran out, now leased to `owner`; its run is recorded.
-    pub async fn claim(
+    /// The oldest queued job of one of `datasets` (those this instance serves; another instance may serve
+    /// others), or a running one whose lease ran out, now leased to `owner`. Its run is recorded, and a run
+    /// whose lease ran out is closed as such.
+    pub(crate) async fn claim(
         &self,
         client: &mut tokio_postgres::Client,
         owner: Uuid,
         lease: Duration,
+        datasets: &[String],
     ) -> Result<Option<ClaimedJob>, tokio_postgres::Error> {
         let transaction = client.transaction().await?;
         let row = transaction
             .query_opt(
                 &format!(
                     "WITH next AS (SELECT id FROM {s}.export_jobs \
-                       WHERE status = 'queued' OR (status = 'running' AND lease_expires_at < now()) \
+                       WHERE (status = 'queued' OR (status = 'running' AND lease_expires_at < now())) \
+                       AND dataset = ANY($3) \
                        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
                      UPDATE {s}.export_jobs j SET status = 'running', lease_owner = $1, \
                        lease_expires_at = now() + $2::text::interval, attempts = j.attempts + 1, \
                        started_at = coalesce(j.started_at, now()), updated_at = now() \
                      FROM next WHERE j.id = next.id \
                      RETURNING j.id, j.dataset, j.format, j.compression, j.query, j.rows_written, j.bytes_written, \
-                       j.position::text, j.attempts",
+                       j.position::text, j.attempts, j.resumable",
                     s = self.schema
                 ),
-                &[&owner, &interval(lease)],
+                &[&owner, &interval(lease), &datasets],
             )
             .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let position: Option<String> = row.get(7);
         let job = ClaimedJob {
             id: row.get(0),
             dataset: row.get(1),
@@ -241,10 +334,20 @@ impl JobStore {
             query: row.get(4),
             rows_written: row.get(5),
             bytes_written: row.get(6),
-            // Written by `checkpoint` from a Vec<Option<String>>, so it parses back.
-            position: position.and_then(|text| serde_json::from_str(&text).ok()),
+            position: row.get(7),
             attempts: row.get(8),
+            resumable: row.get(9),
         };
+        transaction
+            .execute(
+                &format!(
+                    "UPDATE {}.export_job_runs SET ended_at = now(), outcome = $2 \
+                     WHERE job_id = $1 AND ended_at IS NULL",
+                    self.schema
+                ),
+                &[&job.id, &RunOutcome::LeaseLost.as_str()],
+            )
+            .await?;
         transaction
             .execute(
                 &format!(
@@ -259,7 +362,7 @@ impl JobStore {
     }
 
     /// Extends the lease; `false` if `owner` no longer holds a running job (taken over or cancelled).
-    pub async fn renew(
+    pub(crate) async fn renew(
         &self,
         client: &impl GenericClient,
         id: Uuid,
@@ -280,7 +383,7 @@ impl JobStore {
     }
 
     /// Records progress whose bytes are durably in the file; `false` if the lease was lost.
-    pub async fn checkpoint(
+    pub(crate) async fn checkpoint(
         &self,
         client: &impl GenericClient,
         id: Uuid,
@@ -301,8 +404,9 @@ impl JobStore {
         Ok(updated == 1)
     }
 
-    /// Marks the job completed (its file is whole and durable); `false` if the lease was lost.
-    pub async fn complete(
+    /// Marks the job completed (its file is whole and durable) and closes its run, in one statement; `false`
+    /// if the lease was lost.
+    pub(crate) async fn complete(
         &self,
         client: &impl GenericClient,
         id: Uuid,
@@ -310,14 +414,18 @@ impl JobStore {
         progress: &Progress<'_>,
         retention: Duration,
     ) -> Result<bool, tokio_postgres::Error> {
-        let updated = client
-            .execute(
+        let row = client
+            .query_one(
                 &format!(
-                    "UPDATE {}.export_jobs SET status = 'completed', rows_written = $3, bytes_written = $4, \
-                     error = NULL, finished_at = now(), updated_at = now(), expires_at = now() + $5::text::interval, \
-                     position = coalesce($6::text::jsonb, position), lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                    self.schema
+                    "WITH job AS (UPDATE {s}.export_jobs SET status = 'completed', rows_written = $3, \
+                       bytes_written = $4, error = NULL, finished_at = now(), updated_at = now(), \
+                       expires_at = now() + $5::text::interval, position = coalesce($6::text::jsonb, position), \
+                       lease_owner = NULL, lease_expires_at = NULL \
+                       WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id), \
+                     run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $7 \
+                       WHERE job_id IN (SELECT id FROM job) AND owner = $2 AND ended_at IS NULL) \
+                     SELECT count(*) FROM job",
+                    s = self.schema
                 ),
                 &[
                     &id,
@@ -326,15 +434,16 @@ impl JobStore {
                     &progress.bytes,
                     &interval(retention),
                     &progress.position_json(),
+                    &RunOutcome::Completed.as_str(),
                 ],
             )
             .await?;
-        self.end_run(client, id, owner, "completed").await?;
-        Ok(updated == 1)
+        Ok(row.get::<_, i64>(0) == 1)
     }
 
-    /// Ends the run: `failed` with `error`, or back to `queued` (keeping the checkpoint) to be run again.
-    pub async fn release(
+    /// Ends the run: the job `failed` with `error`, or back to `queued` (keeping the checkpoint) to be run
+    /// again; job and run in one statement.
+    pub(crate) async fn release(
         &self,
         client: &impl GenericClient,
         id: Uuid,
@@ -343,68 +452,89 @@ impl JobStore {
         failed: bool,
         retention: Duration,
     ) -> Result<(), tokio_postgres::Error> {
-        let status = if failed { "failed" } else { "queued" };
+        let (status, outcome) = if failed {
+            (JobStatus::Failed, RunOutcome::Failed)
+        } else {
+            (JobStatus::Queued, RunOutcome::Interrupted)
+        };
         client
             .execute(
                 &format!(
-                    "UPDATE {}.export_jobs SET status = $3, error = $4, updated_at = now(), lease_owner = NULL, \
-                     lease_expires_at = NULL, \
-                     finished_at = CASE WHEN $3 = 'failed' THEN now() END, \
-                     expires_at = CASE WHEN $3 = 'failed' THEN now() + $5::text::interval END \
-                     WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
-                    self.schema
+                    "WITH job AS (UPDATE {s}.export_jobs SET status = $3, error = $4, updated_at = now(), \
+                       lease_owner = NULL, lease_expires_at = NULL, \
+                       finished_at = CASE WHEN $3 = 'failed' THEN now() END, \
+                       expires_at = CASE WHEN $3 = 'failed' THEN now() + $5::text::interval END \
+                       WHERE id = $1 AND lease_owner = $2 AND status = 'running' RETURNING id) \
+                     UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $6 \
+                     WHERE job_id IN (SELECT id FROM job) AND owner = $2 AND ended_at IS NULL",
+                    s = self.schema
                 ),
-                &[&id, &owner, &status, &error, &interval(retention)],
+                &[
+                    &id,
+                    &owner,
+                    &status.as_str(),
+                    &error,
+                    &interval(retention),
+                    &outcome.as_str(),
+                ],
             )
             .await?;
-        self.end_run(client, id, owner, if failed { "failed" } else { "interrupted" })
-            .await
+        Ok(())
     }
 
-    /// Records how this owner's current run of the job ended.
-    pub async fn end_run(
+    /// Closes this owner's run of a job it no longer holds: `cancelled` if the job was, else `lease_lost`.
+    pub(crate) async fn lose_run(
         &self,
         client: &impl GenericClient,
         id: Uuid,
         owner: Uuid,
-        outcome: &str,
     ) -> Result<(), tokio_postgres::Error> {
         client
             .execute(
                 &format!(
-                    "UPDATE {}.export_job_runs SET ended_at = now(), outcome = $3 \
-                     WHERE job_id = $1 AND owner = $2 AND ended_at IS NULL",
-                    self.schema
+                    "UPDATE {s}.export_job_runs r SET ended_at = now(), \
+                       outcome = CASE WHEN j.status = 'cancelled' THEN $3 ELSE $4 END \
+                     FROM {s}.export_jobs j \
+                     WHERE j.id = r.job_id AND r.job_id = $1 AND r.owner = $2 AND r.ended_at IS NULL",
+                    s = self.schema
                 ),
-                &[&id, &owner, &outcome],
+                &[
+                    &id,
+                    &owner,
+                    &RunOutcome::Cancelled.as_str(),
+                    &RunOutcome::LeaseLost.as_str(),
+                ],
             )
             .await?;
         Ok(())
     }
 
     /// Cancels a queued or running job; `true` if it was either.
-    pub async fn cancel(
+    pub(crate) async fn cancel(
         &self,
         client: &impl GenericClient,
         id: Uuid,
         retention: Duration,
     ) -> Result<bool, tokio_postgres::Error> {
-        let updated = client
-            .execute(
+        let row = client
+            .query_one(
                 &format!(
-                    "UPDATE {}.export_jobs SET status = 'cancelled', finished_at = now(), updated_at = now(), \
-                     expires_at = now() + $2::text::interval, lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $1 AND status IN ('queued', 'running')",
-                    self.schema
+                    "WITH job AS (UPDATE {s}.export_jobs SET status = 'cancelled', finished_at = now(), \
+                       updated_at = now(), expires_at = now() + $2::text::interval, lease_owner = NULL, \
+                       lease_expires_at = NULL WHERE id = $1 AND status IN ('queued', 'running') RETURNING id), \
+                     run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $3 \
+                       WHERE job_id IN (SELECT id FROM job) AND ended_at IS NULL) \
+                     SELECT count(*) FROM job",
+                    s = self.schema
                 ),
-                &[&id, &interval(retention)],
+                &[&id, &interval(retention), &RunOutcome::Cancelled.as_str()],
             )
             .await?;
-        Ok(updated == 1)
+        Ok(row.get::<_, i64>(0) == 1)
     }
 
     /// Deletes a finished (completed, failed or cancelled) job; `true` if there was one.
-    pub async fn delete(&self, client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    pub(crate) async fn delete(&self, client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
         let deleted = client
             .execute(
                 &format!(
@@ -418,7 +548,7 @@ impl JobStore {
     }
 
     /// Deletes finished jobs past their retention; their ids are returned, their files the caller's to remove.
-    pub async fn expire(&self, client: &impl GenericClient) -> Result<Vec<Uuid>, tokio_postgres::Error> {
+    pub(crate) async fn expire(&self, client: &impl GenericClient) -> Result<Vec<Uuid>, tokio_postgres::Error> {
         let rows = client
             .query(
                 &format!(
@@ -434,7 +564,7 @@ impl JobStore {
 
     /// Of `ids`, those that are no job at all (their files are orphans) or whose job cannot use its file
     /// any more (failed or cancelled).
-    pub async fn unused_files(
+    pub(crate) async fn unused_files(
         &self,
         client: &impl GenericClient,
         ids: &[Uuid],

@@ -8,14 +8,14 @@ use deadpool_postgres::{ClientWrapper, Object};
 use tokio_postgres::{CancelToken, NoTls};
 
 /// A connection checked out for one export.
-pub struct Lease {
+pub(crate) struct Lease {
     object: Option<Object>,
     cancel: CancelToken,
 }
 
 impl Lease {
     /// Takes responsibility for `object`.
-    pub fn new(object: Object) -> Self {
+    pub(crate) fn new(object: Object) -> Self {
         let cancel = object.cancel_token();
         Lease {
             object: Some(object),
@@ -24,12 +24,12 @@ impl Lease {
     }
 
     /// The connection.
-    pub fn client(&self) -> &ClientWrapper {
+    pub(crate) fn client(&self) -> &ClientWrapper {
         self.object.as_ref().expect("only release and drop take the object")
     }
 
     /// Commits the (read-only) transaction and returns the connection to the pool.
-    pub async fn release(mut self) -> Result<(), tokio_postgres::Error> {
+    pub(crate) async fn release(mut self) -> Result<(), tokio_postgres::Error> {
         self.client().batch_execute("COMMIT").await?;
         drop(self.object.take());
         Ok(())

@@ -1,15 +1,17 @@
-//! The only module that talks to tokio-postgres and deadpool: pools, the catalog, and exports.
+//! The only module that talks to tokio-postgres and deadpool: pools, the catalog, rows, the job table.
 //!
 //! # Layout
-//! - `catalog`: datasets resolved against the database at start-up (relation, columns, types, key).
-//! - `lease`: a pooled connection that is discarded, never reused, unless its export ended cleanly.
-//! - `export`: opening an export (transaction, query, first row) and reading its rows.
+//! - `catalog`: datasets resolved against the database at start-up (relation, columns, types, operators, key).
+//! - `lease`: a pooled connection that is discarded, never reused, unless its rows ended cleanly.
+//! - `rows`: reading rows (transaction, checks, count, one statement or keyset batches, positions).
+//! - `error`: why rows could not be opened.
 //! - `jobs`: the background export jobs' schema and statements.
 
-pub mod catalog;
-pub mod export;
-pub mod jobs;
-pub mod lease;
+pub(crate) mod catalog;
+pub(crate) mod error;
+pub(crate) mod jobs;
+pub(crate) mod lease;
+pub(crate) mod rows;
 
 use std::time::Duration;
 
@@ -21,7 +23,7 @@ use crate::settings::DatabaseSettings;
 
 /// Connection settings from `database.url` plus what pgspout always wants: a name in `pg_stat_activity`,
 /// bounded connects, and TCP keepalives so half-open connections are noticed.
-pub fn connection_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+pub(crate) fn connection_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
     let url = settings.url.as_deref().unwrap_or_default();
     let mut config: tokio_postgres::Config = url.parse()?;
     if config.get_application_name().is_none() {
@@ -41,7 +43,7 @@ pub fn connection_config(settings: &DatabaseSettings) -> Result<tokio_postgres::
 /// Each idle connection is verified (an empty query) before it is handed out, within `connect_timeout`: one
 /// that Postgres closed (a restart) or that no longer answers (a half-open connection, which keepalives only
 /// notice after a minute) is discarded and replaced, so the request still gets a working connection.
-pub fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, size: usize) -> Pool {
+pub(crate) fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, size: usize) -> Pool {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -64,7 +66,7 @@ pub fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, size: u
 /// Fixing TimeZone, DateStyle, IntervalStyle, extra_float_digits and bytea_output makes values print exactly
 /// as the encoders (and the tests' reference `COPY`) expect, whatever the database's defaults are.
 /// A future per-request `SET LOCAL ROLE` belongs here, inside the same transaction.
-pub fn begin_sql(settings: &DatabaseSettings) -> String {
+pub(crate) fn begin_sql(settings: &DatabaseSettings) -> String {
     format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
          SET LOCAL TimeZone = {}; SET LOCAL DateStyle = 'ISO, MDY'; SET LOCAL IntervalStyle = 'postgres'; \
@@ -75,7 +77,7 @@ pub fn begin_sql(settings: &DatabaseSettings) -> String {
 }
 
 /// Whether `timezone` prints `timestamptz` with a zero offset at every instant, so pgspout can print it itself.
-pub fn is_utc(timezone: &str) -> bool {
+pub(crate) fn is_utc(timezone: &str) -> bool {
     [
         "UTC",
         "Etc/UTC",

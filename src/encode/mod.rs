@@ -11,6 +11,7 @@ use crate::negotiate;
 
 pub use self::csv::CsvEncoder;
 pub use self::ndjson::NdjsonEncoder;
+pub use crate::dataset::ValueKind;
 
 /// An output format of `/rows`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,52 +77,6 @@ impl Format {
     }
 }
 
-/// How a column's raw binary value is turned into text.
-///
-/// The native kinds are decoded here; [`ValueKind::ServerFormatted`] columns are rendered by Postgres in the
-/// query itself (the type's output function for CSV, `to_json()` for NDJSON) and arrive as text.
-/// `real` and `double precision` are server-formatted: Postgres's shortest-digit output is Ryu built without
-/// accepting interval bounds, which the `ryu` crate cannot reproduce for every value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueKind {
-    /// `boolean`.
-    Bool,
-    /// `smallint`, `integer`, `bigint`.
-    Int,
-    /// `numeric`, exact.
-    Numeric,
-    /// `text`, `varchar`, `char(n)`, `name`, enum labels: UTF-8 text.
-    Text,
-    /// `uuid`.
-    Uuid,
-    /// `date`.
-    Date,
-    /// `timestamp without time zone`.
-    Timestamp,
-    /// `timestamptz`, only while the session TimeZone is UTC.
-    TimestampUtc,
-    /// `json`: its text.
-    Json,
-    /// `jsonb`: a version byte, then its text.
-    Jsonb,
-    /// `bytea`.
-    Bytea,
-    /// Anything else: Postgres formats it in the query.
-    ServerFormatted,
-}
-
-impl ValueKind {
-    /// Whether values are text that `LIKE` can match (text-like types and enums).
-    pub fn is_textual(self) -> bool {
-        self == ValueKind::Text
-    }
-
-    /// Whether pgspout decodes this kind itself rather than asking Postgres to format it.
-    pub fn is_native(self) -> bool {
-        self != ValueKind::ServerFormatted
-    }
-}
-
 /// A cell that could not be encoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EncodeError {
@@ -157,13 +112,21 @@ pub struct EncodedColumn {
     pub kind: ValueKind,
 }
 
-/// The encoder for one export: a format bound to its columns.
+/// The encoder for one export: a format bound to its columns. Writes a header before the first row and a
+/// trailer after the last, for formats that have them.
 #[derive(Debug)]
 pub enum RowEncoder {
     /// See [`NdjsonEncoder`].
     Ndjson(NdjsonEncoder),
     /// See [`CsvEncoder`].
     Csv(CsvEncoder),
+    /// One JSON array of `row_to_json` objects (a page's rows): `[`, objects separated by `,`, `]`.
+    JsonArray {
+        /// The objects' encoder.
+        objects: NdjsonEncoder,
+        /// Whether a row has been written (the next needs a separator).
+        started: bool,
+    },
 }
 
 impl RowEncoder {
@@ -175,19 +138,42 @@ impl RowEncoder {
         }
     }
 
-    /// Appends what precedes the first row (the CSV header).
-    pub fn write_header(&self, out: &mut Vec<u8>) {
-        if let RowEncoder::Csv(csv) = self {
-            csv.write_header(out);
+    /// An encoder of one JSON array of objects.
+    pub fn json_array(columns: &[EncodedColumn]) -> Self {
+        RowEncoder::JsonArray {
+            objects: NdjsonEncoder::new(columns),
+            started: false,
         }
     }
 
-    /// Appends one row, including its line terminator.
+    /// Appends what precedes the first row (the CSV header, the array's `[`).
+    pub fn write_header(&self, out: &mut Vec<u8>) {
+        match self {
+            RowEncoder::Csv(csv) => csv.write_header(out),
+            RowEncoder::JsonArray { .. } => out.push(b'['),
+            RowEncoder::Ndjson(_) => {}
+        }
+    }
+
+    /// Appends one row, including its line terminator or separator.
     #[inline]
-    pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn write_row<C: Cells + ?Sized>(&mut self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             RowEncoder::Ndjson(e) => e.write_row(row, out),
             RowEncoder::Csv(e) => e.write_row(row, out),
+            RowEncoder::JsonArray { objects, started } => {
+                if std::mem::replace(started, true) {
+                    out.push(b',');
+                }
+                objects.write_object(row, out)
+            }
+        }
+    }
+
+    /// Appends what follows the last row (the array's `]`); written only when every row was.
+    pub fn write_trailer(&self, out: &mut Vec<u8>) {
+        if let RowEncoder::JsonArray { .. } = self {
+            out.push(b']');
         }
     }
 }

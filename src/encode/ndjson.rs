@@ -29,6 +29,14 @@ impl NdjsonEncoder {
     /// Appends one row and its newline.
     #[inline]
     pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.write_object(row, out)?;
+        out.push(b'\n');
+        Ok(())
+    }
+
+    /// Appends one row as a JSON object, without a newline.
+    #[inline]
+    pub fn write_object<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if self.columns.is_empty() {
             out.push(b'{');
         }
@@ -39,7 +47,7 @@ impl NdjsonEncoder {
                 Some(raw) => write_value(*kind, raw, out)?,
             }
         }
-        out.extend_from_slice(b"}\n");
+        out.push(b'}');
         Ok(())
     }
 }

@@ -13,7 +13,7 @@ use crate::encode::Format;
 
 /// Why a job's file cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     /// Another process (an instance whose lease ran out but which still runs) holds the file.
     #[error("the file is locked by another process")]
     Busy,
@@ -31,7 +31,7 @@ pub enum FileError {
 }
 
 /// An open, exclusively locked job file.
-pub struct JobFile {
+pub(crate) struct JobFile {
     file: File,
     len: u64,
 }
@@ -39,7 +39,7 @@ pub struct JobFile {
 impl JobFile {
     /// Opens (or creates) the file at `path`, locks it, and cuts it back to `checkpoint` bytes: whatever was
     /// written after the last checkpoint is discarded, so the file is a valid prefix again.
-    pub fn open(path: &Path, checkpoint: u64) -> Result<JobFile, FileError> {
+    pub(crate) fn open(path: &Path, checkpoint: u64) -> Result<JobFile, FileError> {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -68,30 +68,30 @@ impl JobFile {
     }
 
     /// Appends `bytes`.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.file.write_all(bytes)?;
         self.len += bytes.len() as u64;
         Ok(())
     }
 
     /// Makes everything written so far durable.
-    pub fn sync(&mut self) -> io::Result<()> {
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
         self.file.sync_data()
     }
 
     /// The file's length.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
     /// Whether nothing has been written.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 }
 
 /// The file of job `id` in `format` and `encoding`.
-pub fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
+pub(crate) fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
     directory.join(format!("{id}.{}{}", format.extension(), encoding.suffix()))
 }
 
@@ -117,7 +117,7 @@ pub(super) fn files_older_than(directory: &Path, age: Duration) -> Vec<Uuid> {
 }
 
 /// Removes every file of the jobs `ids`.
-pub fn remove_files(directory: &Path, ids: &[Uuid]) {
+pub(crate) fn remove_files(directory: &Path, ids: &[Uuid]) {
     for id in ids {
         for format in [Format::Ndjson, Format::Csv] {
             for encoding in [Encoding::Identity, Encoding::Gzip, Encoding::Zstd] {

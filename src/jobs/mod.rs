@@ -1,44 +1,49 @@
 //! Background export jobs: each instance runs a [`Runner`] that claims queued jobs from Postgres and writes each
-//! to a file in keyset batches, with a checkpoint after every batch, so a job survives the crash of any instance.
+//! to a file through the export pipeline, so a job survives the crash of any instance.
 //!
 //! # Layout
 //! - `file`: the export file, cut back to its checkpoint on resume; file names and the sweep's file listing.
 //! - `lease`: the lease as this instance's clock sees it.
-//! - this module: claiming, the lease, a job's batches, sweeping expired files.
+//! - this module: claiming, the lease, a job's run, sweeping expired files. No actix here.
 //!
-//! A batch is one read-only transaction on the dataset (the same encoders as `/rows`), then one gzip member or
-//! zstd frame (so every checkpoint ends a complete piece), then `fsync`, then the checkpoint row. A crash at any
-//! point leaves the file at most a partial batch past its checkpoint, which the next run cuts off.
+//! A job on a dataset with a key reads keyset batches, each a read-only transaction (the same rows and
+//! encoders as a chunked `/rows`), then ends one gzip member or zstd frame (so every checkpoint ends a complete
+//! piece), then `fsync`s, then records the checkpoint. A crash at any point leaves the file at most a partial
+//! batch past its checkpoint, which the next run cuts off. A job on a keyless dataset cannot continue after a
+//! row, so it reads one statement and, if interrupted, starts over from its first row (its status says
+//! `"resumable": false`).
 
-pub mod file;
+pub(crate) mod file;
 mod lease;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::web;
 use deadpool_postgres::Pool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use self::file::{FileError, JobFile, files_older_than};
-pub use self::file::{file_path, remove_files};
+pub(crate) use self::file::{file_path, remove_files};
 use self::lease::LeaseClock;
-use crate::compress::{Compressor, Encoding};
-use crate::db::export::{Export, OpenError, Position};
+use crate::compress::Encoding;
+use crate::db::error::OpenError;
 use crate::db::jobs::{ClaimedJob, JobStore, Progress};
+use crate::db::rows::{ReadError, Rows, Source};
 use crate::encode::{Format, RowEncoder};
 use crate::error::chain;
-use crate::query::{self, Endpoint, KeysetScan};
+use crate::pipeline::{Piece, Pipeline, PipelineError};
+use crate::query::{self, Endpoint, KeysetScan, Position};
 use crate::settings::JobSettings;
-use crate::startup::AppState;
+use crate::state::{AppState, JobsState};
 
 /// Why a run of a job ended without completing it.
 #[derive(Debug, thiserror::Error)]
 enum JobError {
-    /// The job cannot succeed as asked (its dataset is gone, a value no longer parses, the query fails).
+    /// The job cannot succeed as asked (a value no longer parses, the query fails, the checkpoint is lost).
     #[error("{0}")]
     Permanent(String),
     /// It may succeed on another run (the database or the disk had a problem).
@@ -47,6 +52,9 @@ enum JobError {
     /// This instance no longer holds the job: another took it over, or it was cancelled.
     #[error("the job's lease was lost")]
     LeaseLost,
+    /// This instance does not serve the job's dataset (it went away in a reload); another instance may.
+    #[error("the instance running it does not serve dataset {0:?}")]
+    Unserved(String),
     /// This instance is shutting down.
     #[error("the instance running it shut down")]
     Shutdown,
@@ -73,6 +81,16 @@ impl From<tokio_postgres::Error> for JobError {
     }
 }
 
+impl From<PipelineError> for JobError {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::Read(ReadError::Database(error)) => error.into(),
+            PipelineError::Encode(_) => JobError::Permanent(chain(&error)),
+            PipelineError::Read(ReadError::Failed) | PipelineError::Compress(_) => JobError::Transient(chain(&error)),
+        }
+    }
+}
+
 impl From<std::io::Error> for JobError {
     fn from(error: std::io::Error) -> Self {
         JobError::Transient(format!("writing the export file: {error}"))
@@ -81,7 +99,7 @@ impl From<std::io::Error> for JobError {
 
 /// What a runner needs, shared by its job tasks.
 struct Context {
-    state: web::Data<AppState>,
+    state: Arc<AppState>,
     settings: JobSettings,
     directory: PathBuf,
     store: JobStore,
@@ -90,23 +108,23 @@ struct Context {
 }
 
 /// A running runner; [`Runner::stop`] ends it.
-pub struct Runner {
+pub(crate) struct Runner {
     stop: watch::Sender<bool>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Runner {
     /// Starts a runner on threads of its own (file I/O blocks), with a pool of connections made from `connection`.
-    pub fn start(
-        state: web::Data<AppState>,
-        jobs: &crate::startup::JobsState,
+    pub(crate) fn start(
+        state: Arc<AppState>,
+        jobs: &JobsState,
         connection: tokio_postgres::Config,
         database: &crate::settings::DatabaseSettings,
     ) -> std::io::Result<Runner> {
         let settings = jobs.settings.clone();
         let directory = jobs.directory.clone();
         let (stop, stopped) = watch::channel(false);
-        // Per running job: its batch's connection, and a short one for lease renewals and checkpoints; plus
+        // Per running job: its rows' connection, and a short one for lease renewals and checkpoints; plus
         // one for claiming and sweeping.
         let pool_size = 2 * settings.max_running + 1;
         let database = database.clone();
@@ -134,16 +152,26 @@ impl Runner {
     }
 
     /// Stops claiming, hands running jobs back to the queue (at their last checkpoint) and waits for that.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
         let thread = self.thread;
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
 }
 
+/// Aborts a task when dropped, even by a panic unwinding past it: a job's lease renewal must not outlive it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Context {
     async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut running = JoinSet::new();
+        let mut jobs = HashMap::new();
         let mut polls = 0u32;
         loop {
             if *stop.borrow() {
@@ -152,9 +180,11 @@ impl Context {
             while running.len() < self.settings.max_running {
                 match self.claim().await {
                     Ok(Some(job)) => {
+                        let id = job.id;
                         let context = self.clone();
                         let stop = stop.clone();
-                        running.spawn(async move { context.run_job(job, stop).await });
+                        let task = running.spawn(async move { context.run_job(job, stop).await });
+                        jobs.insert(task.id(), id);
                     }
                     Ok(None) => break,
                     Err(error) => {
@@ -170,25 +200,31 @@ impl Context {
             tokio::select! {
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = stop.changed() => {}
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(ended) = running.join_next_with_id(), if !running.is_empty() => ended_task(&mut jobs, ended),
             }
         }
         // Each job sees the stop too, and hands itself back.
-        while running.join_next().await.is_some() {}
+        while let Some(ended) = running.join_next_with_id().await {
+            ended_task(&mut jobs, ended);
+        }
         tracing::info!("job runner stopped");
     }
 
     async fn claim(&self) -> Result<Option<ClaimedJob>, Box<dyn std::error::Error + Send + Sync>> {
         let mut client = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut client;
-        Ok(self.store.claim(client, self.owner, self.settings.lease).await?)
+        let datasets = self.state.catalog.names();
+        Ok(self
+            .store
+            .claim(client, self.owner, self.settings.lease, &datasets)
+            .await?)
     }
 
     /// Runs one claimed job to its end (or the end of this run) and records the outcome.
     async fn run_job(self: Arc<Self>, job: ClaimedJob, mut stop: watch::Receiver<bool>) {
         let id = job.id;
         let lease = Arc::new(LeaseClock::new(self.settings.lease));
-        let renewal = tokio::spawn(self.clone().renew(id, lease.clone()));
+        let renewal = AbortOnDrop(tokio::spawn(self.clone().renew(id, lease.clone())));
         let outcome = if job.attempts > self.settings.max_attempts {
             Err(JobError::Permanent(format!(
                 "gave up after {} interrupted runs",
@@ -202,11 +238,21 @@ impl Context {
                 _ = stop.wait_for(|stopped| *stopped) => Err(JobError::Shutdown),
             }
         };
-        renewal.abort();
+        drop(renewal);
         let (error, failed) = match outcome {
             Ok(()) => return,
             Err(JobError::LeaseLost) => {
                 tracing::warn!(job = %id, "lost the job's lease (taken over or cancelled); stopped writing");
+                let closed = async {
+                    let client = self.pool.get().await.map_err(|e| e.to_string())?;
+                    self.store
+                        .lose_run(&**client, id, self.owner)
+                        .await
+                        .map_err(|e| chain(&e))
+                };
+                if let Err(error) = closed.await {
+                    tracing::warn!(job = %id, %error, "cannot record the end of the job's run");
+                }
                 return;
             }
             Err(JobError::Permanent(message)) => (message, true),
@@ -214,7 +260,7 @@ impl Context {
                 let failed = job.attempts >= self.settings.max_attempts;
                 (error.to_string(), failed)
             }
-            Err(error @ JobError::Shutdown) => (error.to_string(), false),
+            Err(error @ (JobError::Shutdown | JobError::Unserved(_))) => (error.to_string(), false),
         };
         tracing::warn!(job = %id, error = %error, failed, "export job run ended");
         let released = async {
@@ -254,13 +300,16 @@ impl Context {
         }
     }
 
-    /// Writes the job's remaining batches, checkpointing after each; completes it after the last.
+    /// Writes the job's rows through the export pipeline: a resumable job from its last checkpoint, with a
+    /// checkpoint after every batch; a keyless one from its first row, in one statement. Completes it after
+    /// the last row.
     async fn execute(&self, job: &ClaimedJob, lease: &LeaseClock) -> Result<(), JobError> {
         let state = &self.state;
+        let settings = &self.settings;
         let dataset = state
             .catalog
             .get(&job.dataset)
-            .ok_or_else(|| JobError::Permanent(format!("dataset {:?} is no longer configured", job.dataset)))?;
+            .ok_or_else(|| JobError::Unserved(job.dataset.clone()))?;
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(&job.query).map_err(|e| JobError::Permanent(e.to_string()))?;
         let request =
@@ -269,119 +318,156 @@ impl Context {
         let encoding = Encoding::from_name(&job.compression)
             .filter(|e| e.concatenates())
             .ok_or_else(|| JobError::Permanent(format!("unknown compression {:?}", job.compression)))?;
-        let scan = KeysetScan::new(dataset, &request, format, self.settings.batch_rows);
-        let encoder = RowEncoder::new(format, &scan.columns());
+        if job.resumable && dataset.key.is_none() {
+            return Err(JobError::Permanent(format!(
+                "dataset {:?} no longer has a key to resume by",
+                dataset.name
+            )));
+        }
+        let (mut rows_before, mut position) = match checkpoint(job)? {
+            Some((rows, position)) => (rows, Some(position)),
+            None => (0, None),
+        };
         let path = file_path(&self.directory, job.id, format, encoding);
-
-        let mut rows = job.rows_written as u64;
-        let mut position = job.position.clone();
-        let mut file = match tokio::task::block_in_place(|| JobFile::open(&path, job.bytes_written as u64)) {
+        let start = if job.resumable { job.bytes_written as u64 } else { 0 };
+        let mut file = match tokio::task::block_in_place(|| JobFile::open(&path, start)) {
             Ok(file) => file,
-            Err(FileError::Short { .. }) if job.bytes_written > 0 => {
+            Err(FileError::Short { .. }) if start > 0 => {
                 tracing::warn!(job = %job.id, "the export file lost data; starting the job over");
-                rows = 0;
+                rows_before = 0;
                 position = None;
                 tokio::task::block_in_place(|| JobFile::open(&path, 0))
                     .map_err(|e| JobError::Transient(e.to_string()))?
             }
             Err(error) => return Err(JobError::Transient(format!("{}: {error}", path.display()))),
         };
-        loop {
-            let remaining = request.limit.map(|limit| limit.saturating_sub(rows));
-            let limit = remaining.map_or(self.settings.batch_rows, |r| r.min(self.settings.batch_rows));
-            let plan = scan.batch(position.as_deref(), limit, None);
-            let batch = Batch {
-                plan: &plan,
-                encoder: &encoder,
-                encoding,
+        if !job.resumable && job.rows_written > 0 {
+            tracing::info!(job = %job.id, "a job on a keyless dataset restarts from its first row");
+            self.record(
+                job,
                 lease,
-            };
-            // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
-            let (read, last) = tokio::time::timeout(self.settings.batch_timeout, self.write_batch(batch, &mut file))
+                &Progress {
+                    rows: 0,
+                    bytes: 0,
+                    position: None,
+                },
+                false,
+            )
+            .await?;
+        }
+        let (source, columns) = if job.resumable {
+            let scan = KeysetScan::new(dataset, &request, format, settings.batch_rows).resumed(position, rows_before);
+            let columns = scan.columns();
+            (Source::Batches(scan), columns)
+        } else {
+            let plan = query::plan_rows(dataset, &request, format, None);
+            let columns = plan.columns.clone();
+            (Source::Statement(plan), columns)
+        };
+        let too_slow = || {
+            JobError::Transient(format!(
+                "a batch made no progress within jobs.batch_timeout ({:?})",
+                settings.batch_timeout
+            ))
+        };
+        // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
+        let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
+        let opened = Rows::open(&self.pool, &state.begin_sql, source, None);
+        let (mut rows, _) = tokio::time::timeout_at(deadline, opened)
+            .await
+            .map_err(|_| too_slow())??;
+        rows.pause_between_batches();
+        let encoder = RowEncoder::new(format, &columns);
+        let mut pipeline = Pipeline::new(
+            rows,
+            encoder,
+            encoding,
+            &state.levels,
+            state.chunking.size,
+            file.is_empty(),
+        )?;
+        let mut reported = 0;
+        loop {
+            let piece = tokio::time::timeout_at(deadline, pipeline.next(None))
                 .await
-                .map_err(|_| {
-                    JobError::Transient(format!(
-                        "a batch of {limit} rows took longer than jobs.batch_timeout ({:?})",
-                        self.settings.batch_timeout
-                    ))
-                })??;
-            rows += read;
-            if let Some(last) = last {
-                position = Some(last);
-            }
-            let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
-            if !lease.is_valid() {
-                return Err(JobError::LeaseLost);
-            }
-            let done = read < limit || remaining == Some(read);
+                .map_err(|_| too_slow())??
+                .expect("the pipeline ends with an End piece");
+            let (bytes, done) = match piece {
+                Piece::Chunk(bytes) => (bytes, None),
+                Piece::Boundary(bytes) => (bytes, Some(false)),
+                Piece::End(bytes) => (bytes, Some(true)),
+            };
+            write(&mut file, &bytes, lease)?;
+            let rows = rows_before + pipeline.rows();
+            let Some(done) = done else {
+                // A job that cannot resume has no batches: each chunk is progress, and it reports as it goes.
+                if !job.resumable {
+                    deadline = tokio::time::Instant::now() + settings.batch_timeout;
+                }
+                if !job.resumable && rows - reported >= settings.batch_rows {
+                    reported = rows;
+                    let progress = Progress {
+                        rows: rows as i64,
+                        bytes: file.len() as i64,
+                        position: None,
+                    };
+                    self.record(job, lease, &progress, false).await?;
+                }
+                continue;
+            };
+            tokio::task::block_in_place(|| file.sync())?;
+            let position = pipeline.position().filter(|_| job.resumable);
             let progress = Progress {
                 rows: rows as i64,
                 bytes: file.len() as i64,
-                position: position.as_deref(),
+                position: position.as_ref(),
             };
-            let recorded = if done {
-                self.store
-                    .complete(&**client, job.id, self.owner, &progress, self.settings.retention)
-                    .await?
-            } else {
-                self.store.checkpoint(&**client, job.id, self.owner, &progress).await?
-            };
-            if !recorded {
-                return Err(JobError::LeaseLost);
-            }
+            self.record(job, lease, &progress, done).await?;
             if done {
                 tracing::info!(job = %job.id, rows, bytes = file.len(), "export job completed");
                 return Ok(());
             }
+            deadline = tokio::time::Instant::now() + settings.batch_timeout;
         }
     }
 
-    /// Writes one batch to the file and makes it durable: its rows and the last row's sort values.
-    async fn write_batch(
+    /// Records progress (a checkpoint once its bytes are durable), or completes the job.
+    async fn record(
         &self,
-        batch: Batch<'_>,
-        file: &mut JobFile,
-    ) -> Result<(u64, Option<Vec<Option<String>>>), JobError> {
-        let state = &self.state;
-        let chunk_size = state.chunking.size;
-        let (mut export, _) = Export::open(&self.pool, &state.begin_sql, batch.plan).await?;
-        let mut compressor = Compressor::new(batch.encoding, &state.levels)?;
-        let mut plain = Vec::with_capacity(chunk_size + chunk_size / 4);
-        if file.is_empty() {
-            batch.encoder.write_header(&mut plain);
+        job: &ClaimedJob,
+        lease: &LeaseClock,
+        progress: &Progress<'_>,
+        done: bool,
+    ) -> Result<(), JobError> {
+        let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
+        if !lease.is_valid() {
+            return Err(JobError::LeaseLost);
         }
-        let mut last = Position::new(batch.plan.columns.len());
-        let mut read = 0u64;
-        while let Some(row) = export.next_row().await? {
-            batch
-                .encoder
-                .write_row(&row, &mut plain)
-                .map_err(|e| JobError::Permanent(e.to_string()))?;
-            last.note(&row)?;
-            read += 1;
-            if plain.len() >= chunk_size {
-                let bytes = compress(&mut compressor, &mut plain)?;
-                write(file, &bytes, batch.lease)?;
-            }
-        }
-        export.finish().await?;
-        let mut bytes = compress(&mut compressor, &mut plain)?;
-        if let Some(compressor) = compressor {
-            bytes.extend(compressor.finish()?);
-        }
-        write(file, &bytes, batch.lease)?;
-        tokio::task::block_in_place(|| file.sync())?;
-        Ok((read, (read > 0).then(|| last.values())))
+        let recorded = if done {
+            self.store
+                .complete(&**client, job.id, self.owner, progress, self.settings.retention)
+                .await?
+        } else {
+            self.store.checkpoint(&**client, job.id, self.owner, progress).await?
+        };
+        if recorded { Ok(()) } else { Err(JobError::LeaseLost) }
     }
 
     /// Deletes finished jobs past their retention and files that no job can use any more.
     async fn sweep(&self) {
         let swept = async {
             let client = self.pool.get().await?;
-            remove_files(&self.directory, &self.store.expire(&**client).await?);
-            let ids = files_older_than(&self.directory, self.settings.lease * 2);
+            let expired = self.store.expire(&**client).await?;
+            let directory = self.directory.clone();
+            let age = self.settings.lease * 2;
+            let ids = tokio::task::spawn_blocking(move || {
+                remove_files(&directory, &expired);
+                files_older_than(&directory, age)
+            })
+            .await?;
             let unused = self.store.unused_files(&**client, &ids).await?;
-            remove_files(&self.directory, &unused);
+            let directory = self.directory.clone();
+            tokio::task::spawn_blocking(move || remove_files(&directory, &unused)).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         };
         if let Err(error) = swept.await {
@@ -390,24 +476,40 @@ impl Context {
     }
 }
 
-/// What one batch of a job is written with.
-struct Batch<'a> {
-    plan: &'a crate::query::Plan,
-    encoder: &'a RowEncoder,
-    encoding: Encoding,
-    lease: &'a LeaseClock,
+/// The rows a job had written and the position it continues after, read back from its last checkpoint;
+/// `None` to start from its first row. A checkpoint that cannot be read back fails the job: restarting from
+/// the first row would append the rows again to the file.
+fn checkpoint(job: &ClaimedJob) -> Result<Option<(u64, Position)>, JobError> {
+    if !job.resumable {
+        return Ok(None);
+    }
+    let unreadable = |why: String| {
+        JobError::Permanent(format!(
+            "the checkpoint after {} rows cannot be read back ({why}); the job cannot resume",
+            job.rows_written
+        ))
+    };
+    match &job.position {
+        None if job.rows_written > 0 => Err(unreadable("it has no position".into())),
+        None => Ok(None),
+        Some(text) => {
+            let position: Position = serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+            Ok(Some((job.rows_written as u64, position)))
+        }
+    }
 }
 
-/// Compresses (or, uncompressed, takes) what `plain` holds.
-fn compress(compressor: &mut Option<Compressor>, plain: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
-    let capacity = plain.capacity();
-    match compressor {
-        None => Ok(std::mem::replace(plain, Vec::with_capacity(capacity))),
-        Some(compressor) => {
-            compressor.write(plain)?;
-            plain.clear();
-            Ok(compressor.take(capacity))
-        }
+/// Forgets a finished job task, logging a panic: the job's lease then runs out and another run takes it over.
+fn ended_task(jobs: &mut HashMap<tokio::task::Id, Uuid>, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+    let task = match &ended {
+        Ok((task, ())) => *task,
+        Err(error) => error.id(),
+    };
+    let job = jobs.remove(&task);
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        tracing::error!(job = ?job, %error, "an export job's task panicked; its lease will run out and another run will take it over");
     }
 }
 

@@ -9,26 +9,26 @@ use sha2::Sha256;
 
 /// A position in a dataset's keyset order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
+pub(crate) struct Cursor {
     /// The dataset it belongs to.
     #[serde(rename = "d")]
-    pub dataset: String,
+    pub(crate) dataset: String,
     /// The order's signature (see [`super::OrderTerm`]'s `Display`).
     #[serde(rename = "o")]
-    pub order: String,
-    /// The last row's value of each sort term, as text; `None` is NULL.
+    pub(crate) order: String,
+    /// The last row's position.
     #[serde(rename = "v")]
-    pub values: Vec<Option<String>>,
+    pub(crate) values: super::Position,
 }
 
 /// A cursor that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the cursor is malformed, was altered, or was issued by another server")]
-pub struct InvalidCursor;
+pub(crate) struct InvalidCursor;
 
 /// The secret cursors are signed with.
 #[derive(Clone)]
-pub struct CursorKey(Vec<u8>);
+pub(crate) struct CursorKey(Vec<u8>);
 
 impl std::fmt::Debug for CursorKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,12 +38,12 @@ impl std::fmt::Debug for CursorKey {
 
 impl CursorKey {
     /// A key from configured secret bytes (share it between instances behind one load balancer).
-    pub fn new(secret: &[u8]) -> Self {
+    pub(crate) fn new(secret: &[u8]) -> Self {
         CursorKey(secret.to_vec())
     }
 
     /// A random key: cursors stay valid only while this process runs.
-    pub fn random() -> Self {
+    pub(crate) fn random() -> Self {
         let mut secret = vec![0; 32];
         getrandom::fill(&mut secret).expect("the OS provides randomness");
         CursorKey(secret)
@@ -56,14 +56,14 @@ impl CursorKey {
     }
 
     /// The cursor as an opaque, URL-safe token.
-    pub fn seal(&self, cursor: &Cursor) -> String {
+    pub(crate) fn seal(&self, cursor: &Cursor) -> String {
         let payload = serde_json::to_vec(cursor).expect("a cursor always serializes");
         let tag = self.mac(&payload).finalize().into_bytes();
         format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(tag))
     }
 
     /// The cursor in `token`, if this key signed it.
-    pub fn open(&self, token: &str) -> Result<Cursor, InvalidCursor> {
+    pub(crate) fn open(&self, token: &str) -> Result<Cursor, InvalidCursor> {
         let (payload, tag) = token.split_once('.').ok_or(InvalidCursor)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidCursor)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| InvalidCursor)?;
@@ -80,7 +80,7 @@ mod tests {
         Cursor {
             dataset: "orders".into(),
             order: "0.asc.nullslast".into(),
-            values: vec![Some("41".into()), None],
+            values: super::super::Position(vec![Some("41".into()), None]),
         }
     }
 
@@ -98,7 +98,7 @@ mod tests {
         let token = key.seal(&cursor());
         let (payload, tag) = token.split_once('.').unwrap();
         let mut forged = cursor();
-        forged.values[0] = Some("0 OR 1=1".into());
+        forged.values.0[0] = Some("0 OR 1=1".into());
         let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
         assert_eq!(key.open(&format!("{forged_payload}.{tag}")), Err(InvalidCursor));
         assert_eq!(key.open(payload), Err(InvalidCursor));

@@ -1,76 +1,96 @@
-//! Keyset reading: the predicate "after this row in this order", and exports read as keyset batches.
+//! Keyset reading: a row's position in a sort order, the predicate "after this position", and exports read
+//! as keyset batches.
+
+use serde::{Deserialize, Serialize};
 
 use super::params::OrderTerm;
 use super::{CountMethod, Plan, Request, Sql, effective_order, filtered, select_list};
-use crate::db::catalog::Dataset;
+use crate::dataset::Dataset;
 use crate::encode::{EncodedColumn, Format};
 
-/// How an export reads its rows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Consistency {
-    /// One statement in one transaction: every row from one consistent snapshot, which is held (and holds
-    /// back VACUUM) for the whole download.
-    #[default]
-    Snapshot,
-    /// Keyset batches, each a short statement in a transaction of its own: no snapshot outlives a batch, but
-    /// rows changed during the download may be seen in either state. Needs a key.
-    Chunked,
-}
+/// Where a row sits in a keyset order: its value of each sort term, as the type's output function prints it
+/// (`None` is NULL). Chunked exports continue after one, page cursors carry one, job checkpoints store one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Position(pub(crate) Vec<Option<String>>);
 
-/// An export read as keyset batches ([`Consistency::Chunked`]): the request, and the plan of each batch.
+/// A request read as keyset batches (chunked exports, background jobs): the plan of each batch, and where
+/// the scan starts.
 #[derive(Clone, Debug)]
-pub struct KeysetScan {
+pub(crate) struct KeysetScan {
     dataset: Dataset,
     request: Request,
     format: Format,
     /// Rows per batch.
-    pub batch_rows: u64,
+    batch_rows: u64,
+    /// The scan starts after this position (a resumed job); `None`: from the beginning.
+    start: Option<Position>,
+    /// The most rows all batches together return (the request's `limit`, less what was read before).
+    limit: Option<u64>,
 }
 
 impl KeysetScan {
     /// A scan of `request` over `dataset` (which must have a key) in `batch_rows`-row batches.
-    pub fn new(dataset: &Dataset, request: &Request, format: Format, batch_rows: u64) -> KeysetScan {
+    pub(crate) fn new(dataset: &Dataset, request: &Request, format: Format, batch_rows: u64) -> KeysetScan {
         debug_assert!(dataset.key.is_some(), "a keyset scan needs a key");
         KeysetScan {
             dataset: dataset.clone(),
             request: request.clone(),
             format,
             batch_rows: batch_rows.max(1),
+            start: None,
+            limit: request.limit,
         }
     }
 
+    /// The same scan, continued after `position` with `read` of its rows already read.
+    pub(crate) fn resumed(mut self, position: Option<Position>, read: u64) -> KeysetScan {
+        self.start = position;
+        self.limit = self.limit.map(|limit| limit.saturating_sub(read));
+        self
+    }
+
     /// The encoded columns of every batch.
-    pub fn columns(&self) -> Vec<EncodedColumn> {
+    pub(crate) fn columns(&self) -> Vec<EncodedColumn> {
         select_list(&self.dataset, &self.request.select, self.format).1
     }
 
-    /// The request's `limit`: the most rows all batches together return.
-    pub fn limit(&self) -> Option<u64> {
-        self.request.limit
+    /// The most rows the scan still returns.
+    pub(crate) fn limit(&self) -> Option<u64> {
+        self.limit
     }
 
-    /// The plan of the batch after the row whose sort values are `after` (`None`: the first batch), of at
-    /// most `limit` rows. Each row carries its sort values as hidden text columns after the encoded ones.
-    pub fn batch(&self, after: Option<&[Option<String>]>, limit: u64, count: Option<CountMethod>) -> Plan {
+    /// Rows per batch.
+    pub(crate) fn batch_rows(&self) -> u64 {
+        self.batch_rows
+    }
+
+    /// Where the scan starts.
+    pub(crate) fn start(&self) -> Option<&Position> {
+        self.start.as_ref()
+    }
+
+    /// The plan of the batch after `after` (`None`: from the very beginning), of at most `limit` rows. Each
+    /// row carries its position as hidden text columns after the encoded ones.
+    pub(crate) fn batch(&self, after: Option<&Position>, limit: u64, count: Option<CountMethod>) -> Plan {
         plan_keyset(&self.dataset, &self.request, self.format, after, limit, count)
     }
 }
 
 /// Up to `limit` matching rows after `after` in the request's order (with the key as tie-breaker), each
-/// followed by its sort values as text.
+/// followed by its position.
 pub(super) fn plan_keyset(
     dataset: &Dataset,
     request: &Request,
     format: Format,
-    after: Option<&[Option<String>]>,
+    after: Option<&Position>,
     limit: u64,
     count: Option<CountMethod>,
 ) -> Plan {
     let (mut sql, count) = filtered(dataset, request, count);
     let keyset = effective_order(dataset, request);
-    if let Some(values) = after {
-        let predicate = keyset_predicate(&mut sql, &keyset, values);
+    if let Some(after) = after {
+        let predicate = keyset_predicate(&mut sql, &keyset, &after.0);
         sql.where_clauses.push(predicate);
     }
     let (expressions, columns) = select_list(dataset, &request.select, format);

@@ -9,31 +9,31 @@
 //! Identifiers come only from the catalog (quoted there). Every value from the request is a bind parameter,
 //! sent as text and cast in SQL to the column's type (without typmod, so `numeric(12,2)` does not round it).
 
-pub mod cursor;
+pub(crate) mod cursor;
 mod keyset;
-pub mod params;
+pub(crate) mod params;
 
-use crate::db::catalog::{Column, Dataset};
+use crate::dataset::{Column, Dataset};
 use crate::encode::{EncodedColumn, Format};
 
-pub use self::keyset::{Consistency, KeysetScan};
-pub use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
+pub(crate) use self::keyset::{KeysetScan, Position};
+pub(crate) use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
 
 /// A value that must be checked against its column's type before the query runs, so that a bad one is a 400
 /// naming its parameter rather than a failed export.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     /// The query parameter it came from.
-    pub parameter: String,
+    pub(crate) parameter: String,
     /// `SELECT $1::text::<type> IS NULL`.
-    pub sql: String,
+    pub(crate) sql: String,
     /// The value.
-    pub value: String,
+    pub(crate) value: String,
 }
 
 /// How to count the matching rows for `Prefer: count=…`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CountMethod {
+pub(crate) enum CountMethod {
     /// `count(*)` in the export's own snapshot.
     Exact,
     /// The planner's estimate.
@@ -42,30 +42,46 @@ pub enum CountMethod {
 
 /// A count query: SQL and how many of the plan's leading parameters it uses.
 #[derive(Debug)]
-pub struct CountPlan {
+pub(crate) struct CountPlan {
     /// How the count is made.
-    pub method: CountMethod,
+    pub(crate) method: CountMethod,
     /// `SELECT count(*) …` or `EXPLAIN (FORMAT JSON) …`.
-    pub sql: String,
+    pub(crate) sql: String,
     /// It takes the plan's first `params` parameters (the filters').
-    pub params: usize,
+    pub(crate) params: usize,
 }
 
 /// What an export or page runs and how it encodes the result.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The `SELECT`.
-    pub sql: String,
+    pub(crate) sql: String,
     /// Its parameters, all sent as text.
-    pub params: Vec<String>,
+    pub(crate) params: Vec<String>,
     /// Values to type-check first.
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
     /// The count to run first, if asked for.
-    pub count: Option<CountPlan>,
+    pub(crate) count: Option<CountPlan>,
     /// The encoded result columns, in order. Pages append one hidden text column per sort term after these.
-    pub columns: Vec<EncodedColumn>,
-    /// The sort terms of a page (their values form the next cursor).
-    pub keyset: Vec<OrderTerm>,
+    pub(crate) columns: Vec<EncodedColumn>,
+    /// The sort terms of a keyset plan; each row carries its position after the encoded columns.
+    pub(crate) keyset: Vec<OrderTerm>,
+}
+
+impl Plan {
+    /// The result columns holding each row's position (its sort values as text): after the encoded ones.
+    pub(crate) fn position_columns(&self) -> std::ops::Range<usize> {
+        self.columns.len()..self.columns.len() + self.keyset.len()
+    }
+
+    /// The signature of the plan's order, which a page cursor must match.
+    pub(crate) fn order_signature(&self) -> String {
+        self.keyset
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 /// SQL text under construction with its parameters.
@@ -282,7 +298,7 @@ fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
 }
 
 /// The plan for `/rows`: the selected columns of every matching row, in order.
-pub fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>) -> Plan {
+pub(crate) fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>) -> Plan {
     let (sql, count) = filtered(dataset, request, count);
     let (expressions, columns) = select_list(dataset, &request.select, format);
     sql.into_plan(
@@ -295,12 +311,12 @@ pub fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Op
     )
 }
 
-/// The plan for one `/page`: up to `limit + 1` rows after the cursor's position, with the sort values
-/// of each row appended (the extra row tells whether there is a next page).
-pub fn plan_page(
+/// The plan for one `/page`: up to `limit + 1` rows after the cursor's position, each with its position
+/// (the extra row tells whether there is a next page).
+pub(crate) fn plan_page(
     dataset: &Dataset,
     request: &Request,
-    after: Option<&[Option<String>]>,
+    after: Option<&Position>,
     limit: u64,
     count: Option<CountMethod>,
 ) -> Plan {
@@ -311,7 +327,7 @@ pub fn plan_page(
 mod tests {
     use super::params::tests::dataset;
     use super::*;
-    use crate::encode::ValueKind;
+    use crate::dataset::ValueKind;
 
     fn request(query: &str) -> Request {
         params::parse(
@@ -410,7 +426,13 @@ mod tests {
             &serde_urlencoded::from_str::<Vec<_>>("order=amount.desc").unwrap(),
         )
         .unwrap();
-        let plan = plan_page(&dataset(), &request, Some(&[None, Some("7".into())]), 10, None);
+        let plan = plan_page(
+            &dataset(),
+            &request,
+            Some(&Position(vec![None, Some("7".into())])),
+            10,
+            None,
+        );
         // amount DESC NULLS FIRST, then id: after a NULL amount come non-NULL amounts, or NULLs with a higher id.
         assert!(
             plan.sql.contains(
@@ -437,7 +459,7 @@ mod tests {
             &serde_urlencoded::from_str::<Vec<_>>("order=amount.desc,id.desc").unwrap(),
         )
         .unwrap();
-        let values = [Some("9.5".to_owned()), Some("7".to_owned())];
+        let values = Position(vec![Some("9.5".to_owned()), Some("7".to_owned())]);
         let plan = plan_page(&dataset, &request, Some(&values), 10, None);
         assert!(
             plan.sql
@@ -452,7 +474,7 @@ mod tests {
                 select: vec![0],
                 ..Request::default()
             },
-            Some(&[Some("7".into())]),
+            Some(&Position(vec![Some("7".into())])),
             10,
             None,
         );
@@ -506,9 +528,9 @@ mod fuzz {
                     Ok(request) => {
                         let plan = match endpoint {
                             Endpoint::Rows => plan_rows(&dataset, &request, Format::Csv, Some(CountMethod::Exact)),
-                            Endpoint::Page => plan_page(&dataset, &request, Some(&[Some("1".into())]), 10, None),
+                            Endpoint::Page => plan_page(&dataset, &request, Some(&Position(vec![Some("1".into())])), 10, None),
                             Endpoint::Job => KeysetScan::new(&dataset, &request, Format::Ndjson, 100)
-                                .batch(Some(&[Some("1".into())]), 100, None),
+                                .batch(Some(&Position(vec![Some("1".into())])), 100, None),
                         };
                         // Every request value reaches SQL only as a numbered parameter.
                         for (name, value) in &pairs {

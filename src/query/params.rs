@@ -4,16 +4,16 @@
 
 use std::fmt;
 
-use crate::db::catalog::Dataset;
+use crate::dataset::{Consistency, Dataset, ValueKind};
 
 /// What went wrong with one query parameter.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("query parameter {parameter:?}: {reason}")]
-pub struct ParamError {
+pub(crate) struct ParamError {
     /// The parameter's name as sent.
-    pub parameter: String,
+    pub(crate) parameter: String,
     /// Why it was rejected.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 fn reject(parameter: &str, reason: impl Into<String>) -> ParamError {
@@ -25,7 +25,7 @@ fn reject(parameter: &str, reason: impl Into<String>) -> ParamError {
 
 /// Which endpoint is asking: each takes a different set of reserved parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// `/rows`: `select`, `order`, `limit`, `after`, `format`, `consistency`.
     Rows,
     /// `/page`: `select`, `order`, `limit`, `cursor`.
@@ -36,7 +36,7 @@ pub enum Endpoint {
 
 /// A comparison a filter applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Operator {
+pub(crate) enum Operator {
     /// `eq`, `neq`, `gt`, `gte`, `lt`, `lte`: an SQL comparison operator and its value.
     Compare(&'static str, String),
     /// `like`, `ilike`: the SQL operator and its pattern (`*` already turned into `%`).
@@ -49,26 +49,26 @@ pub enum Operator {
 
 /// `column=[not.]op.value`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// The parameter name (for error messages).
-    pub parameter: String,
+    pub(crate) parameter: String,
     /// Index into the dataset's columns.
-    pub column: usize,
+    pub(crate) column: usize,
     /// Whether `not.` negates it.
-    pub negated: bool,
+    pub(crate) negated: bool,
     /// The comparison.
-    pub operator: Operator,
+    pub(crate) operator: Operator,
 }
 
 /// One `order` term.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrderTerm {
+pub(crate) struct OrderTerm {
     /// Index into the dataset's columns.
-    pub column: usize,
+    pub(crate) column: usize,
     /// Descending?
-    pub descending: bool,
+    pub(crate) descending: bool,
     /// NULLs before non-NULLs? (Postgres's default: only when descending.)
-    pub nulls_first: bool,
+    pub(crate) nulls_first: bool,
 }
 
 impl fmt::Display for OrderTerm {
@@ -82,27 +82,27 @@ impl fmt::Display for OrderTerm {
 
 /// A parsed, validated request against one dataset.
 #[derive(Clone, Debug, Default)]
-pub struct Request {
+pub(crate) struct Request {
     /// Output columns (indexes into the dataset's columns), in order.
-    pub select: Vec<usize>,
+    pub(crate) select: Vec<usize>,
     /// Filters, ANDed.
-    pub filters: Vec<Filter>,
+    pub(crate) filters: Vec<Filter>,
     /// Explicit `order`; empty means the key's order.
-    pub order: Vec<OrderTerm>,
+    pub(crate) order: Vec<OrderTerm>,
     /// `limit`.
-    pub limit: Option<u64>,
+    pub(crate) limit: Option<u64>,
     /// `after`: resume after this key value.
-    pub after: Option<String>,
+    pub(crate) after: Option<String>,
     /// `cursor` (pages).
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// `format` (rows).
-    pub format: Option<String>,
+    pub(crate) format: Option<String>,
     /// `consistency` (rows): overrides the dataset's.
-    pub consistency: Option<super::Consistency>,
+    pub(crate) consistency: Option<Consistency>,
 }
 
 /// Parses the decoded query pairs of a request for `dataset`.
-pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) -> Result<Request, ParamError> {
+pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) -> Result<Request, ParamError> {
     let mut request = Request {
         select: (0..dataset.columns.len()).collect(),
         ..Request::default()
@@ -122,19 +122,13 @@ pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) 
         match (name.as_str(), endpoint) {
             ("select", _) => request.select = parse_select(dataset, name, value)?,
             ("order", _) => request.order = parse_order(dataset, name, value)?,
-            ("limit", _) => {
-                request.limit = Some(
-                    value
-                        .parse()
-                        .map_err(|_| reject(name, "must be a non-negative integer"))?,
-                )
-            }
+            ("limit", _) => request.limit = Some(parse_limit(name, value)?),
             ("after", Endpoint::Rows | Endpoint::Job) => request.after = Some(value.clone()),
             ("format", Endpoint::Rows) => request.format = Some(value.clone()),
             ("consistency", Endpoint::Rows) => {
                 request.consistency = Some(match value.as_str() {
-                    "snapshot" => super::Consistency::Snapshot,
-                    "chunked" if dataset.key.is_some() => super::Consistency::Chunked,
+                    "snapshot" => Consistency::Snapshot,
+                    "chunked" if dataset.key.is_some() => Consistency::Chunked,
                     "chunked" => return Err(reject(name, "chunked needs a dataset with a key")),
                     _ => return Err(reject(name, "must be snapshot or chunked")),
                 })
@@ -159,6 +153,17 @@ pub fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) 
         let _ = after;
     }
     Ok(request)
+}
+
+/// The largest `limit`: Postgres's `LIMIT` is a bigint.
+const MAX_LIMIT: u64 = i64::MAX as u64;
+
+fn parse_limit(parameter: &str, value: &str) -> Result<u64, ParamError> {
+    match value.parse::<u64>() {
+        Ok(limit) if limit <= MAX_LIMIT => Ok(limit),
+        Ok(_) => Err(reject(parameter, format!("must be at most {MAX_LIMIT}"))),
+        Err(_) => Err(reject(parameter, "must be a non-negative integer")),
+    }
 }
 
 fn column(dataset: &Dataset, parameter: &str, name: &str) -> Result<usize, ParamError> {
@@ -208,6 +213,13 @@ fn parse_order(dataset: &Dataset, parameter: &str, value: &str) -> Result<Vec<Or
         if terms.iter().any(|t| t.column == column) {
             return Err(reject(parameter, format!("orders by {name:?} twice")));
         }
+        let type_name = &dataset.columns[column].type_name;
+        if !dataset.columns[column].operators.sortable {
+            return Err(reject(
+                parameter,
+                format!("{name:?} is of type {type_name}, which has no ordering to sort by"),
+            ));
+        }
         terms.push(OrderTerm {
             column,
             descending,
@@ -229,24 +241,48 @@ fn parse_filter(dataset: &Dataset, parameter: &str, value: &str) -> Result<Filte
             "expected op.value, e.g. eq.5 (operators: eq neq gt gte lt lte like ilike in is)",
         ));
     };
-    let compare = |sql: &'static str| Operator::Compare(sql, argument.to_owned());
+    let described = &dataset.columns[column];
+    let lacks = |what: &str| {
+        reject(
+            parameter,
+            format!("{op} needs {what}, which type {} does not have", described.type_name),
+        )
+    };
+    let compare = |sql: &'static str| {
+        let operators = described.operators;
+        let (supported, what) = match sql {
+            "=" => (operators.equal, "an = operator"),
+            "<>" => (operators.unequal, "a <> operator"),
+            _ => (operators.ordering, "an ordering"),
+        };
+        if supported {
+            Ok(Operator::Compare(sql, argument.to_owned()))
+        } else {
+            Err(lacks(what))
+        }
+    };
     let operator = match op {
-        "eq" => compare("="),
-        "neq" => compare("<>"),
-        "gt" => compare(">"),
-        "gte" => compare(">="),
-        "lt" => compare("<"),
-        "lte" => compare("<="),
+        "eq" => compare("=")?,
+        "neq" => compare("<>")?,
+        "gt" => compare(">")?,
+        "gte" => compare(">=")?,
+        "lt" => compare("<")?,
+        "lte" => compare("<=")?,
         "like" | "ilike" => {
-            if !dataset.columns[column].kind.is_textual() {
+            if !described.kind.is_textual() {
                 return Err(reject(parameter, format!("{op} applies only to text columns")));
+            }
+            // Postgres fails a pattern that ends in its escape character, mid-query; refuse it up front.
+            if argument.bytes().rev().take_while(|&b| b == b'\\').count() % 2 == 1 {
+                return Err(reject(parameter, "the pattern ends with an unescaped backslash"));
             }
             Operator::Like(if op == "like" { "LIKE" } else { "ILIKE" }, argument.replace('*', "%"))
         }
+        "in" if !described.operators.equal => return Err(lacks("an = operator")),
         "in" => Operator::In(parse_list(parameter, argument)?),
         "is" => match argument {
             "null" => Operator::Is("NULL"),
-            "true" | "false" if dataset.columns[column].kind != crate::encode::ValueKind::Bool => {
+            "true" | "false" if described.kind != ValueKind::Bool => {
                 return Err(reject(
                     parameter,
                     format!("is.{argument} applies only to boolean columns"),
@@ -325,8 +361,7 @@ fn parse_list(parameter: &str, argument: &str) -> Result<Vec<String>, ParamError
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::db::catalog::Column;
-    use crate::encode::ValueKind;
+    use crate::dataset::{Column, Operators};
 
     pub(crate) fn dataset() -> Dataset {
         let column = |name: &str, kind, cast: &str| Column {
@@ -338,6 +373,7 @@ pub(crate) mod tests {
             kind,
             output_function: "pg_catalog.textout".into(),
             enum_labels: None,
+            operators: Operators::ALL,
         };
         Dataset {
             name: "orders".into(),
@@ -349,7 +385,7 @@ pub(crate) mod tests {
                 column("paid", ValueKind::Bool, "boolean"),
             ],
             key: Some(0),
-            consistency: crate::query::Consistency::Snapshot,
+            consistency: Consistency::Snapshot,
         }
     }
 
@@ -408,6 +444,8 @@ pub(crate) mod tests {
             ("select=id,ghost", "select"),
             ("order=id.sideways", "order"),
             ("limit=-1", "limit"),
+            ("limit=9223372036854775808", "limit"),
+            ("name=like.abc\\", "name"),
             ("name=is.maybe", "name"),
             ("id=like.1*", "id"),
             ("name=is.true", "name"),
@@ -420,6 +458,32 @@ pub(crate) mod tests {
             let error = parse_rows(query).unwrap_err();
             assert_eq!(error.parameter, parameter, "{query}: {error}");
         }
+    }
+
+    #[test]
+    fn operators_and_orders_the_type_lacks_are_refused_naming_the_parameter() {
+        let mut dataset = dataset();
+        dataset.columns[2].operators = Operators {
+            equal: true,
+            ..Operators::default()
+        };
+        dataset.columns[2].type_name = "box".into();
+        let run = |dataset: &Dataset, query: &str| parse(dataset, Endpoint::Rows, &pairs(query));
+        assert!(run(&dataset, "amount=eq.(1,1),(0,0)").is_ok());
+        assert!(run(&dataset, "amount=in.(1)").is_ok());
+        for query in [
+            "amount=neq.1",
+            "amount=gt.1",
+            "amount=lte.1",
+            "order=amount",
+            "order=id,amount.desc",
+        ] {
+            let error = run(&dataset, query).unwrap_err();
+            assert!(error.reason.contains("box"), "{query}: {error}");
+        }
+        dataset.columns[2].operators = Operators::default();
+        assert_eq!(run(&dataset, "amount=in.(1,2)").unwrap_err().parameter, "amount");
+        assert!(run(&dataset, "amount=is.null").is_ok());
     }
 
     #[test]

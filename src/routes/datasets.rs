@@ -3,10 +3,10 @@
 use actix_web::{HttpResponse, get, web};
 use serde_json::{Value, json};
 
-use crate::db::catalog::Dataset;
-use crate::db::export::estimate_rows;
+use crate::dataset::Dataset;
+use crate::db::rows::estimate_rows;
 use crate::error::ApiError;
-use crate::startup::{AppState, Pools};
+use crate::state::{AppState, Pools};
 
 async fn describe(dataset: &Dataset, pools: &Pools) -> Result<Value, ApiError> {
     let client = pools.exports.get().await?;

@@ -8,13 +8,13 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::compress::Encoding;
-use crate::db::export::Export;
-use crate::db::jobs::NewJob;
+use crate::db::jobs::{JobStatus, NewJob};
+use crate::db::rows::{Next, Rows, Source};
 use crate::encode::Format;
 use crate::error::ApiError;
 use crate::jobs::{file_path, remove_files};
-use crate::query::{self, Endpoint, KeysetScan};
-use crate::startup::{AppState, JobsState, Pools};
+use crate::query::{self, Endpoint};
+use crate::state::{AppState, JobsState, Pools};
 
 /// The body of `POST /v1/exports`.
 #[derive(Deserialize)]
@@ -89,21 +89,31 @@ pub(super) async fn create(
     let query = create.query;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.trim_start_matches('?'))
         .map_err(|error| ApiError::BadRequest(format!("query is no query string: {error}")))?;
-    let parsed = query::params::parse(dataset, Endpoint::Job, &pairs)?;
-    let scan = KeysetScan::new(dataset, &parsed, format, 1);
-    let (export, _) = Export::open(&pools.exports, &state.begin_sql, &scan.batch(None, 0, None)).await?;
-    export.finish().await?;
+    let mut parsed = query::params::parse(dataset, Endpoint::Job, &pairs)?;
+    // The values' type checks, and the query itself, on zero rows.
+    parsed.limit = Some(0);
+    let (mut rows, _) = Rows::open(
+        &pools.exports,
+        &state.begin_sql,
+        Source::Statement(query::plan_rows(dataset, &parsed, format, None)),
+        None,
+    )
+    .await?;
+    while !matches!(rows.next().await?, Next::End) {}
+    rows.finish().await?;
 
-    let client = pools.exports.get().await?;
+    let mut client = pools.exports.get().await?;
     let job = NewJob {
         dataset: &dataset.name,
         format: format.extension(),
         compression,
         query: &query,
+        // A keyless dataset has no position to continue after: its job restarts from the first row.
+        resumable: dataset.key.is_some(),
     };
     let id = jobs
         .store
-        .create(&**client, &job, jobs.settings.max_queued)
+        .create(&mut client, &job, jobs.settings.max_queued)
         .await?
         .ok_or(ApiError::QueueFull)?;
     let status_url = format!("/v1/exports/{id}");
@@ -113,7 +123,7 @@ pub(super) async fn create(
 }
 
 /// The job's status document, and its status.
-async fn status_of(jobs: &JobsState, pools: &Pools, id: Uuid) -> Result<(serde_json::Value, String), ApiError> {
+async fn status_of(jobs: &JobsState, pools: &Pools, id: Uuid) -> Result<(serde_json::Value, JobStatus), ApiError> {
     let client = pools.exports.get().await?;
     let (document, state) = jobs
         .store
@@ -123,7 +133,7 @@ async fn status_of(jobs: &JobsState, pools: &Pools, id: Uuid) -> Result<(serde_j
     let mut document: serde_json::Value =
         serde_json::from_str(&document).map_err(|e| ApiError::Internal(Box::new(e)))?;
     document["status_url"] = format!("/v1/exports/{id}").into();
-    if state == "completed" {
+    if state == JobStatus::Completed {
         document["download_url"] = format!("/v1/exports/{id}/download").into();
     }
     Ok((document, state))
@@ -156,7 +166,7 @@ pub(super) async fn download(
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
     let (document, status) = status_of(jobs, &pools, id).await?;
-    if status != "completed" {
+    if status != JobStatus::Completed {
         return Err(ApiError::JobNotCompleted(status));
     }
     let text = |field: &str| document[field].as_str().unwrap_or_default().to_owned();
@@ -199,13 +209,21 @@ pub(super) async fn remove(
     if jobs.store.cancel(&**client, id, jobs.settings.retention).await? {
         drop(client);
         // The runner notices at its next lease renewal and stops; its file goes with it.
-        remove_files(&jobs.directory, &[id]);
+        remove_job_files(jobs, id).await?;
         let (document, _) = status_of(jobs, &pools, id).await?;
         return Ok(HttpResponse::Ok().json(document));
     }
     if jobs.store.delete(&**client, id).await? {
-        remove_files(&jobs.directory, &[id]);
+        remove_job_files(jobs, id).await?;
         return Ok(HttpResponse::NoContent().finish());
     }
     Err(ApiError::UnknownJob(id.to_string()))
+}
+
+/// Removes a job's files off the async workers (file removal blocks).
+async fn remove_job_files(jobs: &JobsState, id: Uuid) -> Result<(), ApiError> {
+    let directory = jobs.directory.clone();
+    web::block(move || remove_files(&directory, &[id]))
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))
 }

@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, get, web};
 
 use crate::error::ApiError;
-use crate::startup::Pools;
+use crate::state::Pools;
 
 /// 200 while the process runs.
 #[get("/healthz")]

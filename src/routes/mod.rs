@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::query::CountMethod;
 
 /// Registers every route, and problem+json answers for unknown paths and malformed query strings.
-pub fn configure(config: &mut web::ServiceConfig) {
+pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
         .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::BadQuery(error.to_string()).into()))
         .service(health::healthz)

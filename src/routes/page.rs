@@ -4,12 +4,14 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 
 use super::{count_preference, total_count_headers};
-use crate::db::export::Export;
-use crate::encode::{Cells, Format, RowEncoder};
+use crate::compress::Encoding;
+use crate::db::rows::{Rows, Source};
+use crate::encode::RowEncoder;
 use crate::error::ApiError;
+use crate::pipeline::{Piece, Pipeline};
 use crate::query::cursor::Cursor;
 use crate::query::{self, Endpoint, ParamError};
-use crate::startup::{AppState, Pools};
+use crate::state::{AppState, Pools};
 
 /// Up to `limit` matching rows after `cursor`, in the request's order with the key as tie-breaker:
 /// `{"rows": [...], "next": "<cursor>" | null}` and a `Link: <…>; rel="next"` header.
@@ -48,67 +50,43 @@ pub(super) async fn page(
         ),
     };
     let count = count_preference(&request);
-    let plan = query::plan_page(
-        dataset,
-        &parsed,
-        after.as_ref().map(|c| c.values.as_slice()),
-        limit,
-        count,
-    );
-    let signature = plan
-        .keyset
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let plan = query::plan_page(dataset, &parsed, after.as_ref().map(|c| &c.values), limit, count);
+    let signature = plan.order_signature();
     if let Some(cursor) = &after
-        && (cursor.dataset != dataset.name || cursor.order != signature || cursor.values.len() != plan.keyset.len())
+        && (cursor.dataset != dataset.name || cursor.order != signature || cursor.values.0.len() != plan.keyset.len())
     {
         return Err(ApiError::BadQuery(
             "the cursor belongs to another dataset or order".into(),
         ));
     }
 
-    let (mut export, total) = Export::open(&pools.exports, &state.begin_sql, &plan).await?;
-    let encoder = RowEncoder::new(Format::Ndjson, &plan.columns);
-    let mut body = Vec::from(&b"{\"rows\":["[..]);
-    let mut last = None;
-    let mut read = 0u64;
+    let encoder = RowEncoder::json_array(&plan.columns);
+    let (mut rows, total) = Rows::open(&pools.exports, &state.begin_sql, Source::Statement(plan), count).await?;
     // The query asks for one row more than the page holds; seeing it means there is a next page.
-    while let Some(row) = export.next_row().await? {
-        read += 1;
-        if read > limit {
-            continue;
-        }
-        if read > 1 {
-            body.push(b',');
-        }
-        encoder
-            .write_row(&row, &mut body)
-            .map_err(|e| ApiError::Internal(Box::new(e)))?;
-        body.pop(); // the encoder's newline
-        if read == limit {
-            let values = (0..plan.keyset.len())
-                .map(|i| {
-                    let cell = row
-                        .cell(plan.columns.len() + i)
-                        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-                    Ok(cell.map(|raw| String::from_utf8_lossy(raw).into_owned()))
-                })
-                .collect::<Result<Vec<_>, ApiError>>()?;
-            last = Some(Cursor {
-                dataset: dataset.name.clone(),
-                order: signature.clone(),
-                values,
-            });
-        }
+    rows.cap(limit);
+    let mut pipeline = Pipeline::new(
+        rows,
+        encoder,
+        Encoding::Identity,
+        &state.levels,
+        state.chunking.size,
+        true,
+    )
+    .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let mut body = Vec::from(&b"{\"rows\":"[..]);
+    while let Some(piece) = pipeline.next(None).await? {
+        let (Piece::Chunk(bytes) | Piece::Boundary(bytes) | Piece::End(bytes)) = piece;
+        body.extend_from_slice(&bytes);
     }
-    export.finish().await?;
-    let next = last
-        .filter(|_| read > limit)
-        .map(|cursor| state.cursor_key.seal(&cursor));
+    let next = pipeline.position().filter(|_| pipeline.has_more()).map(|values| {
+        state.cursor_key.seal(&Cursor {
+            dataset: dataset.name.clone(),
+            order: signature,
+            values,
+        })
+    });
 
-    body.extend_from_slice(b"],\"next\":");
+    body.extend_from_slice(b",\"next\":");
     body.extend_from_slice(serde_json::to_string(&next).expect("a string serializes").as_bytes());
     body.push(b'}');
     let mut response = HttpResponse::Ok();

@@ -6,12 +6,15 @@ use actix_web::{HttpRequest, HttpResponse, route, web};
 
 use super::{count_preference, header_value, total_count_headers};
 use crate::body;
-use crate::compress::{Compressor, Encoding};
-use crate::db::export::{Export, OpenError};
+use crate::compress::Encoding;
+use crate::dataset::Consistency;
+use crate::db::error::OpenError;
+use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
 use crate::error::ApiError;
-use crate::query::{self, Consistency, Endpoint, KeysetScan};
-use crate::startup::{AppState, Pools};
+use crate::pipeline::Pipeline;
+use crate::query::{self, Endpoint, KeysetScan};
+use crate::state::{AppState, Pools};
 
 /// Streams the rows a request selects, filters and orders (by default: all, in key order).
 ///
@@ -47,27 +50,26 @@ pub(super) async fn rows(
     }
 
     let count = count_preference(&request);
-    let compressor = Compressor::new(encoding, &state.levels).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let slot = tokio::time::timeout(state.acquire_timeout, pools.export_slots.clone().acquire_owned())
         .await
         .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
         .expect("the semaphore is never closed");
-    let ((export, total), columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
+    let (source, columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
         Consistency::Snapshot => {
             let plan = query::plan_rows(dataset, &parsed, format, count);
-            (
-                Export::open(&pools.exports, &state.begin_sql, &plan).await?,
-                plan.columns,
-            )
+            let columns = plan.columns.clone();
+            (Source::Statement(plan), columns)
         }
         Consistency::Chunked => {
             let scan = KeysetScan::new(dataset, &parsed, format, state.batch_rows);
             let columns = scan.columns();
-            let opened = Export::open_chunked(&pools.exports, &state.begin_sql, scan, count).await?;
-            (opened, columns)
+            (Source::Batches(scan), columns)
         }
     };
+    let (rows, total) = Rows::open(&pools.exports, &state.begin_sql, source, count).await?;
     total_count_headers(&mut response, count, total);
     let encoder = RowEncoder::new(format, &columns);
-    Ok(response.streaming(body::stream(export, slot, encoder, compressor, state.chunking, label)))
+    let pipeline = Pipeline::new(rows, encoder, encoding, &state.levels, state.chunking.size, true)
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    Ok(response.streaming(body::stream(pipeline, slot, state.chunking, label, state.cut.clone())))
 }

@@ -1,7 +1,7 @@
 //! `consistency=chunked`: keyset batches in short transactions give the same rows as one snapshot, and no
 //! snapshot is held for the whole download.
 
-use pgspout::query::Consistency;
+use pgspout::settings::Consistency;
 use pgspout::startup::Application;
 
 use crate::helpers::{RawResponse, TestApp, TestDb, settings, spawn_with, wait_for};

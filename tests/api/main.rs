@@ -12,3 +12,4 @@ mod query;
 mod shutdown;
 mod storm;
 mod streaming;
+mod types;

@@ -1,0 +1,406 @@
+//! The rows of an export, page or job: leased connection, read-only transaction, checked values, optional
+//! count, then one statement or a sequence of keyset batches, each in a transaction of its own.
+//!
+//! The first row is awaited before anything is sent, so a failing query still gets a proper status. Once a
+//! read fails, every later read fails too: a broken export can never be mistaken for a finished one.
+
+use std::pin::Pin;
+
+use deadpool_postgres::Pool;
+use futures::StreamExt;
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Row, RowStream};
+
+use super::error::OpenError;
+use super::lease::Lease;
+use crate::encode::{Cells, EncodeError};
+use crate::query::{CountMethod, KeysetScan, Plan, Position};
+
+/// Where rows come from.
+pub(crate) enum Source {
+    /// One statement in one transaction (a snapshot export, a page, a keyless job).
+    Statement(Plan),
+    /// Keyset batches (a chunked export, a job): each a short statement in a transaction of its own.
+    Batches(KeysetScan),
+}
+
+/// A read that failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The database failed mid-result (backend terminated, connection lost, a batch's statement failed).
+    #[error(transparent)]
+    Database(#[from] tokio_postgres::Error),
+    /// An earlier read failed; the rows are incomplete for good.
+    #[error("an earlier read of this export failed")]
+    Failed,
+}
+
+/// What the next read gave.
+pub(crate) enum Next {
+    /// A row.
+    Row(Row),
+    /// A batch ended and [`Rows::pause_between_batches`] was asked for: its rows are all read, and the next
+    /// read starts the next batch.
+    BatchEnd,
+    /// The rows are complete.
+    End,
+}
+
+/// The rows being read: the connection, the current statement's stream, and where the last row sits.
+pub(crate) struct Rows {
+    /// The connection; away in `next` while a new batch starts.
+    lease: Option<Lease>,
+    stream: Pin<Box<RowStream>>,
+    first: Option<Row>,
+    state: State,
+    /// The last row's position, when the plan carries one.
+    position: Option<PositionReader>,
+    batches: Option<Batches>,
+    /// The next batch being started. Kept here, not in a local, because `next` must be cancel-safe: the body
+    /// polls it with timeouts, and a dropped half-started batch would be lost.
+    next: Option<NextBatch>,
+    /// At most this many rows are returned; one more is read to tell whether there are more.
+    cap: Option<u64>,
+    read: u64,
+    more: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The current statement has rows to come.
+    Reading,
+    /// The current statement is complete; a next batch may follow.
+    StatementDone,
+    /// Everything was read.
+    Complete,
+    /// A read failed.
+    Failed,
+}
+
+/// Starting a batch: the connection travels with the future and comes back with the result.
+type NextBatch = Pin<Box<dyn Future<Output = (Lease, Result<RowStream, tokio_postgres::Error>)> + Send>>;
+
+/// The state of rows read in keyset batches.
+struct Batches {
+    scan: KeysetScan,
+    begin_sql: String,
+    /// The current batch's row limit, and how many of its rows have been read.
+    limit: u64,
+    read: u64,
+    /// Rows the scan's limit still allows after the current batch; `None`: no limit.
+    remaining: Option<u64>,
+    pause: bool,
+}
+
+impl Rows {
+    /// Checks out a connection, opens the transaction with `begin_sql`, checks the plan's values, runs its
+    /// count (in the same snapshot as the rows) and the first statement, and waits for the first row.
+    pub(crate) async fn open(
+        pool: &Pool,
+        begin_sql: &str,
+        source: Source,
+        count: Option<CountMethod>,
+    ) -> Result<(Rows, Option<i64>), OpenError> {
+        let (plan, batches) = match source {
+            Source::Statement(plan) => (plan, None),
+            Source::Batches(scan) => {
+                let limit = batch_limit(scan.batch_rows(), scan.limit());
+                let plan = scan.batch(scan.start(), limit, count);
+                let batches = Batches {
+                    remaining: scan.limit().map(|l| l - limit),
+                    scan,
+                    begin_sql: begin_sql.to_owned(),
+                    limit,
+                    read: 0,
+                    pause: false,
+                };
+                (plan, Some(batches))
+            }
+        };
+        let lease = Lease::new(pool.get().await?);
+        let client = lease.client();
+        client.batch_execute(begin_sql).await?;
+        for check in &plan.checks {
+            if let Err(error) = client.query_typed(&check.sql, &[(&check.value, Type::TEXT)]).await {
+                return Err(OpenError::from_check(&check.parameter, error));
+            }
+        }
+        let total = match &plan.count {
+            None => None,
+            Some(count) => {
+                let params = plan.params[..count.params].iter().map(|p| (p.as_str(), Type::TEXT));
+                let rows = client.query_typed_raw(&count.sql, params).await?;
+                let rows: Vec<Row> = futures::TryStreamExt::try_collect(rows).await?;
+                let first = rows
+                    .first()
+                    .ok_or_else(|| OpenError::Unavailable("the count returned no row".into()))?;
+                Some(match count.method {
+                    CountMethod::Exact => first.try_get::<_, i64>(0)?,
+                    CountMethod::Estimated => planned_rows(first.try_get::<_, Raw<'_>>(0)?.0)
+                        .ok_or_else(|| OpenError::Unavailable("EXPLAIN gave no row estimate".into()))?,
+                })
+            }
+        };
+        let stream = Box::pin(start_statement(&lease, None, &plan).await?);
+        let mut rows = Rows {
+            lease: Some(lease),
+            stream,
+            first: None,
+            state: State::Reading,
+            position: (!plan.keyset.is_empty()).then(|| PositionReader::new(&plan)),
+            batches,
+            next: None,
+            cap: None,
+            read: 0,
+            more: false,
+        };
+        rows.first = match rows.stream.next().await.transpose()? {
+            Some(row) => Some(row),
+            None => {
+                rows.state = State::StatementDone;
+                None
+            }
+        };
+        Ok((rows, total))
+    }
+
+    /// Returns at most `cap` rows; [`Rows::has_more`] then tells whether more matched.
+    pub(crate) fn cap(&mut self, cap: u64) {
+        self.cap = Some(cap);
+    }
+
+    /// Makes [`Rows::next`] report the end of each keyset batch (a job checkpoints there).
+    pub(crate) fn pause_between_batches(&mut self) {
+        if let Some(batches) = self.batches.as_mut() {
+            batches.pause = true;
+        }
+    }
+
+    /// The next row, a batch boundary, or the end.
+    pub(crate) async fn next(&mut self) -> Result<Next, ReadError> {
+        let next = self.advance().await;
+        if next.is_err() {
+            self.fail();
+        }
+        next
+    }
+
+    async fn advance(&mut self) -> Result<Next, ReadError> {
+        loop {
+            match self.state {
+                State::Failed => return Err(ReadError::Failed),
+                State::Complete => return Ok(Next::End),
+                State::StatementDone if self.next.is_none() => match self.next_batch() {
+                    Some(next) => {
+                        self.next = Some(next);
+                        if self.batches.as_ref().is_some_and(|b| b.pause) {
+                            return Ok(Next::BatchEnd);
+                        }
+                    }
+                    None => {
+                        self.state = State::Complete;
+                        return Ok(Next::End);
+                    }
+                },
+                State::StatementDone => {
+                    let next = self.next.as_mut().expect("checked above");
+                    let (lease, stream) = next.await;
+                    self.next = None;
+                    self.lease = Some(lease);
+                    self.stream = Box::pin(stream?);
+                    self.state = State::Reading;
+                }
+                State::Reading => {
+                    let row = match self.first.take() {
+                        Some(row) => Some(row),
+                        None => self.stream.next().await.transpose()?,
+                    };
+                    let Some(row) = row else {
+                        self.state = State::StatementDone;
+                        continue;
+                    };
+                    if self.cap.is_some_and(|cap| self.read >= cap) {
+                        // The row past the cap only says that more rows match.
+                        self.more = true;
+                        self.state = State::Complete;
+                        return Ok(Next::End);
+                    }
+                    self.read += 1;
+                    if let Some(batches) = self.batches.as_mut() {
+                        batches.read += 1;
+                    }
+                    if let Some(position) = self.position.as_mut() {
+                        position.note(&row)?;
+                    }
+                    return Ok(Next::Row(row));
+                }
+            }
+        }
+    }
+
+    /// After a full batch: the start of the next one, in a new transaction (so with a fresh snapshot).
+    fn next_batch(&mut self) -> Option<NextBatch> {
+        let batches = self.batches.as_mut()?;
+        // A short batch was the last; so was one that used up the scan's limit.
+        if batches.read < batches.limit || batches.remaining == Some(0) {
+            return None;
+        }
+        let after = self.position.as_ref().map(PositionReader::position);
+        let limit = batch_limit(batches.scan.batch_rows(), batches.remaining);
+        let plan = batches.scan.batch(after.as_ref(), limit, None);
+        batches.remaining = batches.remaining.map(|r| r - limit);
+        batches.limit = limit;
+        batches.read = 0;
+        let lease = self.lease.take().expect("the lease is home between batches");
+        let begin = format!("COMMIT; {}", batches.begin_sql);
+        Some(Box::pin(async move {
+            let stream = start_statement(&lease, Some(&begin), &plan).await;
+            (lease, stream)
+        }))
+    }
+
+    /// A failed read poisons the rows, and the connection goes with them (it may be mid-result).
+    fn fail(&mut self) {
+        self.state = State::Failed;
+        self.next = None;
+        self.lease = None;
+    }
+
+    /// The position of the last row returned, when the plan carries positions.
+    pub(crate) fn position(&self) -> Option<Position> {
+        self.position
+            .as_ref()
+            .filter(|_| self.read > 0)
+            .map(PositionReader::position)
+    }
+
+    /// Rows returned so far.
+    pub(crate) fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// With a cap: whether more rows matched than were returned.
+    pub(crate) fn has_more(&self) -> bool {
+        self.more
+    }
+
+    /// Ends fully read rows: commits and returns the connection to the pool.
+    pub(crate) async fn finish(self) -> Result<(), ReadError> {
+        if self.state != State::Complete {
+            return Err(ReadError::Failed);
+        }
+        // Drop the row stream first: should any message of it remain (a capped read stops early), the
+        // connection then discards it instead of waiting for a reader while COMMIT's answer queues behind it.
+        let Rows { lease, stream, .. } = self;
+        drop(stream);
+        let lease = lease.expect("complete rows have their connection home");
+        Ok(lease.release().await?)
+    }
+}
+
+/// Opens a batch's transaction (after committing the last) when `begin` is given, then runs `plan`.
+async fn start_statement(lease: &Lease, begin: Option<&str>, plan: &Plan) -> Result<RowStream, tokio_postgres::Error> {
+    let client = lease.client();
+    if let Some(begin) = begin {
+        client.batch_execute(begin).await?;
+    }
+    // Prepared first, not `query_typed_raw`: that pipelines the execution with the description, and a
+    // result type the connection does not know yet (an enum, a domain) is then looked up by a query queued
+    // behind rows that nobody reads yet — a deadlock. Uncached, as filters make every SQL text different.
+    let types = vec![Type::TEXT; plan.params.len()];
+    let statement = client.prepare_typed(&plan.sql, &types).await?;
+    client
+        .query_raw(&statement, plan.params.iter().map(String::as_str))
+        .await
+}
+
+/// The row limit of the next batch: a full batch, or what the scan's limit leaves.
+fn batch_limit(batch_rows: u64, remaining: Option<u64>) -> u64 {
+    remaining.map_or(batch_rows, |r| r.min(batch_rows))
+}
+
+/// Reads the last row's position from a keyset plan's hidden columns, reusing its buffers from row to row.
+struct PositionReader {
+    columns: std::ops::Range<usize>,
+    values: Vec<Option<Vec<u8>>>,
+}
+
+impl PositionReader {
+    fn new(plan: &Plan) -> PositionReader {
+        let columns = plan.position_columns();
+        PositionReader {
+            values: vec![None; columns.len()],
+            columns,
+        }
+    }
+
+    fn note(&mut self, row: &Row) -> Result<(), tokio_postgres::Error> {
+        for (slot, index) in self.values.iter_mut().zip(self.columns.clone()) {
+            match row.try_get::<_, Option<Raw<'_>>>(index)? {
+                Some(raw) => {
+                    let buffer = slot.get_or_insert_with(Vec::new);
+                    buffer.clear();
+                    buffer.extend_from_slice(raw.0);
+                }
+                None => *slot = None,
+            }
+        }
+        Ok(())
+    }
+
+    fn position(&self) -> Position {
+        Position(
+            self.values
+                .iter()
+                .map(|value| value.as_ref().map(|raw| String::from_utf8_lossy(raw).into_owned()))
+                .collect(),
+        )
+    }
+}
+
+/// The planner's estimate of the rows in `relation` (quoted SQL from the catalog).
+pub(crate) async fn estimate_rows(
+    client: &tokio_postgres::Client,
+    relation: &str,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query_typed(&format!("EXPLAIN (FORMAT JSON) SELECT 1 FROM {relation}"), &[])
+        .await?;
+    Ok(match rows.first() {
+        Some(row) => planned_rows(row.try_get::<_, Raw<'_>>(0)?.0),
+        None => None,
+    })
+}
+
+/// The top plan node's row estimate from `EXPLAIN (FORMAT JSON)` output (binary `json` is its text).
+fn planned_rows(explain: &[u8]) -> Option<i64> {
+    let plans: serde_json::Value = serde_json::from_slice(explain).ok()?;
+    plans
+        .get(0)?
+        .get("Plan")?
+        .get("Plan Rows")?
+        .as_f64()
+        .map(|rows| rows as i64)
+}
+
+/// Any column's raw binary bytes.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+impl Cells for Row {
+    #[inline]
+    fn cell(&self, index: usize) -> Result<Option<&[u8]>, EncodeError> {
+        self.try_get::<_, Option<Raw<'_>>>(index)
+            .map(|raw| raw.map(|r| r.0))
+            .map_err(|_| EncodeError::Unreadable(index))
+    }
+}

@@ -1,0 +1,68 @@
+//! The application's state: what every worker shares (the catalog, settings, the job store) and what each
+//! worker owns (its connection pools). Built by `startup`, read by `routes`, `body` and `jobs`.
+
+use deadpool_postgres::Pool;
+
+use crate::body::Chunking;
+use crate::compress::Levels;
+use crate::dataset::{Catalog, Dataset};
+use crate::db::jobs::JobStore;
+use crate::error::ApiError;
+use crate::query::cursor::CursorKey;
+use crate::settings::{JobSettings, PageSettings};
+
+/// State shared by all workers.
+pub(crate) struct AppState {
+    /// The datasets.
+    pub(crate) catalog: Catalog,
+    /// The statements that open an export's transaction.
+    pub(crate) begin_sql: String,
+    /// Body chunking.
+    pub(crate) chunking: Chunking,
+    /// Compression levels.
+    pub(crate) levels: Levels,
+    /// Rows per batch of a chunked export.
+    pub(crate) batch_rows: u64,
+    /// Page limits.
+    pub(crate) pages: PageSettings,
+    /// How long a request waits for an export slot.
+    pub(crate) acquire_timeout: std::time::Duration,
+    /// Signs page cursors.
+    pub(crate) cursor_key: CursorKey,
+    /// The OpenAPI document.
+    pub(crate) openapi: String,
+    /// Background export jobs, when configured.
+    pub(crate) jobs: Option<JobsState>,
+    /// Becomes `true` when a shutdown's grace period is over: running exports are cut then.
+    pub(crate) cut: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What the `/v1/exports` routes need.
+pub(crate) struct JobsState {
+    /// The job table's statements.
+    pub(crate) store: JobStore,
+    /// Where the files are.
+    pub(crate) directory: std::path::PathBuf,
+    /// The `[jobs]` settings.
+    pub(crate) settings: JobSettings,
+}
+
+impl AppState {
+    /// The dataset called `name`, or a 404.
+    pub(crate) fn dataset(&self, name: &str) -> Result<&Dataset, ApiError> {
+        self.catalog
+            .get(name)
+            .ok_or_else(|| ApiError::UnknownDataset(name.to_owned()))
+    }
+}
+
+/// One worker's connection pools. Each actix worker is a single-threaded runtime, and a connection's task
+/// lives on the runtime that opened it; a pool per worker keeps a request and its connection on one thread.
+pub(crate) struct Pools {
+    /// Connections for exports.
+    pub(crate) exports: Pool,
+    /// One connection for `/readyz`.
+    pub(crate) health: Pool,
+    /// Limits concurrent exports, so they cannot take every connection from pages.
+    pub(crate) export_slots: std::sync::Arc<tokio::sync::Semaphore>,
+}

@@ -27,6 +27,8 @@ fn value_schema(column: &Column) -> Value {
             _ if type_name == "real" || type_name == "double precision" => {
                 json!({ "type": ["number", "string"], "description": "NaN and ±Infinity are strings" })
             }
+            // `to_json()` prints a composite as an object, every other type as its text.
+            ValueKind::ServerFormatted => json!({ "type": ["string", "object"] }),
             _ => json!({ "type": "string" }),
         }
     };

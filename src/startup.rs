@@ -155,9 +155,9 @@ impl Application {
         // A client that closes its side must drop its export at once, not hold a connection until Postgres
         // has produced more rows.
         .h1_allow_half_closed(false)
-        // A backstop only: exports are cut at the grace period's end (`run_until_stopped`), sub-second too;
-        // actix counts whole seconds.
-        .shutdown_timeout(settings.server.shutdown_grace.as_secs() + 1)
+        // A backstop only, well past the grace period: exports are cut at its end (`run_until_stopped`),
+        // sub-second too, where actix counts whole seconds.
+        .shutdown_timeout(settings.server.shutdown_grace.as_secs() + 5)
         // Stopping is the caller's choice (`run_until_stopped`): SIGINT must drain like SIGTERM, where actix
         // would stop at once, and tests must not take over the test process's signals.
         .disable_signals()

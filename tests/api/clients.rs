@@ -56,13 +56,16 @@ async fn schemathesis_finds_no_server_error_or_contract_violation() {
         )
         .await
         .unwrap();
+    // And a table with a column of every built-in type family, whose operators and orders differ.
+    db.client.batch_execute(crate::types::EVERY_TYPE).await.unwrap();
     // The binary with background exports on, so their endpoints are in the document and get exercised too.
     let directory = std::env::temp_dir().join(format!("pgspout-schemathesis-{}", uuid::Uuid::new_v4()));
     let server = ServerProcess::start(
         &db,
         &format!(
             "[jobs]\ndirectory = {:?}\npoll_interval = \"100ms\"\n\n\
-             [[datasets]]\nname = \"orders\"\ntable = \"orders\"\nkey = \"id\"\n",
+             [[datasets]]\nname = \"orders\"\ntable = \"orders\"\nkey = \"id\"\n\n\
+             [[datasets]]\nname = \"every\"\ntable = \"every_type\"\nkey = \"id\"\n",
             directory.display().to_string()
         ),
     )

@@ -7,6 +7,7 @@ mod faults;
 mod fidelity;
 mod helpers;
 mod http;
+mod job_integrity;
 mod jobs;
 mod query;
 mod shutdown;

@@ -7,7 +7,7 @@ use crate::helpers::{TestApp, TestDb, spawn_app};
 
 /// A table with a column of each type family Postgres ships, six rows of values and one of NULLs.
 pub(crate) const EVERY_TYPE: &str = r#"
-CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TYPE every_mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
 CREATE TYPE pair AS (a integer, b text);
 CREATE TYPE jpair AS (a integer, j json);
@@ -24,7 +24,7 @@ CREATE TABLE every_type (
   ints integer[], texts text[], pts point[], jsons json[],
   r int4range, tr tstzrange, mr int4multirange,
   tsv tsvector, tsq tsquery,
-  m mood, pi posint, p pair, jpr jpair,
+  m every_mood, pi posint, p pair, jpr jpair,
   lsn pg_lsn, o oid, xi xid
 );
 INSERT INTO every_type
@@ -46,7 +46,7 @@ SELECT g,
   int4range(g, g + 5), tstzrange(timestamptz '2024-01-01' + g * interval '1 day', NULL),
   int4multirange(int4range(g, g + 1), int4range(g + 3, g + 4)),
   to_tsvector('simple', 'word' || g || ' other'), to_tsquery('simple', 'word' || g),
-  (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::mood, g::posint, ROW(g, 'p' || g)::pair,
+  (ARRAY['sad', 'ok', 'happy'])[1 + g % 3]::every_mood, g::posint, ROW(g, 'p' || g)::pair,
   ROW(g, json_build_object('g', g))::jpair,
   ('0/' || to_hex(g * 4096))::pg_lsn, (1000 + g)::oid, (500 + g)::text::xid
 FROM generate_series(1, 6) g;

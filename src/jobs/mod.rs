@@ -4,7 +4,8 @@
 //! # Layout
 //! - `file`: the export file, cut back to its checkpoint on resume; file names and the sweep's file listing.
 //! - `lease`: the lease as this instance's clock sees it.
-//! - this module: claiming, the lease, a job's run, sweeping expired files. No actix here.
+//! - `run`: one run of a job, through the export pipeline into its file.
+//! - this module: claiming, the lease, a run's outcome, sweeping expired files. No actix here.
 //!
 //! A job on a dataset with a key reads keyset batches, each a read-only transaction (the same rows and
 //! encoders as a chunked `/rows`), then ends one gzip member or zstd frame (so every checkpoint ends a complete
@@ -15,6 +16,7 @@
 
 pub(crate) mod file;
 mod lease;
+mod run;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,17 +28,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use self::file::{FileError, JobFile, files_older_than};
+use self::file::files_older_than;
 pub(crate) use self::file::{file_path, remove_files};
 use self::lease::LeaseClock;
-use crate::compress::Encoding;
 use crate::db::error::OpenError;
-use crate::db::jobs::{ClaimedJob, JobStore, Progress};
-use crate::db::rows::{ReadError, Rows, Source};
-use crate::encode::{Format, RowEncoder};
+use crate::db::jobs::{ClaimedJob, JobStore};
+use crate::db::rows::ReadError;
 use crate::error::chain;
-use crate::pipeline::{Piece, Pipeline, PipelineError};
-use crate::query::{self, Endpoint, KeysetScan, Position};
+use crate::pipeline::PipelineError;
 use crate::settings::JobSettings;
 use crate::state::{AppState, JobsState};
 
@@ -300,159 +299,6 @@ impl Context {
         }
     }
 
-    /// Writes the job's rows through the export pipeline: a resumable job from its last checkpoint, with a
-    /// checkpoint after every batch; a keyless one from its first row, in one statement. Completes it after
-    /// the last row.
-    async fn execute(&self, job: &ClaimedJob, lease: &LeaseClock) -> Result<(), JobError> {
-        let state = &self.state;
-        let settings = &self.settings;
-        let dataset = state
-            .catalog
-            .get(&job.dataset)
-            .ok_or_else(|| JobError::Unserved(job.dataset.clone()))?;
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(&job.query).map_err(|e| JobError::Permanent(e.to_string()))?;
-        let request =
-            query::params::parse(dataset, Endpoint::Job, &pairs).map_err(|e| JobError::Permanent(e.to_string()))?;
-        let format = Format::negotiate(Some(&job.format), None).map_err(|e| JobError::Permanent(e.to_string()))?;
-        let encoding = Encoding::from_name(&job.compression)
-            .filter(|e| e.concatenates())
-            .ok_or_else(|| JobError::Permanent(format!("unknown compression {:?}", job.compression)))?;
-        if job.resumable && dataset.key.is_none() {
-            return Err(JobError::Permanent(format!(
-                "dataset {:?} no longer has a key to resume by",
-                dataset.name
-            )));
-        }
-        let (mut rows_before, mut position) = match checkpoint(job)? {
-            Some((rows, position)) => (rows, Some(position)),
-            None => (0, None),
-        };
-        let path = file_path(&self.directory, job.id, format, encoding);
-        let start = if job.resumable { job.bytes_written as u64 } else { 0 };
-        let mut file = match tokio::task::block_in_place(|| JobFile::open(&path, start)) {
-            Ok(file) => file,
-            Err(FileError::Short { .. }) if start > 0 => {
-                tracing::warn!(job = %job.id, "the export file lost data; starting the job over");
-                rows_before = 0;
-                position = None;
-                tokio::task::block_in_place(|| JobFile::open(&path, 0))
-                    .map_err(|e| JobError::Transient(e.to_string()))?
-            }
-            Err(error) => return Err(JobError::Transient(format!("{}: {error}", path.display()))),
-        };
-        if !job.resumable && job.rows_written > 0 {
-            tracing::info!(job = %job.id, "a job on a keyless dataset restarts from its first row");
-            self.record(
-                job,
-                lease,
-                &Progress {
-                    rows: 0,
-                    bytes: 0,
-                    position: None,
-                },
-                false,
-            )
-            .await?;
-        }
-        let (source, columns) = if job.resumable {
-            let scan = KeysetScan::new(dataset, &request, format, settings.batch_rows).resumed(position, rows_before);
-            let columns = scan.columns();
-            (Source::Batches(scan), columns)
-        } else {
-            let plan = query::plan_rows(dataset, &request, format, None);
-            let columns = plan.columns.clone();
-            (Source::Statement(plan), columns)
-        };
-        let too_slow = || {
-            JobError::Transient(format!(
-                "a batch made no progress within jobs.batch_timeout ({:?})",
-                settings.batch_timeout
-            ))
-        };
-        // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
-        let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
-        let opened = Rows::open(&self.pool, &state.begin_sql, source, None);
-        let (mut rows, _) = tokio::time::timeout_at(deadline, opened)
-            .await
-            .map_err(|_| too_slow())??;
-        rows.pause_between_batches();
-        let encoder = RowEncoder::new(format, &columns);
-        let mut pipeline = Pipeline::new(
-            rows,
-            encoder,
-            encoding,
-            &state.levels,
-            state.chunking.size,
-            file.is_empty(),
-        )?;
-        let mut reported = 0;
-        loop {
-            let piece = tokio::time::timeout_at(deadline, pipeline.next(None))
-                .await
-                .map_err(|_| too_slow())??
-                .expect("the pipeline ends with an End piece");
-            let (bytes, done) = match piece {
-                Piece::Chunk(bytes) => (bytes, None),
-                Piece::Boundary(bytes) => (bytes, Some(false)),
-                Piece::End(bytes) => (bytes, Some(true)),
-            };
-            write(&mut file, &bytes, lease)?;
-            let rows = rows_before + pipeline.rows();
-            let Some(done) = done else {
-                // A job that cannot resume has no batches: each chunk is progress, and it reports as it goes.
-                if !job.resumable {
-                    deadline = tokio::time::Instant::now() + settings.batch_timeout;
-                }
-                if !job.resumable && rows - reported >= settings.batch_rows {
-                    reported = rows;
-                    let progress = Progress {
-                        rows: rows as i64,
-                        bytes: file.len() as i64,
-                        position: None,
-                    };
-                    self.record(job, lease, &progress, false).await?;
-                }
-                continue;
-            };
-            tokio::task::block_in_place(|| file.sync())?;
-            let position = pipeline.position().filter(|_| job.resumable);
-            let progress = Progress {
-                rows: rows as i64,
-                bytes: file.len() as i64,
-                position: position.as_ref(),
-            };
-            self.record(job, lease, &progress, done).await?;
-            if done {
-                tracing::info!(job = %job.id, rows, bytes = file.len(), "export job completed");
-                return Ok(());
-            }
-            deadline = tokio::time::Instant::now() + settings.batch_timeout;
-        }
-    }
-
-    /// Records progress (a checkpoint once its bytes are durable), or completes the job.
-    async fn record(
-        &self,
-        job: &ClaimedJob,
-        lease: &LeaseClock,
-        progress: &Progress<'_>,
-        done: bool,
-    ) -> Result<(), JobError> {
-        let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
-        if !lease.is_valid() {
-            return Err(JobError::LeaseLost);
-        }
-        let recorded = if done {
-            self.store
-                .complete(&**client, job.id, self.owner, progress, self.settings.retention)
-                .await?
-        } else {
-            self.store.checkpoint(&**client, job.id, self.owner, progress).await?
-        };
-        if recorded { Ok(()) } else { Err(JobError::LeaseLost) }
-    }
-
     /// Deletes finished jobs past their retention and files that no job can use any more.
     async fn sweep(&self) {
         let swept = async {
@@ -476,29 +322,6 @@ impl Context {
     }
 }
 
-/// The rows a job had written and the position it continues after, read back from its last checkpoint;
-/// `None` to start from its first row. A checkpoint that cannot be read back fails the job: restarting from
-/// the first row would append the rows again to the file.
-fn checkpoint(job: &ClaimedJob) -> Result<Option<(u64, Position)>, JobError> {
-    if !job.resumable {
-        return Ok(None);
-    }
-    let unreadable = |why: String| {
-        JobError::Permanent(format!(
-            "the checkpoint after {} rows cannot be read back ({why}); the job cannot resume",
-            job.rows_written
-        ))
-    };
-    match &job.position {
-        None if job.rows_written > 0 => Err(unreadable("it has no position".into())),
-        None => Ok(None),
-        Some(text) => {
-            let position: Position = serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
-            Ok(Some((job.rows_written as u64, position)))
-        }
-    }
-}
-
 /// Forgets a finished job task, logging a panic: the job's lease then runs out and another run takes it over.
 fn ended_task(jobs: &mut HashMap<tokio::task::Id, Uuid>, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
     let task = match &ended {
@@ -511,13 +334,4 @@ fn ended_task(jobs: &mut HashMap<tokio::task::Id, Uuid>, ended: Result<(tokio::t
     {
         tracing::error!(job = ?job, %error, "an export job's task panicked; its lease will run out and another run will take it over");
     }
-}
-
-/// Appends `bytes` to the file, unless the lease may have run out (another instance may own the file then).
-fn write(file: &mut JobFile, bytes: &[u8], lease: &LeaseClock) -> Result<(), JobError> {
-    if !lease.is_valid() {
-        return Err(JobError::LeaseLost);
-    }
-    tokio::task::block_in_place(|| file.write(bytes))?;
-    Ok(())
 }

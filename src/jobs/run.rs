@@ -1,0 +1,199 @@
+//! One run of a job: its rows through the export pipeline into its file, with checkpoints (or, for a job
+//! that cannot resume, progress reports) along the way, and its completion.
+
+use super::file::{FileError, JobFile};
+use super::lease::LeaseClock;
+use super::{Context, JobError, file_path};
+use crate::compress::Encoding;
+use crate::db::jobs::{ClaimedJob, Progress};
+use crate::db::rows::{Rows, Source};
+use crate::encode::{Format, RowEncoder};
+use crate::pipeline::{Piece, Pipeline};
+use crate::query::{self, Endpoint, KeysetScan, Position};
+
+impl Context {
+    /// Writes the job's rows through the export pipeline: a resumable job from its last checkpoint, with a
+    /// checkpoint after every batch; a keyless one from its first row, in one statement. Completes it after
+    /// the last row.
+    pub(super) async fn execute(&self, job: &ClaimedJob, lease: &LeaseClock) -> Result<(), JobError> {
+        let state = &self.state;
+        let settings = &self.settings;
+        let dataset = state
+            .catalog
+            .get(&job.dataset)
+            .ok_or_else(|| JobError::Unserved(job.dataset.clone()))?;
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(&job.query).map_err(|e| JobError::Permanent(e.to_string()))?;
+        let request =
+            query::params::parse(dataset, Endpoint::Job, &pairs).map_err(|e| JobError::Permanent(e.to_string()))?;
+        let format = Format::negotiate(Some(&job.format), None).map_err(|e| JobError::Permanent(e.to_string()))?;
+        let encoding = Encoding::from_name(&job.compression)
+            .filter(|e| e.concatenates())
+            .ok_or_else(|| JobError::Permanent(format!("unknown compression {:?}", job.compression)))?;
+        if job.resumable && dataset.key.is_none() {
+            return Err(JobError::Permanent(format!(
+                "dataset {:?} no longer has a key to resume by",
+                dataset.name
+            )));
+        }
+        let (mut rows_before, mut position) = match checkpoint(job)? {
+            Some((rows, position)) => (rows, Some(position)),
+            None => (0, None),
+        };
+        let path = file_path(&self.directory, job.id, format, encoding);
+        let start = if job.resumable { job.bytes_written as u64 } else { 0 };
+        let mut file = match tokio::task::block_in_place(|| JobFile::open(&path, start)) {
+            Ok(file) => file,
+            Err(FileError::Short { .. }) if start > 0 => {
+                tracing::warn!(job = %job.id, "the export file lost data; starting the job over");
+                rows_before = 0;
+                position = None;
+                tokio::task::block_in_place(|| JobFile::open(&path, 0))
+                    .map_err(|e| JobError::Transient(e.to_string()))?
+            }
+            Err(error) => return Err(JobError::Transient(format!("{}: {error}", path.display()))),
+        };
+        if !job.resumable && job.rows_written > 0 {
+            tracing::info!(job = %job.id, "a job on a keyless dataset restarts from its first row");
+            self.record(
+                job,
+                lease,
+                &Progress {
+                    rows: 0,
+                    bytes: 0,
+                    position: None,
+                },
+                false,
+            )
+            .await?;
+        }
+        let (source, columns) = if job.resumable {
+            let scan = KeysetScan::new(dataset, &request, format, settings.batch_rows).resumed(position, rows_before);
+            let columns = scan.columns();
+            (Source::Batches(scan), columns)
+        } else {
+            let plan = query::plan_rows(dataset, &request, format, None);
+            let columns = plan.columns.clone();
+            (Source::Statement(plan), columns)
+        };
+        let too_slow = || {
+            JobError::Transient(format!(
+                "a batch made no progress within jobs.batch_timeout ({:?})",
+                settings.batch_timeout
+            ))
+        };
+        // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
+        let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
+        let opened = Rows::open(&self.pool, &state.begin_sql, source, None);
+        let (mut rows, _) = tokio::time::timeout_at(deadline, opened)
+            .await
+            .map_err(|_| too_slow())??;
+        rows.pause_between_batches();
+        let encoder = RowEncoder::new(format, &columns);
+        let mut pipeline = Pipeline::new(
+            rows,
+            encoder,
+            encoding,
+            &state.levels,
+            state.chunking.size,
+            file.is_empty(),
+        )?;
+        let mut reported = 0;
+        loop {
+            let piece = tokio::time::timeout_at(deadline, pipeline.next(None))
+                .await
+                .map_err(|_| too_slow())??
+                .expect("the pipeline ends with an End piece");
+            let (bytes, done) = match piece {
+                Piece::Chunk(bytes) => (bytes, None),
+                Piece::Boundary(bytes) => (bytes, Some(false)),
+                Piece::End(bytes) => (bytes, Some(true)),
+            };
+            write(&mut file, &bytes, lease)?;
+            let rows = rows_before + pipeline.rows();
+            let Some(done) = done else {
+                // A job that cannot resume has no batches: each chunk is progress, and it reports as it goes.
+                if !job.resumable {
+                    deadline = tokio::time::Instant::now() + settings.batch_timeout;
+                }
+                if !job.resumable && rows - reported >= settings.batch_rows {
+                    reported = rows;
+                    let progress = Progress {
+                        rows: rows as i64,
+                        bytes: file.len() as i64,
+                        position: None,
+                    };
+                    self.record(job, lease, &progress, false).await?;
+                }
+                continue;
+            };
+            tokio::task::block_in_place(|| file.sync())?;
+            let position = pipeline.position().filter(|_| job.resumable);
+            let progress = Progress {
+                rows: rows as i64,
+                bytes: file.len() as i64,
+                position: position.as_ref(),
+            };
+            self.record(job, lease, &progress, done).await?;
+            if done {
+                tracing::info!(job = %job.id, rows, bytes = file.len(), "export job completed");
+                return Ok(());
+            }
+            deadline = tokio::time::Instant::now() + settings.batch_timeout;
+        }
+    }
+
+    /// Records progress (a checkpoint once its bytes are durable), or completes the job.
+    async fn record(
+        &self,
+        job: &ClaimedJob,
+        lease: &LeaseClock,
+        progress: &Progress<'_>,
+        done: bool,
+    ) -> Result<(), JobError> {
+        let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
+        if !lease.is_valid() {
+            return Err(JobError::LeaseLost);
+        }
+        let recorded = if done {
+            self.store
+                .complete(&**client, job.id, self.owner, progress, self.settings.retention)
+                .await?
+        } else {
+            self.store.checkpoint(&**client, job.id, self.owner, progress).await?
+        };
+        if recorded { Ok(()) } else { Err(JobError::LeaseLost) }
+    }
+}
+
+/// The rows a job had written and the position it continues after, read back from its last checkpoint;
+/// `None` to start from its first row. A checkpoint that cannot be read back fails the job: restarting from
+/// the first row would append the rows again to the file.
+fn checkpoint(job: &ClaimedJob) -> Result<Option<(u64, Position)>, JobError> {
+    if !job.resumable {
+        return Ok(None);
+    }
+    let unreadable = |why: String| {
+        JobError::Permanent(format!(
+            "the checkpoint after {} rows cannot be read back ({why}); the job cannot resume",
+            job.rows_written
+        ))
+    };
+    match &job.position {
+        None if job.rows_written > 0 => Err(unreadable("it has no position".into())),
+        None => Ok(None),
+        Some(text) => {
+            let position: Position = serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+            Ok(Some((job.rows_written as u64, position)))
+        }
+    }
+}
+
+/// Appends `bytes` to the file, unless the lease may have run out (another instance may own the file then).
+fn write(file: &mut JobFile, bytes: &[u8], lease: &LeaseClock) -> Result<(), JobError> {
+    if !lease.is_valid() {
+        return Err(JobError::LeaseLost);
+    }
+    tokio::task::block_in_place(|| file.write(bytes))?;
+    Ok(())
+}

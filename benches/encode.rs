@@ -68,7 +68,7 @@ fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
     (columns, rows)
 }
 
-fn encode_all(encoder: &mut RowEncoder, rows: &[Row], out: &mut Vec<u8>) {
+fn encode_all(encoder: &RowEncoder, rows: &[Row], out: &mut Vec<u8>) {
     out.clear();
     for row in rows {
         encoder.write_row(&row[..], out).unwrap();
@@ -79,12 +79,12 @@ fn encoders(c: &mut Criterion) {
     let (columns, rows) = orders(10_000);
     let mut group = c.benchmark_group("encode_10k_orders");
     for format in [Format::Ndjson, Format::Csv] {
-        let mut encoder = RowEncoder::new(format, &columns);
+        let encoder = RowEncoder::new(format, &columns);
         let mut out = Vec::with_capacity(4 << 20);
-        encode_all(&mut encoder, &rows, &mut out);
+        encode_all(&encoder, &rows, &mut out);
         group.throughput(Throughput::Bytes(out.len() as u64));
         group.bench_function(format!("{format:?}"), |b| {
-            b.iter(|| encode_all(&mut encoder, black_box(&rows), &mut out));
+            b.iter(|| encode_all(&encoder, black_box(&rows), &mut out));
         });
     }
     group.finish();
@@ -93,7 +93,7 @@ fn encoders(c: &mut Criterion) {
 fn compressors(c: &mut Criterion) {
     let (columns, rows) = orders(10_000);
     let mut ndjson = Vec::new();
-    encode_all(&mut RowEncoder::new(Format::Ndjson, &columns), &rows, &mut ndjson);
+    encode_all(&RowEncoder::new(Format::Ndjson, &columns), &rows, &mut ndjson);
     let mut group = c.benchmark_group("compress_10k_orders_ndjson");
     group.throughput(Throughput::Bytes(ndjson.len() as u64));
     for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Brotli] {

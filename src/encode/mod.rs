@@ -124,8 +124,9 @@ pub enum RowEncoder {
     JsonArray {
         /// The objects' encoder.
         objects: NdjsonEncoder,
-        /// Whether a row has been written (the next needs a separator).
-        started: bool,
+        /// Whether a row has been written (the next needs a separator). A `Cell`, so that writing takes
+        /// `&self`: the encoders' hot loop is measurably faster when the encoder is not borrowed mutably.
+        started: std::cell::Cell<bool>,
     },
 }
 
@@ -142,7 +143,7 @@ impl RowEncoder {
     pub fn json_array(columns: &[EncodedColumn]) -> Self {
         RowEncoder::JsonArray {
             objects: NdjsonEncoder::new(columns),
-            started: false,
+            started: std::cell::Cell::new(false),
         }
     }
 
@@ -157,12 +158,12 @@ impl RowEncoder {
 
     /// Appends one row, including its line terminator or separator.
     #[inline]
-    pub fn write_row<C: Cells + ?Sized>(&mut self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             RowEncoder::Ndjson(e) => e.write_row(row, out),
             RowEncoder::Csv(e) => e.write_row(row, out),
             RowEncoder::JsonArray { objects, started } => {
-                if std::mem::replace(started, true) {
+                if started.replace(true) {
                     out.push(b',');
                 }
                 objects.write_object(row, out)

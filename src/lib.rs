@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! A request flows route → negotiate → plan → rows → encode → compress → sink:
-//! - `routes`: the HTTP resources; with `startup` and `body`, the only code that touches actix.
+//! - `routes`: the HTTP resources; with `startup`, `body` and `error`, the only code that touches actix.
 //! - `negotiate`, [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
 //! - `dataset`: what a dataset is (relation, columns, types and their operators, key); a leaf module.
 //! - `query`: the query string (PostgREST syntax) → validated SQL, bind parameters, positions, cursors.

@@ -1,5 +1,5 @@
 //! The application's state: what every worker shares (the catalog, settings, the job store) and what each
-//! worker owns (its connection pools). Built by `startup`, read by `routes`, `body` and `jobs`.
+//! worker owns (its connection pools). Built by `startup`, read by `routes` and `jobs`.
 
 use deadpool_postgres::Pool;
 

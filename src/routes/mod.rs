@@ -1,4 +1,4 @@
-//! HTTP routes, one file per resource; with `startup` and `body`, the only code that touches actix types.
+//! HTTP routes, one file per resource; with `startup`, `body` and `error`, the only code that touches actix types.
 
 mod datasets;
 mod exports;

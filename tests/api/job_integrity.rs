@@ -9,12 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{BIG_VIEW, ServerProcess, TestDb, settings, spawn_with, wait_for};
-
-fn temp_dir(label: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("pgspout-{label}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::jobs::{create as post, create_ok as create, status, temp_dir};
 
 fn config(directory: &Path, jobs: &str, datasets: &[(&str, &str, Option<&str>)]) -> String {
     let mut text = format!(
@@ -28,33 +23,6 @@ fn config(directory: &Path, jobs: &str, datasets: &[(&str, &str, Option<&str>)])
         }
     }
     text
-}
-
-async fn post(base: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("http://{base}/v1/exports"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn create(base: &str, body: Value) -> String {
-    let response = post(base, body).await;
-    assert_eq!(response.status(), 202);
-    response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn status(base: &str, id: &str) -> Value {
-    reqwest::get(format!("http://{base}/v1/exports/{id}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 async fn wait_status(base: &str, id: &str, wanted: &str, limit: Duration) -> Value {

@@ -51,13 +51,13 @@ fn has_file(directory: &Path, id: &str) -> bool {
         .any(|e| e.file_name().to_string_lossy().starts_with(id))
 }
 
-fn temp_dir(label: &str) -> PathBuf {
+pub(crate) fn temp_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pgspout-{label}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-async fn create(base: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn create(base: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("http://{base}/v1/exports"))
         .json(&body)
@@ -66,7 +66,7 @@ async fn create(base: &str, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-async fn create_ok(base: &str, body: Value) -> String {
+pub(crate) async fn create_ok(base: &str, body: Value) -> String {
     let response = create(base, body).await;
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -75,7 +75,7 @@ async fn create_ok(base: &str, body: Value) -> String {
     created["id"].as_str().unwrap().to_owned()
 }
 
-async fn status(base: &str, id: &str) -> Value {
+pub(crate) async fn status(base: &str, id: &str) -> Value {
     let response = reqwest::get(format!("http://{base}/v1/exports/{id}")).await.unwrap();
     assert_eq!(response.status(), 200);
     response.json().await.unwrap()

@@ -240,6 +240,10 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
                 "rows_written": { "type": "integer" }, "bytes_written": { "type": "integer" },
                 "last_key": {}, "position": { "type": ["array", "null"] },
                 "error": { "type": ["string", "null"] }, "attempts": { "type": "integer" },
+                "resumable": {
+                    "type": "boolean",
+                    "description": "false for a dataset without a key: an interrupted run starts again from the first row"
+                },
                 "created_at": { "type": "string", "format": "date-time" },
                 "started_at": nullable_time, "updated_at": { "type": "string", "format": "date-time" },
                 "finished_at": nullable_time, "expires_at": nullable_time,

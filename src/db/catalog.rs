@@ -1,4 +1,5 @@
-//! Datasets resolved against the database at start-up: the relation, its columns and types, its key.
+//! Datasets resolved against the database at start-up: the relation, its columns, their types and the
+//! comparisons those types support (so a filter or order a type lacks is refused before any query), its key.
 //!
 //! Everything that later becomes SQL text (relation and column identifiers, output functions) is read from
 //! the catalog here and quoted here; requests only ever pick among these.

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Paired comparison of this checkout's pgspout with the one built from git revision REV, on one throwaway
+# cluster: both servers run side by side and every request goes to each in turn (alternating who goes first),
+# so the machine's noise hits both alike. Prints median times as ratios to psql \copy, and both peak RSS.
+#   scripts/compare.sh REV            (COMPARE_ROWS, default 1000000; COMPARE_ROUNDS, default 11)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${1:?usage: scripts/compare.sh REV}
+
+if [ -z "${PGHOST:-}" ]; then
+  bash scripts/setup.sh
+  cargo build --release --locked
+  base=target/compare/$(git rev-parse --short "$rev")
+  if [ ! -x "$base/target/release/pgspout" ]; then
+    rm -rf "$base"
+    mkdir -p target/compare
+    git worktree add --detach "$base" "$rev" >/dev/null
+    (cd "$base" && cargo build --release --locked)
+  fi
+  exec pg_virtualenv -t -- env COMPARE_BASE="$PWD/$base/target/release/pgspout" bash "$0" "$rev"
+fi
+
+psql -X -q -v rows="${COMPARE_ROWS:-1000000}" -f config/demo-seed.sql >/dev/null
+export DATABASE_URL="host=$PGHOST port=$PGPORT user=$PGUSER password=$PGPASSWORD dbname=$PGDATABASE"
+export RUST_LOG=warn
+port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+new_port=$(port)
+base_port=$(port)
+PGSPOUT_LISTEN=127.0.0.1:$new_port target/release/pgspout serve --config config/pgspout.toml &
+new_pid=$!
+PGSPOUT_LISTEN=127.0.0.1:$base_port "$COMPARE_BASE" serve --config config/pgspout.toml &
+base_pid=$!
+trap 'kill $new_pid $base_pid 2>/dev/null || true' EXIT
+for p in "$new_port" "$base_port"; do
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/readyz" && break; sleep 0.1; done
+done
+
+millis() {
+  local start
+  start=$(date +%s%N)
+  "$@" >/dev/null
+  echo $((($(date +%s%N) - start) / 1000000))
+}
+export_once() { # port case
+  local query="" headers=()
+  case $2 in
+    chunked) query="consistency=chunked" ;;
+    csv) query="format=csv" ;;
+    gzip | zstd) headers=(-H "Accept-Encoding: $2") ;;
+  esac
+  millis curl -sS --fail -o /dev/null "${headers[@]}" "http://127.0.0.1:$1/v1/datasets/orders/rows?$query"
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+cases=(ndjson chunked csv gzip zstd)
+declare -A times
+copy="\\copy (SELECT id, customer_name, email, amount, category, created_at, note FROM orders ORDER BY id) TO /dev/null CSV"
+# Round 0 warms the caches and is not counted.
+for round in $(seq 0 "${COMPARE_ROUNDS:-11}"); do
+  psql_time=$(millis psql -X -q -c "$copy")
+  for c in "${cases[@]}"; do
+    if ((round % 2)); then
+      a=$(export_once "$new_port" "$c"); b=$(export_once "$base_port" "$c")
+    else
+      b=$(export_once "$base_port" "$c"); a=$(export_once "$new_port" "$c")
+    fi
+    ((round)) || continue
+    times[new_$c]+=" $a"
+    times[base_$c]+=" $b"
+  done
+  ((round)) && times[psql]+=" $psql_time"
+done
+
+psql_median=$(echo "${times[psql]}" | median)
+echo "compare: this checkout vs $1, ${COMPARE_ROWS:-1000000} rows, medians of ${COMPARE_ROUNDS:-11} paired rounds; psql \\copy ${psql_median} ms"
+for c in "${cases[@]}"; do
+  a=$(echo "${times[new_$c]}" | median)
+  b=$(echo "${times[base_$c]}" | median)
+  awk -v c="$c" -v a="$a" -v b="$b" -v p="$psql_median" \
+    'BEGIN { printf "  %-8s this %.2fx psql   %s %.2fx psql\n", c, a / p, "'"$1"'", b / p }'
+done
+rss() { awk '/VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$1/status"; }
+echo "  peak RSS: this $(rss $new_pid), $1 $(rss $base_pid)"

@@ -10,8 +10,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::Stream;
 
+use tracing::Instrument;
+
 use crate::error::{StreamError, chain};
 use crate::pipeline::{Piece, Pipeline};
+use crate::telemetry::metrics::{ExportMeter, ExportOutcome};
 
 /// Chunking limits for one export.
 #[derive(Clone, Copy, Debug)]
@@ -34,18 +37,21 @@ struct Export {
     chunking: Chunking,
     last_chunk: Instant,
     label: String,
-    started: Instant,
     /// Turns `true` when a shutdown's grace period is over.
     cut: tokio::sync::watch::Receiver<bool>,
+    /// Counts what goes out, and how the export ends.
+    meter: ExportMeter,
 }
 
-/// The body of an export: header, rows, trailer; an `Err` item aborts the transfer.
+/// The body of an export: header, rows, trailer; an `Err` item aborts the transfer. The export runs in the
+/// current (the request's) log span.
 pub(crate) fn stream(
     pipeline: Pipeline,
     slot: tokio::sync::OwnedSemaphorePermit,
     chunking: Chunking,
     label: String,
     cut: tokio::sync::watch::Receiver<bool>,
+    meter: ExportMeter,
 ) -> impl Stream<Item = Result<Bytes, StreamError>> {
     let export = Export {
         pipeline,
@@ -53,11 +59,11 @@ pub(crate) fn stream(
         chunking,
         last_chunk: Instant::now(),
         label,
-        started: Instant::now(),
         cut,
+        meter,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    actix_web::rt::spawn(export.run(sender));
+    actix_web::rt::spawn(export.run(sender).instrument(tracing::Span::current()));
     futures::stream::unfold(Some(receiver), |state| async move {
         let mut receiver = state?;
         match receiver.recv().await {
@@ -96,7 +102,7 @@ impl Export {
         let deadline = self
             .chunking
             .max_duration
-            .map(|limit| tokio::time::Instant::from_std(self.started + limit));
+            .map(|limit| tokio::time::Instant::from_std(self.meter.started() + limit));
         let mut cut = self.cut.clone();
         loop {
             let flush_at = self.last_chunk + self.chunking.flush_interval;
@@ -104,7 +110,7 @@ impl Export {
                 _ = cut.wait_for(|cut| *cut) => Err(StreamError::ShutDown),
                 next = self.pipeline.next(Some(flush_at)) => next.map_err(StreamError::from),
                 () = sender.closed() => {
-                    tracing::debug!(export = %self.label, rows = self.pipeline.rows(), "client left");
+                    self.left();
                     return;
                 }
                 () = sleep_until_or_never(deadline) => Err(StreamError::TooLong),
@@ -112,7 +118,6 @@ impl Export {
             let (message, last) = match next {
                 Ok(Some(Piece::Chunk(chunk) | Piece::Boundary(chunk))) => (Message::Chunk(chunk), false),
                 Ok(Some(Piece::End(chunk))) => {
-                    self.log_end();
                     if !chunk.is_empty() && !self.send(&sender, Message::Chunk(chunk)).await {
                         return;
                     }
@@ -121,10 +126,21 @@ impl Export {
                 Ok(None) => (Message::End, true),
                 Err(error) => {
                     tracing::error!(export = %self.label, rows = self.pipeline.rows(), error = %chain(&error), "export failed mid-stream; aborting the response");
+                    self.meter.end(match error {
+                        StreamError::TooLong => ExportOutcome::TooLong,
+                        _ => ExportOutcome::Failed,
+                    });
                     (Message::Failed(error), true)
                 }
             };
-            if !self.send(&sender, message).await || last {
+            let end = matches!(message, Message::End);
+            if !self.send(&sender, message).await {
+                return;
+            }
+            if end {
+                self.meter.end(ExportOutcome::Completed);
+            }
+            if last {
                 return;
             }
         }
@@ -132,26 +148,37 @@ impl Export {
 
     /// Hands `message` to the body; `false` when the client is gone or stopped reading.
     async fn send(&mut self, sender: &tokio::sync::mpsc::Sender<Message>, message: Message) -> bool {
+        let bytes = match &message {
+            Message::Chunk(chunk) => chunk.len(),
+            _ => 0,
+        };
         match tokio::time::timeout(self.chunking.stall_timeout, sender.send(message)).await {
             Ok(Ok(())) => {
                 self.last_chunk = Instant::now();
+                self.meter.sent(self.pipeline.rows(), bytes);
                 true
             }
-            Ok(Err(_)) => false,
+            Ok(Err(_)) => {
+                self.left();
+                false
+            }
             Err(_) => {
                 tracing::warn!(export = %self.label, rows = self.pipeline.rows(), timeout = ?self.chunking.stall_timeout, "client stopped reading; export cut");
+                self.meter.end(ExportOutcome::Stalled);
                 false
             }
         }
     }
 
-    fn log_end(&self) {
-        tracing::info!(
-            export = %self.label,
-            rows = self.pipeline.rows(),
-            bytes = self.pipeline.bytes(),
-            millis = self.started.elapsed().as_millis() as u64,
-            "export complete"
-        );
+    /// The client's connection closed. After a stall as long as the stall timeout, that is the kernel's
+    /// user timeout (set to the same length) cutting a client that stopped reading: a stall, not a departure.
+    fn left(&mut self) {
+        if self.last_chunk.elapsed() >= self.chunking.stall_timeout {
+            tracing::warn!(export = %self.label, rows = self.pipeline.rows(), "client stopped reading; its connection timed out");
+            self.meter.end(ExportOutcome::Stalled);
+        } else {
+            tracing::debug!(export = %self.label, rows = self.pipeline.rows(), "client left");
+            self.meter.end(ExportOutcome::ClientLeft);
+        }
     }
 }

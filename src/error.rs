@@ -112,6 +112,12 @@ struct Problem<'a> {
     title: &'a str,
     status: u16,
     detail: String,
+    /// `urn:pgspout:request:<id>`: this occurrence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+    /// The request id alone, as in `X-Request-Id` and the logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 impl ApiError {
@@ -171,23 +177,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let (r#type, title) = self.kind();
-        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %chain(self), "request failed");
-            "The request failed inside pgspout or the database; the server log has the cause.".to_owned()
-        } else {
-            if status.is_server_error() || status == StatusCode::FORBIDDEN {
-                tracing::warn!(error = %chain(self), "request refused");
-            }
-            self.to_string()
-        };
-        let body = serde_json::to_string(&Problem {
-            r#type,
-            title,
-            status: status.as_u16(),
-            detail,
-        })
-        .expect("a problem document always serializes");
+        } else if status.is_server_error() || status == StatusCode::FORBIDDEN {
+            tracing::warn!(error = %chain(self), "request refused");
+        }
         let mut response = HttpResponse::build(status);
         response.insert_header((
             header::CONTENT_TYPE,
@@ -199,7 +193,35 @@ impl ResponseError for ApiError {
         if let ApiError::MethodNotAllowed(allow) = self {
             response.insert_header((header::ALLOW, *allow));
         }
-        response.body(body)
+        // The telemetry middleware renders the body again with the request id.
+        response.body(self.problem_json(None))
+    }
+}
+
+impl ApiError {
+    /// The problem+json body; with `request_id`, naming this occurrence. 5xx details are generic.
+    pub(crate) fn problem_json(&self, request_id: Option<&str>) -> String {
+        let status = self.status_code();
+        let (r#type, title) = self.kind();
+        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            "The request failed inside pgspout or the database; the server log has the cause.".to_owned()
+        } else {
+            self.to_string()
+        };
+        serde_json::to_string(&Problem {
+            r#type,
+            title,
+            status: status.as_u16(),
+            detail,
+            instance: request_id.map(|id| format!("urn:pgspout:request:{id}")),
+            request_id,
+        })
+        .expect("a problem document always serializes")
+    }
+
+    /// Whether no pooled connection was free in time.
+    pub(crate) fn is_pool_timeout(&self) -> bool {
+        matches!(self, ApiError::Open(OpenError::PoolExhausted))
     }
 }
 

@@ -15,8 +15,9 @@
 //! - `jobs`: the sink that writes background exports to files that survive crashes.
 //! - `openapi`: the OpenAPI document generated from the datasets.
 //! - `state`: what the workers share and own.
+//! - `telemetry`: logs, metrics and request ids (its middleware is actix code too).
 //! - [`error`]: problem+json before the first byte, aborted transfers after it.
-//! - [`settings`], [`startup`]: configuration and wiring.
+//! - [`settings`], [`startup`]: configuration and wiring; [`telemetry`]'s logging set-up.
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
 
@@ -35,3 +36,4 @@ mod routes;
 pub mod settings;
 pub mod startup;
 mod state;
+pub mod telemetry;

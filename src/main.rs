@@ -49,11 +49,14 @@ enum Command {
     /// DATABASE_URL overrides database.url and PGSPOUT_LISTEN overrides server.listen. Logging follows
     /// RUST_LOG (default: info).
     Serve {
-        /// The TOML config file.
-        #[arg(long, default_value = "config/pgspout.toml")]
-        config: PathBuf,
+        /// The TOML config file [default: config/pgspout.toml, if it exists]
+        #[arg(long, env = "PGSPOUT_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
+
+/// The config file read when none is named and it exists.
+const DEFAULT_CONFIG: &str = "config/pgspout.toml";
 
 /// jemalloc, configured (in .cargo/config.toml) to purge freed pages on a background thread within about a
 /// second: after a burst of concurrent exports, resident memory goes back down, where glibc kept what 20
@@ -63,13 +66,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let Command::Serve { config } = cli.command;
     let result = actix_web::rt::System::new().block_on(async move {
-        let settings = Settings::load(&config).map_err(|e| chain(&e))?;
+        // The default file is optional; one named on the command line must exist.
+        let file = config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
+        let settings = Settings::load(file.as_deref()).map_err(|e| chain(&e))?;
+        pgspout::telemetry::init_logging(settings.log.format);
         let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
         let application = Application::build(settings).await.map_err(|e| chain(&e))?;
         application.run_until_stopped(shutdown).await.map_err(|e| chain(&e))

@@ -53,8 +53,6 @@ pub(crate) struct Pipeline {
     /// Whether the compressor holds input that has not been flushed out.
     unflushed: bool,
     chunk_size: usize,
-    /// Compressed bytes produced so far.
-    bytes: u64,
     /// Set when finished: what the rows said at their end.
     end: Option<(u64, Option<Position>, bool)>,
 }
@@ -83,7 +81,6 @@ impl Pipeline {
             plain,
             unflushed: false,
             chunk_size,
-            bytes: 0,
             end: None,
         })
     }
@@ -132,11 +129,6 @@ impl Pipeline {
         }
     }
 
-    /// Bytes produced so far (compressed, as sent or written).
-    pub(crate) fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     /// The position of the last row encoded, when the rows carry positions.
     pub(crate) fn position(&self) -> Option<Position> {
         match (&self.rows, &self.end) {
@@ -169,7 +161,7 @@ impl Pipeline {
             return Ok(None);
         }
         let chunk = compressor.take(self.chunk_size);
-        Ok(Some(self.emit(chunk)))
+        Ok(Some(Bytes::from(chunk)))
     }
 
     /// Everything buffered, made decodable by the reader.
@@ -182,7 +174,7 @@ impl Pipeline {
         compressor.flush()?;
         self.unflushed = false;
         let chunk = compressor.take(self.chunk_size);
-        Ok(self.emit(chunk))
+        Ok(Bytes::from(chunk))
     }
 
     /// Everything buffered, ending the compressed frame (a gzip member, a zstd frame); the next bytes start
@@ -190,7 +182,7 @@ impl Pipeline {
     fn end_frame(&mut self) -> Result<Bytes, PipelineError> {
         let next = Compressor::new(self.encoding, &self.levels)?;
         let last = self.close_compressor(next)?;
-        Ok(self.emit(last))
+        Ok(Bytes::from(last))
     }
 
     fn close_compressor(&mut self, next: Option<Compressor>) -> io::Result<Vec<u8>> {
@@ -210,7 +202,7 @@ impl Pipeline {
         let rows = self.rows.take().expect("finish runs once, while the rows are open");
         self.end = Some((rows.read(), rows.position(), rows.has_more()));
         rows.finish().await?;
-        Ok(self.emit(last))
+        Ok(Bytes::from(last))
     }
 
     fn take_plain(&mut self) -> Bytes {
@@ -218,11 +210,6 @@ impl Pipeline {
             &mut self.plain,
             Vec::with_capacity(self.chunk_size + self.chunk_size / 4),
         );
-        self.emit(chunk)
-    }
-
-    fn emit(&mut self, chunk: Vec<u8>) -> Bytes {
-        self.bytes += chunk.len() as u64;
         Bytes::from(chunk)
     }
 }

@@ -1,10 +1,15 @@
-//! Settings: a TOML file (default `config/pgspout.toml`) with environment overrides.
+//! Settings: defaults, then a TOML file (optional), then the environment.
 //!
-//! Unknown keys are errors, so a typo fails at start-up instead of being silently ignored.
+//! Precedence, lowest first: built-in defaults; the file; `DATABASE_URL` (for `database.url`) and
+//! `PGSPOUT_LISTEN` (for `server.listen`); `PGSPOUT_<SECTION>__<KEY>` for any key, such as
+//! `PGSPOUT_DATABASE__POOL_SIZE=16` or `PGSPOUT_EXPORT__STALL_TIMEOUT=30s`. Unknown keys are errors, in the
+//! file and in `PGSPOUT_*__*` variables alike, so a typo fails at start-up instead of being silently ignored.
 
 use std::path::Path;
 use std::time::Duration;
 
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
 use serde::Deserialize;
 
 use crate::compress::Levels;
@@ -32,9 +37,31 @@ pub struct Settings {
     /// Background export jobs; off unless `jobs.directory` is set.
     #[serde(default)]
     pub jobs: JobSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
     /// The datasets served; identifiers come only from here, never from a request.
     #[serde(default)]
     pub datasets: Vec<DatasetSettings>,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (default) or `json` (one JSON object per line).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[server]`.
@@ -48,6 +75,8 @@ pub struct ServerSettings {
     /// On SIGTERM/SIGINT, how long in-flight exports may run on before they are cut.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Serve `/metrics` only on this address, not on `listen`; unset: on `listen`.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for ServerSettings {
@@ -56,6 +85,7 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             workers: None,
             shutdown_grace: Duration::from_secs(30),
+            metrics_listen: None,
         }
     }
 }
@@ -230,36 +260,40 @@ pub enum SettingsError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The file is no valid TOML, or has unknown or mistyped keys.
-    #[error("config file {path}: {source}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// What is wrong, with its position.
-        source: Box<toml::de::Error>,
-    },
+    /// The file is no valid TOML, or it or the environment has unknown or mistyped keys.
+    #[error("config: {0}")]
+    Parse(#[source] Box<figment::Error>),
     /// A value is out of range or inconsistent.
     #[error("config: {0}")]
     Invalid(String),
 }
 
 impl Settings {
-    /// Reads `path`, applies `DATABASE_URL` and `PGSPOUT_LISTEN`, and validates the result.
-    pub fn load(path: &Path) -> Result<Settings, SettingsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let mut settings = Settings::parse(&text).map_err(|source| SettingsError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })?;
-        if let Ok(url) = std::env::var("DATABASE_URL") {
-            settings.database.url = Some(url);
+    /// Merges the defaults, `file` (when given; it must then exist) and the environment, and validates the
+    /// result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if let Err(source) = std::fs::metadata(path) {
+                return Err(SettingsError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
         }
-        if let Ok(listen) = std::env::var("PGSPOUT_LISTEN") {
-            settings.server.listen = listen;
-        }
+        let settings: Settings = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database.url".into()))
+            .merge(Env::raw().only(&["PGSPOUT_LISTEN"]).map(|_| "server.listen".into()))
+            // Only names with a section separator are keys: PGSPOUT_LISTEN above, and variables of other
+            // tools that share the prefix, are not.
+            .merge(
+                Env::prefixed("PGSPOUT_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
+            .extract()
+            .map_err(|e| SettingsError::Parse(Box::new(e)))?;
         settings.validate()?;
         Ok(settings)
     }

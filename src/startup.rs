@@ -14,6 +14,8 @@ use crate::query::cursor::CursorKey;
 use crate::routes;
 use crate::settings::Settings;
 use crate::state::{AppState, JobsState, Pools};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::request::Telemetry;
 
 /// Why pgspout could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,8 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     server: Server,
+    /// `/metrics` on `server.metrics_listen`, and its port.
+    metrics_server: Option<(u16, Server)>,
     /// The job runner, when jobs are on, starts with the server and needs these.
     state: Arc<AppState>,
     connection: tokio_postgres::Config,
@@ -105,6 +109,7 @@ impl Application {
             })?
             .port();
         let (cut, exports_cut) = tokio::sync::watch::channel(false);
+        let metrics = Arc::new(Metrics::new());
         let state = Arc::new(AppState {
             begin_sql: db::begin_sql(&settings.database),
             chunking: Chunking {
@@ -125,22 +130,28 @@ impl Application {
             catalog,
             jobs,
             cut: exports_cut,
+            metrics: metrics.clone(),
         });
         // Kept for the job runner, which starts with the server; the originals move into the workers' factory.
         let (runner_state, runner_connection) = (state.clone(), connection.clone());
         let database = settings.database.clone();
         let export_slots = settings.export_slots();
         let stall_timeout = settings.export.stall_timeout;
+        let metrics_apart = settings.server.metrics_listen.is_some();
+        let app_metrics = metrics.clone();
         let server = HttpServer::new(move || {
             let pools = Pools {
                 exports: db::pool(connection.clone(), &database, database.pool_size),
                 health: db::pool(connection.clone(), &database, 1),
                 export_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(export_slots)),
             };
+            app_metrics.watch_pool(pools.exports.clone(), pools.export_slots.clone());
             App::new()
+                .wrap(Telemetry::new(app_metrics.clone()))
                 .app_data(web::Data::from(state.clone()))
+                .app_data(web::Data::from(app_metrics.clone()))
                 .app_data(web::Data::new(pools))
-                .configure(routes::configure)
+                .configure(|config| routes::configure(config, !metrics_apart))
         })
         // A client that stops reading leaves actix waiting to write, with no timeout of its own; the kernel's
         // user timeout (which also bounds zero-window probes) closes such a connection after the stall timeout.
@@ -168,9 +179,14 @@ impl Application {
         })?
         .run();
         tracing::info!(%port, workers = settings.workers(), "listening");
+        let metrics_server = match &settings.server.metrics_listen {
+            Some(address) => Some(metrics_server(address, metrics)?),
+            None => None,
+        };
         Ok(Application {
             port,
             server,
+            metrics_server,
             state: runner_state,
             connection: runner_connection,
             database: settings.database.clone(),
@@ -182,6 +198,11 @@ impl Application {
     /// The port actually bound (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `server.metrics_listen`, when set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(|(port, _)| *port)
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets running requests finish within
@@ -197,6 +218,7 @@ impl Application {
             None => None,
         };
         let handle = self.server.handle();
+        let metrics_handle = self.metrics_server.as_ref().map(|(_, server)| server.handle());
         let (cut, grace) = (self.cut, self.shutdown_grace);
         tokio::spawn(async move {
             shutdown.await;
@@ -212,9 +234,38 @@ impl Application {
                 }
             };
             tokio::join!(handle.stop(true), stopping);
+            // Metrics stay scrapeable until the exports are done.
+            if let Some(metrics) = metrics_handle {
+                metrics.stop(true).await;
+            }
         });
-        self.server.await
+        match self.metrics_server {
+            Some((_, metrics)) => futures::try_join!(self.server, metrics).map(|_| ()),
+            None => self.server.await,
+        }
     }
+}
+
+/// `/metrics` alone on `address`, one worker.
+fn metrics_server(address: &str, metrics: Arc<Metrics>) -> Result<(u16, Server), StartupError> {
+    let listen_error = |source| StartupError::Listen {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(address).map_err(listen_error)?;
+    let port = listener.local_addr().map_err(listen_error)?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::from(metrics.clone()))
+            .service(routes::metrics::metrics)
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .map_err(listen_error)?
+    .run();
+    tracing::info!(%port, "serving /metrics");
+    Ok((port, server))
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed when this is called, not when it is

@@ -35,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) jobs: Option<JobsState>,
     /// Becomes `true` when a shutdown's grace period is over: running exports are cut then.
     pub(crate) cut: tokio::sync::watch::Receiver<bool>,
+    /// The metrics.
+    pub(crate) metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 }
 
 /// What the `/v1/exports` routes need.

@@ -65,7 +65,7 @@ pub(crate) fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, 
 ///
 /// Fixing TimeZone, DateStyle, IntervalStyle, extra_float_digits and bytea_output makes values print exactly
 /// as the encoders (and the tests' reference `COPY`) expect, whatever the database's defaults are.
-/// A future per-request `SET LOCAL ROLE` belongs here, inside the same transaction.
+/// Per-request settings (`begin_as`) follow in the same round trip.
 pub(crate) fn begin_sql(settings: &DatabaseSettings) -> String {
     format!(
         "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; \
@@ -73,6 +73,14 @@ pub(crate) fn begin_sql(settings: &DatabaseSettings) -> String {
          SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex'; SET LOCAL statement_timeout = {}",
         escape_literal(&settings.timezone),
         settings.statement_timeout.as_millis(),
+    )
+}
+
+/// `begin_sql` and a transaction-local `application_name`, so `pg_stat_activity` shows whom a backend serves.
+pub(crate) fn begin_as(begin_sql: &str, application_name: &str) -> String {
+    format!(
+        "{begin_sql}; SET LOCAL application_name = {}",
+        escape_literal(application_name)
     )
 }
 

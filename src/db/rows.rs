@@ -63,6 +63,16 @@ pub(crate) struct Rows {
     cap: Option<u64>,
     read: u64,
     more: bool,
+    timings: OpenTimings,
+}
+
+/// How long opening the rows took, for `Server-Timing`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OpenTimings {
+    /// Waiting for a pooled connection.
+    pub(crate) lease: std::time::Duration,
+    /// From the start of [`Rows::open`] to the first row (or the empty result).
+    pub(crate) first_row: std::time::Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -117,7 +127,9 @@ impl Rows {
                 (plan, Some(batches))
             }
         };
+        let started = std::time::Instant::now();
         let lease = Lease::new(pool.get().await?);
+        let leased = started.elapsed();
         let client = lease.client();
         client.batch_execute(begin_sql).await?;
         for check in &plan.checks {
@@ -153,6 +165,10 @@ impl Rows {
             cap: None,
             read: 0,
             more: false,
+            timings: OpenTimings {
+                lease: leased,
+                first_row: leased,
+            },
         };
         rows.first = match rows.stream.next().await.transpose()? {
             Some(row) => Some(row),
@@ -161,6 +177,7 @@ impl Rows {
                 None
             }
         };
+        rows.timings.first_row = started.elapsed();
         Ok((rows, total))
     }
 
@@ -272,6 +289,11 @@ impl Rows {
             .as_ref()
             .filter(|_| self.read > 0)
             .map(PositionReader::position)
+    }
+
+    /// How long opening took.
+    pub(crate) fn timings(&self) -> OpenTimings {
+        self.timings
     }
 
     /// Rows returned so far.

@@ -28,11 +28,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+/// How often `pgspout_jobs{status}` is refreshed from the job table.
+const JOB_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 use self::file::files_older_than;
 pub(crate) use self::file::{file_path, remove_files};
 use self::lease::LeaseClock;
 use crate::db::error::OpenError;
-use crate::db::jobs::{ClaimedJob, JobStore};
+use crate::db::jobs::{ClaimedJob, JobStore, RunOutcome};
 use crate::db::rows::ReadError;
 use crate::error::chain;
 use crate::pipeline::PipelineError;
@@ -172,6 +175,7 @@ impl Context {
         let mut running = JoinSet::new();
         let mut jobs = HashMap::new();
         let mut polls = 0u32;
+        let mut counted_at: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -195,16 +199,20 @@ impl Context {
             if polls.is_multiple_of(10) {
                 self.sweep().await;
             }
+            if counted_at.is_none_or(|at| at.elapsed() >= JOB_COUNT_INTERVAL) {
+                counted_at = Some(Instant::now());
+                self.count_jobs().await;
+            }
             polls = polls.wrapping_add(1);
             tokio::select! {
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
                 _ = stop.changed() => {}
-                Some(ended) = running.join_next_with_id(), if !running.is_empty() => ended_task(&mut jobs, ended),
+                Some(ended) = running.join_next_with_id(), if !running.is_empty() => self.ended_task(&mut jobs, ended),
             }
         }
         // Each job sees the stop too, and hands itself back.
         while let Some(ended) = running.join_next_with_id().await {
-            ended_task(&mut jobs, ended);
+            self.ended_task(&mut jobs, ended);
         }
         tracing::info!("job runner stopped");
     }
@@ -238,8 +246,12 @@ impl Context {
             }
         };
         drop(renewal);
+        let metrics = &self.state.metrics;
         let (error, failed) = match outcome {
-            Ok(()) => return,
+            Ok(()) => {
+                metrics.job_run(RunOutcome::Completed.as_str());
+                return;
+            }
             Err(JobError::LeaseLost) => {
                 tracing::warn!(job = %id, "lost the job's lease (taken over or cancelled); stopped writing");
                 let closed = async {
@@ -249,8 +261,12 @@ impl Context {
                         .await
                         .map_err(|e| chain(&e))
                 };
-                if let Err(error) = closed.await {
-                    tracing::warn!(job = %id, %error, "cannot record the end of the job's run");
+                match closed.await {
+                    Ok(outcome) => metrics.job_run(outcome.as_str()),
+                    Err(error) => {
+                        metrics.job_run(RunOutcome::LeaseLost.as_str());
+                        tracing::warn!(job = %id, %error, "cannot record the end of the job's run");
+                    }
                 }
                 return;
             }
@@ -262,6 +278,12 @@ impl Context {
             Err(error @ (JobError::Shutdown | JobError::Unserved(_))) => (error.to_string(), false),
         };
         tracing::warn!(job = %id, error = %error, failed, "export job run ended");
+        let outcome = if failed {
+            RunOutcome::Failed
+        } else {
+            RunOutcome::Interrupted
+        };
+        metrics.job_run(outcome.as_str());
         let released = async {
             let client = self.pool.get().await.map_err(|e| e.to_string())?;
             self.store
@@ -299,6 +321,18 @@ impl Context {
         }
     }
 
+    /// Refreshes `pgspout_jobs{status}` from the job table.
+    async fn count_jobs(&self) {
+        let counted = async {
+            let client = self.pool.get().await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(self.store.count_by_status(&**client).await?)
+        };
+        match counted.await {
+            Ok(counts) => self.state.metrics.jobs(&counts),
+            Err(error) => tracing::warn!(%error, "cannot count export jobs"),
+        }
+    }
+
     /// Deletes finished jobs past their retention and files that no job can use any more.
     async fn sweep(&self) {
         let swept = async {
@@ -322,16 +356,24 @@ impl Context {
     }
 }
 
-/// Forgets a finished job task, logging a panic: the job's lease then runs out and another run takes it over.
-fn ended_task(jobs: &mut HashMap<tokio::task::Id, Uuid>, ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
-    let task = match &ended {
-        Ok((task, ())) => *task,
-        Err(error) => error.id(),
-    };
-    let job = jobs.remove(&task);
-    if let Err(error) = ended
-        && error.is_panic()
-    {
-        tracing::error!(job = ?job, %error, "an export job's task panicked; its lease will run out and another run will take it over");
+impl Context {
+    /// Forgets a finished job task, logging (and counting) a panic: the job's lease then runs out and another
+    /// run takes it over.
+    fn ended_task(
+        &self,
+        jobs: &mut HashMap<tokio::task::Id, Uuid>,
+        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        let task = match &ended {
+            Ok((task, ())) => *task,
+            Err(error) => error.id(),
+        };
+        let job = jobs.remove(&task);
+        if let Err(error) = ended
+            && error.is_panic()
+        {
+            self.state.metrics.job_run("panicked");
+            tracing::error!(job = ?job, %error, "an export job's task panicked; its lease will run out and another run will take it over");
+        }
     }
 }

@@ -5,6 +5,7 @@ use super::file::{FileError, JobFile};
 use super::lease::LeaseClock;
 use super::{Context, JobError, file_path};
 use crate::compress::Encoding;
+use crate::db;
 use crate::db::jobs::{ClaimedJob, Progress};
 use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
@@ -84,7 +85,9 @@ impl Context {
         };
         // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
         let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
-        let opened = Rows::open(&self.pool, &state.begin_sql, source, None);
+        // `pg_stat_activity` shows which job a backend serves.
+        let begin = db::begin_as(&state.begin_sql, &format!("pgspout job:{}", job.id));
+        let opened = Rows::open(&self.pool, &begin, source, None);
         let (mut rows, _) = tokio::time::timeout_at(deadline, opened)
             .await
             .map_err(|_| too_slow())??;
@@ -99,6 +102,7 @@ impl Context {
             file.is_empty(),
         )?;
         let mut reported = 0;
+        let mut counted = rows_before;
         loop {
             let piece = tokio::time::timeout_at(deadline, pipeline.next(None))
                 .await
@@ -124,6 +128,8 @@ impl Context {
                         position: None,
                     };
                     self.record(job, lease, &progress, false).await?;
+                    state.metrics.job_rows(rows - counted);
+                    counted = rows;
                 }
                 continue;
             };
@@ -135,6 +141,8 @@ impl Context {
                 position: position.as_ref(),
             };
             self.record(job, lease, &progress, done).await?;
+            state.metrics.job_rows(rows - counted);
+            counted = rows;
             if done {
                 tracing::info!(job = %job.id, rows, bytes = file.len(), "export job completed");
                 return Ok(());

@@ -3,6 +3,7 @@
 mod datasets;
 mod exports;
 mod health;
+pub(crate) mod metrics;
 mod openapi;
 mod page;
 mod rows;
@@ -10,11 +11,16 @@ mod rows;
 use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpRequest, HttpResponseBuilder, web};
 
+use crate::db::rows::OpenTimings;
 use crate::error::ApiError;
 use crate::query::CountMethod;
 
-/// Registers every route, and problem+json answers for unknown paths and malformed query strings.
-pub(crate) fn configure(config: &mut web::ServiceConfig) {
+/// Registers every route (`/metrics` too, unless it has a listener of its own), and problem+json answers for
+/// unknown paths and malformed query strings.
+pub(crate) fn configure(config: &mut web::ServiceConfig, with_metrics: bool) {
+    if with_metrics {
+        config.service(metrics::metrics);
+    }
     config
         .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::BadQuery(error.to_string()).into()))
         .service(health::healthz)
@@ -28,14 +34,15 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
         .service(exports::show)
         .service(exports::download)
         .service(exports::remove)
-        .default_service(web::to(fallback));
+        .default_service(web::to(move |request| fallback(request, with_metrics)));
 }
 
 /// Unmatched requests: 405 with `Allow` on a known path, else 404; both problem+json.
-async fn fallback(request: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+async fn fallback(request: HttpRequest, with_metrics: bool) -> Result<actix_web::HttpResponse, ApiError> {
     let segments: Vec<&str> = request.path().trim_start_matches('/').split('/').collect();
     Err(match segments.as_slice() {
         ["v1", "datasets", _, "rows"] => ApiError::MethodNotAllowed("GET, HEAD"),
+        ["metrics"] if with_metrics => ApiError::MethodNotAllowed("GET"),
         ["healthz"] | ["readyz"] | ["v1", "openapi.json"] | ["v1", "datasets"] | ["v1", "datasets", _] => {
             ApiError::MethodNotAllowed("GET")
         }
@@ -64,6 +71,19 @@ fn count_preference(request: &HttpRequest) -> Option<CountMethod> {
             "count=estimated" => Some(CountMethod::Estimated),
             _ => None,
         })
+}
+
+/// `Server-Timing` (W3C) for the phases before the headers: waiting for a connection, and the first row.
+fn server_timing(response: &mut HttpResponseBuilder, timings: OpenTimings) {
+    let millis = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    response.insert_header((
+        HeaderName::from_static("server-timing"),
+        format!(
+            "lease;dur={:.3};desc=\"connection lease\", first-row;dur={:.3};desc=\"first row\"",
+            millis(timings.lease),
+            millis(timings.first_row)
+        ),
+    ));
 }
 
 /// Announces an applied count preference and its result.

@@ -3,8 +3,9 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, web};
 
-use super::{count_preference, total_count_headers};
+use super::{count_preference, server_timing, total_count_headers};
 use crate::compress::Encoding;
+use crate::db;
 use crate::db::rows::{Rows, Source};
 use crate::encode::RowEncoder;
 use crate::error::ApiError;
@@ -12,6 +13,7 @@ use crate::pipeline::{Piece, Pipeline};
 use crate::query::cursor::Cursor;
 use crate::query::{self, Endpoint, ParamError};
 use crate::state::{AppState, Pools};
+use crate::telemetry::request::RequestContext;
 
 /// Up to `limit` matching rows after `cursor`, in the request's order with the key as tie-breaker:
 /// `{"rows": [...], "next": "<cursor>" | null}` and a `Link: <…>; rel="next"` header.
@@ -22,6 +24,7 @@ pub(super) async fn page(
     params: web::Query<Vec<(String, String)>>,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
+    context: RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let dataset = state.dataset(&name)?;
     if dataset.key.is_none() {
@@ -61,7 +64,9 @@ pub(super) async fn page(
     }
 
     let encoder = RowEncoder::json_array(&plan.columns);
-    let (mut rows, total) = Rows::open(&pools.exports, &state.begin_sql, Source::Statement(plan), count).await?;
+    let begin = db::begin_as(&state.begin_sql, &context.application_name());
+    let (mut rows, total) = Rows::open(&pools.exports, &begin, Source::Statement(plan), count).await?;
+    let timings = rows.timings();
     // The query asks for one row more than the page holds; seeing it means there is a next page.
     rows.cap(limit);
     let mut pipeline = Pipeline::new(
@@ -94,6 +99,7 @@ pub(super) async fn page(
         .content_type("application/json")
         .insert_header((header::CACHE_CONTROL, "no-store"));
     total_count_headers(&mut response, count, total);
+    server_timing(&mut response, timings);
     if let Some(token) = &next {
         let mut pairs: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "cursor").cloned().collect();
         pairs.push(("cursor".into(), token.clone()));

@@ -4,10 +4,11 @@ use actix_web::http::Method;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{HttpRequest, HttpResponse, route, web};
 
-use super::{count_preference, header_value, total_count_headers};
+use super::{count_preference, header_value, server_timing, total_count_headers};
 use crate::body;
 use crate::compress::Encoding;
 use crate::dataset::Consistency;
+use crate::db;
 use crate::db::error::OpenError;
 use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
@@ -15,6 +16,7 @@ use crate::error::ApiError;
 use crate::pipeline::Pipeline;
 use crate::query::{self, Endpoint, KeysetScan};
 use crate::state::{AppState, Pools};
+use crate::telemetry::request::RequestContext;
 
 /// Streams the rows a request selects, filters and orders (by default: all, in key order).
 ///
@@ -27,6 +29,7 @@ pub(super) async fn rows(
     params: web::Query<Vec<(String, String)>>,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
+    context: RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let dataset = state.dataset(&name)?;
     let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
@@ -66,10 +69,19 @@ pub(super) async fn rows(
             (Source::Batches(scan), columns)
         }
     };
-    let (rows, total) = Rows::open(&pools.exports, &state.begin_sql, source, count).await?;
+    let begin = db::begin_as(&state.begin_sql, &context.application_name());
+    let (rows, total) = Rows::open(&pools.exports, &begin, source, count).await?;
     total_count_headers(&mut response, count, total);
+    server_timing(&mut response, rows.timings());
     let encoder = RowEncoder::new(format, &columns);
     let pipeline = Pipeline::new(rows, encoder, encoding, &state.levels, state.chunking.size, true)
         .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    Ok(response.streaming(body::stream(pipeline, slot, state.chunking, label, state.cut.clone())))
+    let meter = context.metrics().export(
+        context.clone(),
+        &dataset.name,
+        format.extension(),
+        encoding.content_encoding().unwrap_or("identity"),
+    );
+    let body = body::stream(pipeline, slot, state.chunking, label, state.cut.clone(), meter);
+    Ok(response.streaming(body))
 }

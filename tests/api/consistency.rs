@@ -94,7 +94,7 @@ async fn xmins_during_export(app: &TestApp, query: &str) -> (i64, i64) {
             .client
             .query_opt(
                 "SELECT backend_xmin::text::bigint FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name = 'pgspout' AND backend_xmin IS NOT NULL",
+                 WHERE datname = current_database() AND application_name LIKE 'pgspout%' AND backend_xmin IS NOT NULL",
                 &[],
             )
             .await

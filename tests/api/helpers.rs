@@ -67,7 +67,7 @@ impl TestDb {
         self.client
             .query(
                 "SELECT pid, coalesce(state, ''), wait_event FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name = 'pgspout'",
+                 WHERE datname = current_database() AND application_name LIKE 'pgspout%'",
                 &[],
             )
             .await
@@ -315,6 +315,16 @@ pub(crate) struct ServerProcess {
 impl ServerProcess {
     /// Starts `pgspout serve` with `config` (TOML, without `database.url`) against `db`; waits until healthy.
     pub(crate) async fn start(db: &TestDb, config: &str) -> ServerProcess {
+        ServerProcess::start_with(db, config, &[("RUST_LOG", "warn")], std::process::Stdio::inherit()).await
+    }
+
+    /// As [`ServerProcess::start`], with more environment variables and stderr sent to `stderr`.
+    pub(crate) async fn start_with(
+        db: &TestDb,
+        config: &str,
+        env: &[(&str, &str)],
+        stderr: impl Into<std::process::Stdio>,
+    ) -> ServerProcess {
         let dir = std::env::temp_dir().join(format!("pgspout-process-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pgspout.toml");
@@ -328,7 +338,8 @@ impl ServerProcess {
             .args(["serve", "--config", path.to_str().unwrap()])
             .env("DATABASE_URL", db.url())
             .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let base = format!("127.0.0.1:{port}");

@@ -13,4 +13,5 @@ mod query;
 mod shutdown;
 mod storm;
 mod streaming;
+mod telemetry;
 mod types;

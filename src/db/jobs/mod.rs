@@ -12,8 +12,7 @@ use uuid::Uuid;
 
 mod schema;
 
-use self::schema::RunOutcome;
-pub(crate) use self::schema::{JobStatus, migrate};
+pub(crate) use self::schema::{JobStatus, RunOutcome, migrate};
 use crate::query::Position;
 
 /// What a new job asks for, validated.
@@ -344,20 +343,23 @@ impl JobStore {
         Ok(())
     }
 
-    /// Closes this owner's run of a job it no longer holds: `cancelled` if the job was, else `lease_lost`.
+    /// Closes this owner's run of a job it no longer holds: `cancelled` if the job was, else `lease_lost`;
+    /// returns which.
     pub(crate) async fn lose_run(
         &self,
         client: &impl GenericClient,
         id: Uuid,
         owner: Uuid,
-    ) -> Result<(), tokio_postgres::Error> {
-        client
-            .execute(
+    ) -> Result<RunOutcome, tokio_postgres::Error> {
+        // A cancel closes the run itself; either way, the job's status says why the lease was lost.
+        let row = client
+            .query_one(
                 &format!(
-                    "UPDATE {s}.export_job_runs r SET ended_at = now(), \
+                    "WITH closed AS (UPDATE {s}.export_job_runs r SET ended_at = now(), \
                        outcome = CASE WHEN j.status = 'cancelled' THEN $3 ELSE $4 END \
                      FROM {s}.export_jobs j \
-                     WHERE j.id = r.job_id AND r.job_id = $1 AND r.owner = $2 AND r.ended_at IS NULL",
+                     WHERE j.id = r.job_id AND r.job_id = $1 AND r.owner = $2 AND r.ended_at IS NULL) \
+                     SELECT coalesce((SELECT status = 'cancelled' FROM {s}.export_jobs WHERE id = $1), false)",
                     s = self.schema
                 ),
                 &[
@@ -368,7 +370,37 @@ impl JobStore {
                 ],
             )
             .await?;
-        Ok(())
+        Ok(if row.get::<_, bool>(0) {
+            RunOutcome::Cancelled
+        } else {
+            RunOutcome::LeaseLost
+        })
+    }
+
+    /// How many jobs the table holds in each status.
+    pub(crate) async fn count_by_status(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<(&'static str, i64)>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT status, count(*) FROM {}.export_jobs GROUP BY status",
+                    self.schema
+                ),
+                &[],
+            )
+            .await?;
+        Ok(JobStatus::ALL
+            .iter()
+            .map(|status| {
+                let count = rows
+                    .iter()
+                    .find(|row| row.get::<_, &str>(0) == status.as_str())
+                    .map_or(0, |row| row.get::<_, i64>(1));
+                (status.as_str(), count)
+            })
+            .collect())
     }
 
     /// Cancels a queued or running job; `true` if it was either.

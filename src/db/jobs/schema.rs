@@ -69,16 +69,17 @@ impl JobStatus {
         }
     }
 
+    /// Every status.
+    pub(crate) const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
     pub(super) fn parse(text: &str) -> Option<JobStatus> {
-        [
-            JobStatus::Queued,
-            JobStatus::Running,
-            JobStatus::Completed,
-            JobStatus::Failed,
-            JobStatus::Cancelled,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        JobStatus::ALL.into_iter().find(|status| status.as_str() == text)
     }
 }
 
@@ -98,7 +99,8 @@ pub(crate) enum RunOutcome {
 }
 
 impl RunOutcome {
-    pub(super) fn as_str(self) -> &'static str {
+    /// The name stored (and the `outcome` label of `pgspout_job_runs_total`).
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RunOutcome::Completed => "completed",
             RunOutcome::Failed => "failed",

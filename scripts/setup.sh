@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgspout's demo, tests and benchmarks need on Debian: PostgreSQL (with pg_virtualenv), curl,
-# jq, Python for the DuckDB client test, and make and a C compiler for jemalloc's build. Sourced by the other scripts; safe to run again.
+# jq, Prometheus (with promtool) for the metrics tests, Python for the DuckDB client test, and make and a C
+# compiler for jemalloc's build. Sourced by the other scripts; safe to run again.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -469,3 +469,118 @@ async fn json_logs_parse_with_jq_carry_the_request_id_and_no_secret() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real Prometheus scraping `target` every second; killed when dropped.
+struct Prometheus {
+    child: std::process::Child,
+    base: String,
+    dir: std::path::PathBuf,
+}
+
+impl Prometheus {
+    async fn start(target: &str) -> Prometheus {
+        let dir = temp_dir("prometheus");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+                 - job_name: pgspout\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus runs (scripts/setup.sh installs Debian's package)");
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = format!("{base}/-/ready");
+        wait_until(Duration::from_secs(30), || async {
+            reqwest::get(&ready).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Prometheus { child, base, dir }
+    }
+
+    /// The value of an instant PromQL query with one result, once it has one.
+    async fn query(&self, promql: &str) -> Option<f64> {
+        let response: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", promql)])
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        assert_eq!(response["status"], "success", "{response}");
+        response["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_rows_of_a_million_row_export() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE million (id int PRIMARY KEY); INSERT INTO million SELECT generate_series(1, 1000000)",
+        )
+        .await
+        .unwrap();
+    let config = "[[datasets]]\nname = \"million\"\ntable = \"million\"\nkey = \"id\"\n";
+    let server = ServerProcess::start(&db, config).await;
+    let prometheus = Prometheus::start(&server.base).await;
+
+    let response = reqwest::get(format!("http://{}/v1/datasets/million/rows?format=csv", server.base))
+        .await
+        .unwrap();
+    let body = response.bytes().await.unwrap();
+    assert_eq!(body.iter().filter(|b| **b == b'\n').count(), 1_000_001);
+
+    let rows = r#"pgspout_export_rows_total{dataset="million",format="csv"}"#;
+    let scraped = wait_for(Duration::from_secs(30), || async {
+        prometheus.query(rows).await.filter(|v| *v == 1_000_000.0)
+    })
+    .await;
+    assert_eq!(scraped, 1_000_000.0);
+    let completed = r#"pgspout_exports_total{dataset="million",outcome="completed"}"#;
+    assert_eq!(prometheus.query(completed).await, Some(1.0));
+    let up = prometheus.query(r#"up{job="pgspout"}"#).await;
+    assert_eq!(up, Some(1.0));
+
+    // promtool lints the exposition.
+    let text = scrape(&server.base).await;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

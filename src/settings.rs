@@ -262,7 +262,7 @@ pub enum SettingsError {
     },
     /// The file is no valid TOML, or it or the environment has unknown or mistyped keys.
     #[error("config: {0}")]
-    Parse(#[source] Box<figment::Error>),
+    Parse(Box<figment::Error>),
     /// A value is out of range or inconsistent.
     #[error("config: {0}")]
     Invalid(String),

@@ -1,6 +1,7 @@
 //! Integration tests: pgspout against a real PostgreSQL, with real HTTP clients.
 
 mod clients;
+mod config;
 mod consistency;
 mod errors;
 mod faults;

@@ -1,0 +1,102 @@
+//! Configuration from the environment: `PGSPOUT_<SECTION>__<KEY>` over the file, the file optional, and
+//! unknown keys refused by name.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::{BIG_VIEW, ServerProcess, TestDb, small_table};
+
+#[tokio::test]
+async fn environment_variables_set_nested_keys_and_durations_over_the_file() {
+    let db = TestDb::new().await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    small_table(&db, 10).await;
+    let config = "[server]\nworkers = 2\n[database]\npool_size = 8\n\
+                  [[datasets]]\nname = \"big\"\ntable = \"big\"\n\
+                  [[datasets]]\nname = \"small\"\ntable = \"small\"\nkey = \"id\"\n";
+    let server = ServerProcess::start_with(
+        &db,
+        config,
+        &[
+            ("PGSPOUT_DATABASE__POOL_SIZE", "3"),
+            ("PGSPOUT_EXPORT__MAX_DURATION", "700ms"),
+            ("PGSPOUT_PAGES__MAX_LIMIT", "200"),
+            ("RUST_LOG", "warn"),
+        ],
+        std::process::Stdio::inherit(),
+    )
+    .await;
+    let base = format!("http://{}", server.base);
+    // pool_size: two workers of 3 connections each.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.lines().any(|l| l == "pgspout_db_pool_max 6"), "{metrics}");
+    let page = reqwest::get(format!("{base}/v1/datasets/small/page?limit=201"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 400);
+    assert!(page.text().await.unwrap().contains("between 1 and 200"));
+    // A duration: the endless export is aborted after 700 ms.
+    let started = Instant::now();
+    let mut response = reqwest::get(format!("{base}/v1/datasets/big/rows")).await.unwrap();
+    let ended = loop {
+        match response.chunk().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error),
+        }
+    };
+    assert!(ended.is_err(), "an aborted export must not end cleanly");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn without_a_file_the_environment_is_enough_and_unknown_keys_are_refused_by_name() {
+    let db = TestDb::new().await;
+    // An address that is taken: a valid configuration gets as far as binding it, then exits.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_address = taken.local_addr().unwrap().to_string();
+    let run = |env: Vec<(&'static str, String)>| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
+            .arg("serve")
+            .current_dir(std::env::temp_dir())
+            .env("DATABASE_URL", db.url())
+            .env("PGSPOUT_LISTEN", &taken_address)
+            .envs(env)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("pgspout did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run(vec![("PGSPOUT_DATABASE__POOL_SISE", "3".into())]);
+    assert!(!ok);
+    assert!(stderr.contains("pool_sise"), "{stderr}");
+    let (ok, stderr) = run(vec![("PGSPOUT_EXPORT__STALL_TIMEOUT", "soon".into())]);
+    assert!(!ok);
+    // Named as the variable is: `EXPORT.STALL_TIMEOUT in PGSPOUT_ environment variable(s)`.
+    assert!(
+        stderr.contains("EXPORT.STALL_TIMEOUT") && stderr.contains("PGSPOUT_"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(vec![("PGSPOUT_LOG__FORMAT", "json".into())]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("cannot listen on {taken_address}")),
+        "{stderr}"
+    );
+}

@@ -32,22 +32,25 @@ Endpoints:
   GET  /v1/exports/{id}           its status; DELETE cancels it or deletes its file
   GET  /v1/exports/{id}/download  the finished file (byte ranges supported)
   GET  /v1/openapi.json           the OpenAPI 3.1 document
+  GET  /metrics                   Prometheus metrics (or only on server.metrics_listen)
   GET  /healthz                   200 while the process runs
   GET  /readyz                    200 when PostgreSQL answers, else 503
 
 Errors before the first byte are RFC 9457 problem+json; an export that fails after it is aborted,
-never ended cleanly.
+never ended cleanly. Every response carries X-Request-Id (the client's, if well-formed); it is in the
+logs, in problem+json bodies and in pg_stat_activity's application_name (`pgspout <id>`).
 
-Environment: DATABASE_URL (overrides database.url), PGSPOUT_LISTEN (overrides server.listen),
-RUST_LOG (log filter, default info). Every config key is listed, with its default, in
-config/pgspout.toml and the README.";
+Environment, over the config file: DATABASE_URL (database.url), PGSPOUT_LISTEN (server.listen),
+PGSPOUT_<SECTION>__<KEY> for any key (PGSPOUT_DATABASE__POOL_SIZE=16, PGSPOUT_LOG__FORMAT=json),
+PGSPOUT_CONFIG (the file), RUST_LOG (log filter, default info). Every config key is listed, with its
+default, in config/pgspout.toml and the README.";
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve the configured datasets.
     ///
-    /// DATABASE_URL overrides database.url and PGSPOUT_LISTEN overrides server.listen. Logging follows
-    /// RUST_LOG (default: info).
+    /// Settings: defaults, then the config file, then DATABASE_URL and PGSPOUT_LISTEN, then
+    /// PGSPOUT_<SECTION>__<KEY>. Logging follows RUST_LOG (default: info) and log.format.
     Serve {
         /// The TOML config file [default: config/pgspout.toml, if it exists]
         #[arg(long, env = "PGSPOUT_CONFIG")]

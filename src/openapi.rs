@@ -310,7 +310,9 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
             "description": "RFC 9457 problem details",
             "properties": {
                 "type": { "type": "string" }, "title": { "type": "string" },
-                "status": { "type": "integer" }, "detail": { "type": "string" }
+                "status": { "type": "integer" }, "detail": { "type": "string" },
+                "instance": { "type": "string", "description": "urn:pgspout:request:<request id>" },
+                "request_id": { "type": "string", "description": "The X-Request-Id of this response" }
             },
             "required": ["type", "title", "status"]
         }),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::compress::Encoding;
+use crate::db;
 use crate::db::jobs::{JobStatus, NewJob};
 use crate::db::rows::{Next, Rows, Source};
 use crate::encode::Format;
@@ -15,6 +16,7 @@ use crate::error::ApiError;
 use crate::jobs::{file_path, remove_files};
 use crate::query::{self, Endpoint};
 use crate::state::{AppState, JobsState, Pools};
+use crate::telemetry::request::RequestContext;
 
 /// The body of `POST /v1/exports`.
 #[derive(Deserialize)]
@@ -53,6 +55,7 @@ pub(super) async fn create(
     body: web::Bytes,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
+    context: RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let bad_body = |error: &dyn std::fmt::Display| {
@@ -94,7 +97,7 @@ pub(super) async fn create(
     parsed.limit = Some(0);
     let (mut rows, _) = Rows::open(
         &pools.exports,
-        &state.begin_sql,
+        &db::begin_as(&state.begin_sql, &context.application_name()),
         Source::Statement(query::plan_rows(dataset, &parsed, format, None)),
         None,
     )

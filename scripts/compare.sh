@@ -4,6 +4,7 @@
 # so the machine's noise hits both alike. Prints median times as ratios to psql \copy, and both peak RSS.
 #   scripts/compare.sh REV            (COMPARE_ROWS, default 1000000; COMPARE_ROUNDS, default 11)
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 rev=${1:?usage: scripts/compare.sh REV}
 
@@ -17,7 +18,7 @@ if [ -z "${PGHOST:-}" ]; then
     git worktree add --detach "$base" "$rev" >/dev/null
     (cd "$base" && cargo build --release --locked)
   fi
-  exec pg_virtualenv -t -- env COMPARE_BASE="$PWD/$base/target/release/pgspout" bash "$0" "$rev"
+  exec pg_virtualenv -t -- env COMPARE_BASE="$PWD/$base" bash "$0" "$rev"
 fi
 
 psql -X -q -v rows="${COMPARE_ROWS:-1000000}" -f config/demo-seed.sql >/dev/null
@@ -28,11 +29,15 @@ new_port=$(port)
 base_port=$(port)
 PGSPOUT_LISTEN=127.0.0.1:$new_port target/release/pgspout serve --config config/pgspout.toml &
 new_pid=$!
-PGSPOUT_LISTEN=127.0.0.1:$base_port "$COMPARE_BASE" serve --config config/pgspout.toml &
+# Each revision with its own config file: keys come and go.
+PGSPOUT_LISTEN=127.0.0.1:$base_port "$COMPARE_BASE/target/release/pgspout" serve \
+  --config "$COMPARE_BASE/config/pgspout.toml" &
 base_pid=$!
 trap 'kill $new_pid $base_pid 2>/dev/null || true' EXIT
 for p in "$new_port" "$base_port"; do
-  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/readyz" && break; sleep 0.1; done
+  for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$p/readyz" && continue 2; sleep 0.1; done
+  echo "compare: the server on port $p did not become ready" >&2
+  exit 1
 done
 
 millis() {

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::compress::Levels;
 pub use crate::dataset::Consistency;
+pub use crate::db::tls::SslMode;
 
 /// Everything pgspout is configured with.
 #[derive(Clone, Debug, Deserialize)]
@@ -110,6 +111,14 @@ pub struct DatabaseSettings {
     pub statement_timeout: Duration,
     /// The session `TimeZone` in which `timestamptz` values are printed.
     pub timezone: String,
+    /// libpq's `sslmode` (default `prefer`); an `sslmode` in the URL wins.
+    pub sslmode: Option<SslMode>,
+    /// The CA certificate (PEM) that verifies the server; an `sslrootcert` in the URL wins.
+    pub sslrootcert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for `cert` authentication; with `sslkey`.
+    pub sslcert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub sslkey: Option<std::path::PathBuf>,
 }
 
 impl Default for DatabaseSettings {
@@ -121,6 +130,10 @@ impl Default for DatabaseSettings {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::ZERO,
             timezone: "UTC".into(),
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer, web};
-use tokio_postgres::NoTls;
 
 use crate::body::Chunking;
 use crate::db;
@@ -20,9 +19,9 @@ use crate::telemetry::request::Telemetry;
 /// Why pgspout could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    /// `database.url` does not parse.
-    #[error("database.url is invalid")]
-    DatabaseUrl(#[source] tokio_postgres::Error),
+    /// `database.url` or the TLS settings are unusable.
+    #[error(transparent)]
+    Connection(#[from] db::ConnectionError),
     /// The database could not be reached to check the datasets.
     #[error("cannot connect to the database to check the datasets")]
     Connect(#[source] tokio_postgres::Error),
@@ -63,7 +62,7 @@ pub struct Application {
     metrics_server: Option<(u16, Server)>,
     /// The job runner, when jobs are on, starts with the server and needs these.
     state: Arc<AppState>,
-    connection: tokio_postgres::Config,
+    connection: db::Connection,
     database: crate::settings::DatabaseSettings,
     /// Tells running exports that the shutdown grace period is over.
     cut: tokio::sync::watch::Sender<bool>,
@@ -73,9 +72,8 @@ pub struct Application {
 impl Application {
     /// Checks every dataset against the database, binds the listener and builds the server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        let connection = db::connection_config(&settings.database).map_err(StartupError::DatabaseUrl)?;
-        let (mut client, task) = connection.connect(NoTls).await.map_err(StartupError::Connect)?;
-        let task = tokio::spawn(task);
+        let connection = db::connection(&settings.database)?;
+        let mut client = connection.connect().await.map_err(StartupError::Connect)?;
         let catalog = db::catalog::load(&client, &settings.datasets, db::is_utc(&settings.database.timezone)).await;
         let jobs = match (&catalog, &settings.jobs.directory) {
             (Ok(_), Some(directory)) => {
@@ -96,7 +94,6 @@ impl Application {
             _ => None,
         };
         drop(client);
-        let _ = task.await;
         let catalog = catalog?;
 
         let address = settings.server.listen.clone();
@@ -141,8 +138,8 @@ impl Application {
         let app_metrics = metrics.clone();
         let server = HttpServer::new(move || {
             let pools = Pools {
-                exports: db::pool(connection.clone(), &database, database.pool_size),
-                health: db::pool(connection.clone(), &database, 1),
+                exports: db::pool(&connection, &database, database.pool_size),
+                health: db::pool(&connection, &database, 1),
                 export_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(export_slots)),
             };
             app_metrics.watch_pool(pools.exports.clone(), pools.export_slots.clone());

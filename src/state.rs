@@ -1,7 +1,7 @@
 //! The application's state: what every worker shares (the catalog, settings, the job store) and what each
 //! worker owns (its connection pools). Built by `startup`, read by `routes` and `jobs`.
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 
 use crate::body::Chunking;
 use crate::compress::Levels;

@@ -5,21 +5,26 @@
 //! closes the socket, so Postgres stops at once and no later borrower inherits a half-read result.
 
 use deadpool_postgres::{ClientWrapper, Object};
-use tokio_postgres::{CancelToken, NoTls};
+use tokio_postgres::CancelToken;
+
+use super::tls::Tls;
 
 /// A connection checked out for one export.
 pub(crate) struct Lease {
     object: Option<Object>,
     cancel: CancelToken,
+    /// The cancel request goes over TLS like the connection.
+    tls: Tls,
 }
 
 impl Lease {
     /// Takes responsibility for `object`.
-    pub(crate) fn new(object: Object) -> Self {
+    pub(crate) fn new(object: Object, tls: Tls) -> Self {
         let cancel = object.cancel_token();
         Lease {
             object: Some(object),
             cancel,
+            tls,
         }
     }
 
@@ -46,9 +51,9 @@ impl Drop for Lease {
         // filters everything); closing the socket stops one that is sending. The connection is never reused,
         // so a late cancel cannot hit another query.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let cancel = self.cancel.clone();
+            let (cancel, tls) = (self.cancel.clone(), self.tls.clone());
             runtime.spawn(async move {
-                if let Err(error) = cancel.cancel_query(NoTls).await {
+                if let Err(error) = cancel.cancel_query(tls).await {
                     tracing::debug!(%error, "cancel request failed");
                 }
             });

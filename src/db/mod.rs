@@ -5,6 +5,7 @@
 //! - `lease`: a pooled connection that is discarded, never reused, unless its rows ended cleanly.
 //! - `rows`: reading rows (transaction, checks, count, one statement or keyset batches, positions).
 //! - `error`: why rows could not be opened.
+//! - `tls`: TLS with libpq's `sslmode` meanings, through rustls.
 //! - `jobs`: the background export jobs' schema and statements.
 
 pub(crate) mod catalog;
@@ -12,20 +13,58 @@ pub(crate) mod error;
 pub(crate) mod jobs;
 pub(crate) mod lease;
 pub(crate) mod rows;
+pub(crate) mod tls;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
 use postgres_protocol::escape::escape_literal;
-use tokio_postgres::NoTls;
 
+use self::lease::Lease;
+use self::tls::{Tls, TlsError, TlsOptions};
 use crate::settings::DatabaseSettings;
 
-/// Connection settings from `database.url` plus what pgspout always wants: a name in `pg_stat_activity`,
-/// bounded connects, and TCP keepalives so half-open connections are noticed.
-pub(crate) fn connection_config(settings: &DatabaseSettings) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+/// How to reach Postgres: tokio-postgres's settings and the TLS connector.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+/// Why the connection settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// `database.url` does not parse.
+    #[error("database.url is invalid")]
+    Url(#[source] tokio_postgres::Error),
+    /// The TLS options are unusable.
+    #[error("database TLS settings")]
+    Tls(#[from] TlsError),
+}
+
+impl Connection {
+    /// Opens one connection; its task runs on the current runtime.
+    pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+}
+
+/// Connection settings from `database.url` (TLS options taken out of it, the `database.ssl*` keys filling in
+/// what it lacks) plus what pgspout always wants: a name in `pg_stat_activity`, bounded connects, and TCP
+/// keepalives so half-open connections are noticed.
+pub(crate) fn connection(settings: &DatabaseSettings) -> Result<Connection, ConnectionError> {
     let url = settings.url.as_deref().unwrap_or_default();
-    let mut config: tokio_postgres::Config = url.parse()?;
+    let (url, from_url) = tls::split(url)?;
+    let options = from_url.or(TlsOptions {
+        mode: settings.sslmode,
+        root_cert: settings.sslrootcert.clone(),
+        cert: settings.sslcert.clone(),
+        key: settings.sslkey.clone(),
+    });
+    let mut config: tokio_postgres::Config = url.parse().map_err(ConnectionError::Url)?;
+    config.ssl_mode(options.postgres_mode());
     if config.get_application_name().is_none() {
         config.application_name("pgspout");
     }
@@ -35,7 +74,34 @@ pub(crate) fn connection_config(settings: &DatabaseSettings) -> Result<tokio_pos
         .keepalives_idle(Duration::from_secs(30))
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
-    Ok(config)
+    Ok(Connection {
+        config,
+        tls: tls::connector(&options)?,
+    })
+}
+
+/// A pool of connections, and the TLS connector its leases cancel queries through.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    pool: deadpool_postgres::Pool,
+    tls: Tls,
+}
+
+impl Pool {
+    /// A pooled connection.
+    pub(crate) async fn get(&self) -> Result<Object, PoolError> {
+        self.pool.get().await
+    }
+
+    /// A pooled connection lent to one export (see [`Lease`]).
+    pub(crate) async fn lease(&self) -> Result<Lease, PoolError> {
+        Ok(Lease::new(self.pool.get().await?, self.tls.clone()))
+    }
+
+    /// Its size, idle connections and limit.
+    pub(crate) fn status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
+    }
 }
 
 /// A bounded pool whose every wait is bounded too (deadpool's defaults wait forever).
@@ -43,22 +109,26 @@ pub(crate) fn connection_config(settings: &DatabaseSettings) -> Result<tokio_pos
 /// Each idle connection is verified (an empty query) before it is handed out, within `connect_timeout`: one
 /// that Postgres closed (a restart) or that no longer answers (a half-open connection, which keepalives only
 /// notice after a minute) is discarded and replaced, so the request still gets a working connection.
-pub(crate) fn pool(config: tokio_postgres::Config, settings: &DatabaseSettings, size: usize) -> Pool {
+pub(crate) fn pool(connection: &Connection, settings: &DatabaseSettings, size: usize) -> Pool {
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        connection.config.clone(),
+        connection.tls.clone(),
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },
     );
-    Pool::builder(manager)
+    let pool = deadpool_postgres::Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(settings.acquire_timeout))
         .create_timeout(Some(settings.connect_timeout))
         .recycle_timeout(Some(settings.connect_timeout))
         .runtime(Runtime::Tokio1)
         .build()
-        .expect("a runtime and timeouts are set, so building the pool cannot fail")
+        .expect("a runtime and timeouts are set, so building the pool cannot fail");
+    Pool {
+        pool,
+        tls: connection.tls.clone(),
+    }
 }
 
 /// The statements that open every export's transaction, sent as one round trip.

@@ -6,11 +6,11 @@
 
 use std::pin::Pin;
 
-use deadpool_postgres::Pool;
 use futures::StreamExt;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Row, RowStream};
 
+use super::Pool;
 use super::error::OpenError;
 use super::lease::Lease;
 use crate::encode::{Cells, EncodeError};
@@ -128,7 +128,7 @@ impl Rows {
             }
         };
         let started = std::time::Instant::now();
-        let lease = Lease::new(pool.get().await?);
+        let lease = pool.lease().await?;
         let leased = started.elapsed();
         let client = lease.client();
         client.batch_execute(begin_sql).await?;

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -120,7 +120,7 @@ impl Runner {
     pub(crate) fn start(
         state: Arc<AppState>,
         jobs: &JobsState,
-        connection: tokio_postgres::Config,
+        connection: crate::db::Connection,
         database: &crate::settings::DatabaseSettings,
     ) -> std::io::Result<Runner> {
         let settings = jobs.settings.clone();
@@ -140,7 +140,7 @@ impl Runner {
             runtime.block_on(async move {
                 let context = Arc::new(Context {
                     store: JobStore::new(&settings.schema),
-                    pool: crate::db::pool(connection, &database, pool_size),
+                    pool: crate::db::pool(&connection, &database, pool_size),
                     owner: Uuid::new_v4(),
                     state,
                     settings,

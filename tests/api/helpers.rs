@@ -52,7 +52,11 @@ impl TestDb {
 
     /// A libpq key=value string for pgspout.
     pub(crate) fn url(&self) -> String {
-        let host = std::env::var("PGHOST").unwrap();
+        self.url_on(&std::env::var("PGHOST").unwrap())
+    }
+
+    /// A libpq key=value string for pgspout, reaching the cluster as `host`.
+    pub(crate) fn url_on(&self, host: &str) -> String {
         let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
         let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
         let password = std::env::var("PGPASSWORD").unwrap_or_default();

@@ -15,4 +15,5 @@ mod shutdown;
 mod storm;
 mod streaming;
 mod telemetry;
+mod tls;
 mod types;

@@ -1,0 +1,155 @@
+//! TLS to Postgres with libpq's `sslmode` meanings, against the test cluster (Debian's `ssl = on` with its
+//! snakeoil certificate, issued to `localhost`).
+
+use std::path::{Path, PathBuf};
+
+use pgspout::error::chain;
+use pgspout::startup::Application;
+
+use crate::helpers::{TestDb, serve, settings_for, small_table};
+use crate::jobs::temp_dir;
+
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+/// Whether every pgspout connection to the test database is encrypted, per `pg_stat_ssl`; `None` with none.
+async fn pgspout_ssl(db: &TestDb) -> Option<bool> {
+    db.client
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND a.application_name LIKE 'pgspout%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A CA of the test's own, which signed nothing the server has.
+fn other_ca(dir: &Path) -> PathBuf {
+    let cert = dir.join("other-ca.pem");
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other test CA",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("other-ca.key"))
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    cert
+}
+
+async fn export_over(db: &TestDb, tls: &str) -> Result<String, String> {
+    let settings = settings_for(
+        format!("{} {tls}", db.url_on("localhost")),
+        &[("small", "small", Some("id"))],
+    );
+    match Application::build(settings).await {
+        Ok(app) => {
+            let address = format!("127.0.0.1:{}", app.port());
+            tokio::spawn(app.run_until_stopped(std::future::pending()));
+            let body = reqwest::get(format!("http://{address}/v1/datasets/small/rows"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            Ok(body)
+        }
+        Err(error) => Err(chain(&error)),
+    }
+}
+
+#[tokio::test]
+async fn verify_full_serves_over_encrypted_connections_and_wrong_cas_or_names_fail_at_start_up() {
+    let db = TestDb::new().await;
+    small_table(&db, 10).await;
+    let dir = temp_dir("tls");
+
+    let body = export_over(&db, &format!("sslmode=verify-full sslrootcert={SNAKEOIL}"))
+        .await
+        .unwrap();
+    assert_eq!(body.lines().count(), 10);
+    assert_eq!(
+        pgspout_ssl(&db).await,
+        Some(true),
+        "pg_stat_ssl shows pgspout's backends encrypted"
+    );
+
+    let wrong_ca = other_ca(&dir);
+    let error = export_over(&db, &format!("sslmode=verify-full sslrootcert={}", wrong_ca.display()))
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("UnknownIssuer") || error.contains("unknown issuer"),
+        "{error}"
+    );
+
+    // The certificate names localhost, not 127.0.0.1: verify-full refuses, verify-ca (no name check) serves.
+    let by_address = |mode: &str| {
+        let url = format!("{} sslmode={mode} sslrootcert={SNAKEOIL}", db.url_on("127.0.0.1"));
+        settings_for(url, &[("small", "small", Some("id"))])
+    };
+    let error = chain(
+        &Application::build(by_address("verify-full"))
+            .await
+            .err()
+            .expect("a name mismatch fails"),
+    );
+    assert!(
+        error.contains("NotValidForName") || error.contains("not valid for name"),
+        "{error}"
+    );
+    let address = serve(by_address("verify-ca")).await;
+    let served = reqwest::get(format!("http://{address}/v1/datasets/small/rows"))
+        .await
+        .unwrap();
+    assert_eq!(served.text().await.unwrap().lines().count(), 10);
+
+    // Without sslrootcert, verify-full is a configuration error that says what is missing.
+    let error = export_over(&db, "sslmode=verify-full").await.unwrap_err();
+    assert!(error.contains("needs sslrootcert"), "{error}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn require_encrypts_without_verifying_and_disable_does_not_encrypt() {
+    let db = TestDb::new().await;
+    small_table(&db, 10).await;
+    // A postgres:// URL with the options in its query string, and the database.* keys, both work.
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    let password = std::env::var("PGPASSWORD").unwrap_or_default();
+    let port = std::env::var("PGPORT").unwrap_or_else(|_| "5432".into());
+    let url = format!(
+        "postgres://{user}:{password}@localhost:{port}/{}?sslmode=require",
+        db.name
+    );
+    let address = serve(settings_for(url, &[("small", "small", Some("id"))])).await;
+    let served = reqwest::get(format!("http://{address}/v1/datasets/small/rows"))
+        .await
+        .unwrap();
+    assert_eq!(served.text().await.unwrap().lines().count(), 10);
+    assert_eq!(pgspout_ssl(&db).await, Some(true));
+
+    let db = TestDb::new().await;
+    small_table(&db, 10).await;
+    let mut settings = settings_for(db.url_on("localhost"), &[("small", "small", Some("id"))]);
+    settings.database.sslmode = Some(pgspout::settings::SslMode::Disable);
+    let address = serve(settings).await;
+    let served = reqwest::get(format!("http://{address}/v1/datasets/small/rows"))
+        .await
+        .unwrap();
+    assert_eq!(served.text().await.unwrap().lines().count(), 10);
+    assert_eq!(pgspout_ssl(&db).await, Some(false));
+}

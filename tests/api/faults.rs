@@ -16,10 +16,10 @@ use tokio_postgres::NoTls;
 use crate::helpers::{BIG_VIEW, RawResponse, TestDb, serve, settings_for, small_table, wait_until};
 
 /// A PostgreSQL cluster owned by one test, dropped with it.
-struct PrivateCluster {
+pub(crate) struct PrivateCluster {
     version: String,
     name: String,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 fn free_port() -> u16 {
@@ -45,6 +45,11 @@ async fn run(program: &str, args: &[&str]) {
 
 impl PrivateCluster {
     async fn create() -> PrivateCluster {
+        PrivateCluster::create_with(&[]).await
+    }
+
+    /// A cluster started with these `pg_createcluster -o guc=value` options.
+    pub(crate) async fn create_with(options: &[&str]) -> PrivateCluster {
         let root = std::env::var("PG_CLUSTER_CONF_ROOT")
             .expect("PG_CLUSTER_CONF_ROOT is unset: run the tests with scripts/test.sh (pg_virtualenv)");
         let version = std::env::var("PGVERSION").expect("pg_virtualenv sets PGVERSION");
@@ -58,30 +63,39 @@ impl PrivateCluster {
             .join(&version)
             .join(&name);
         let port_text = port.to_string();
-        run(
-            "pg_createcluster",
-            &[
-                &version,
-                &name,
-                "-p",
-                &port_text,
-                "-d",
-                data.to_str().unwrap(),
-                "--start",
-                "--",
-                "--auth-host=trust",
-                "--auth-local=trust",
-            ],
-        )
-        .await;
+        let mut args = vec![
+            version.as_str(),
+            name.as_str(),
+            "-p",
+            &port_text,
+            "-d",
+            data.to_str().unwrap(),
+            "--start",
+        ];
+        for option in options {
+            args.extend(["-o", option]);
+        }
+        args.extend(["--", "--auth-host=trust", "--auth-local=trust"]);
+        run("pg_createcluster", &args).await;
         PrivateCluster { version, name, port }
     }
 
-    fn url(&self) -> String {
+    /// Replaces its `pg_hba.conf` and reloads it.
+    pub(crate) async fn set_hba(&self, rules: &str) {
+        let root = std::env::var("PG_CLUSTER_CONF_ROOT").unwrap();
+        let path = PathBuf::from(root)
+            .join(&self.version)
+            .join(&self.name)
+            .join("pg_hba.conf");
+        std::fs::write(&path, rules).unwrap();
+        run("pg_ctlcluster", &[&self.version, &self.name, "reload"]).await;
+    }
+
+    pub(crate) fn url(&self) -> String {
         format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
     }
 
-    async fn client(&self) -> tokio_postgres::Client {
+    pub(crate) async fn client(&self) -> tokio_postgres::Client {
         let (client, connection) = tokio_postgres::connect(&self.url(), NoTls).await.unwrap();
         tokio::spawn(connection);
         client

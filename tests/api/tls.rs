@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use pgspout::error::chain;
 use pgspout::startup::Application;
 
+use crate::faults::PrivateCluster;
 use crate::helpers::{TestDb, serve, settings_for, small_table};
 use crate::jobs::temp_dir;
 
@@ -152,4 +153,114 @@ async fn require_encrypts_without_verifying_and_disable_does_not_encrypt() {
         .unwrap();
     assert_eq!(served.text().await.unwrap().lines().count(), 10);
     assert_eq!(pgspout_ssl(&db).await, Some(false));
+}
+
+fn openssl(args: &[&str], dir: &Path) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+#[tokio::test]
+async fn a_hostssl_only_server_refuses_disable_and_accepts_a_client_certificate() {
+    let dir = temp_dir("tls-cert");
+    // A CA the server trusts for client certificates, and a certificate for the user `postgres`.
+    // v3 (with extensions): rustls refuses v1 certificates.
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=pgspout test client CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=postgres",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.pem",
+        ],
+    ] {
+        openssl(args, &dir);
+    }
+    let ca_option = format!("ssl_ca_file={}", dir.join("ca.pem").display());
+    let cluster = PrivateCluster::create_with(&[&ca_option]).await;
+    let admin = cluster.client().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE small (id int PRIMARY KEY, label text); \
+             INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, 10) g",
+        )
+        .await
+        .unwrap();
+    cluster
+        .set_hba("local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostnossl all all 127.0.0.1/32 reject\n")
+        .await;
+    let datasets = [("small", "small", Some("id"))];
+
+    let refused = Application::build(settings_for(format!("{} sslmode=disable", cluster.url()), &datasets))
+        .await
+        .err()
+        .expect("a hostssl-only server refuses a plain connection");
+    let refused = chain(&refused);
+    assert!(refused.contains("no encryption"), "{refused}");
+
+    let without_cert = Application::build(settings_for(format!("{} sslmode=require", cluster.url()), &datasets))
+        .await
+        .err()
+        .expect("cert authentication needs a certificate");
+    assert!(chain(&without_cert).contains("certificate"), "{}", chain(&without_cert));
+
+    let url = format!(
+        "{} sslmode=verify-ca sslrootcert={SNAKEOIL} sslcert={} sslkey={}",
+        cluster.url(),
+        dir.join("client.pem").display(),
+        dir.join("client.key").display()
+    );
+    let address = serve(settings_for(url, &datasets)).await;
+    let served = reqwest::get(format!("http://{address}/v1/datasets/small/rows"))
+        .await
+        .unwrap();
+    assert_eq!(served.text().await.unwrap().lines().count(), 10);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -42,7 +42,8 @@ logs, in problem+json bodies and in pg_stat_activity's application_name (`pgspou
 
 Environment, over the config file: DATABASE_URL (database.url), PGSPOUT_LISTEN (server.listen),
 PGSPOUT_<SECTION>__<KEY> for any key (PGSPOUT_DATABASE__POOL_SIZE=16, PGSPOUT_LOG__FORMAT=json),
-PGSPOUT_CONFIG (the file), RUST_LOG (log filter, default info). Every config key is listed, with its
+PGSPOUT_CONFIG (the file), RUST_LOG (log filter, default info). Without database.url and DATABASE_URL,
+libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, … are used, as by psql. Every config key is listed, with its
 default, in config/pgspout.toml and the README.";
 
 #[derive(Subcommand)]

@@ -95,7 +95,8 @@ impl Default for ServerSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
-    /// A libpq-style URL or key=value string (`DATABASE_URL` overrides).
+    /// A libpq-style URL or key=value string (`DATABASE_URL` overrides). Unset: libpq's `PG*` environment
+    /// variables, with psql's defaults.
     pub url: Option<String>,
     /// Connections per worker; the total is `workers × pool_size`.
     pub pool_size: usize,
@@ -319,9 +320,6 @@ impl Settings {
     /// Checks what can be checked without a database.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid = |message: String| Err(SettingsError::Invalid(message));
-        if self.database.url.is_none() {
-            return invalid("database.url is not set (nor is DATABASE_URL)".into());
-        }
         if self.database.pool_size == 0 {
             return invalid("database.pool_size must be at least 1".into());
         }

@@ -55,8 +55,11 @@ impl Connection {
 /// what it lacks) plus what pgspout always wants: a name in `pg_stat_activity`, bounded connects, and TCP
 /// keepalives so half-open connections are noticed.
 pub(crate) fn connection(settings: &DatabaseSettings) -> Result<Connection, ConnectionError> {
-    let url = settings.url.as_deref().unwrap_or_default();
-    let (url, from_url) = tls::split(url)?;
+    let url = match &settings.url {
+        Some(url) => url.clone(),
+        None => from_environment(|name| std::env::var(name).ok()),
+    };
+    let (url, from_url) = tls::split(&url)?;
     let options = from_url.or(TlsOptions {
         mode: settings.sslmode,
         root_cert: settings.sslrootcert.clone(),
@@ -78,6 +81,49 @@ pub(crate) fn connection(settings: &DatabaseSettings) -> Result<Connection, Conn
         config,
         tls: tls::connector(&options)?,
     })
+}
+
+/// libpq's environment variables, and the connection keys they set.
+const LIBPQ_ENVIRONMENT: [(&str, &str); 15] = [
+    ("PGHOST", "host"),
+    ("PGHOSTADDR", "hostaddr"),
+    ("PGPORT", "port"),
+    ("PGUSER", "user"),
+    ("PGPASSWORD", "password"),
+    ("PGDATABASE", "dbname"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGSSLCERT", "sslcert"),
+    ("PGSSLKEY", "sslkey"),
+    ("PGAPPNAME", "application_name"),
+    ("PGOPTIONS", "options"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
+    ("PGCHANNELBINDING", "channel_binding"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+];
+
+/// Without `database.url`: a `key=value` string from libpq's environment variables (`var` reads one), with
+/// psql's defaults for what they leave out: the local socket directory, the operating-system user, and a
+/// database named like the user.
+fn from_environment(var: impl Fn(&str) -> Option<String>) -> String {
+    let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut pairs: Vec<String> = LIBPQ_ENVIRONMENT
+        .iter()
+        .filter_map(|(name, key)| var(name).map(|value| format!("{key}={}", quote(&value))))
+        .collect();
+    let user = var("PGUSER")
+        .or_else(|| var("USER"))
+        .unwrap_or_else(|| "postgres".into());
+    if var("PGHOST").is_none() && var("PGHOSTADDR").is_none() {
+        pairs.push(format!("host={}", quote("/var/run/postgresql")));
+    }
+    if var("PGUSER").is_none() {
+        pairs.push(format!("user={}", quote(&user)));
+    }
+    if var("PGDATABASE").is_none() {
+        pairs.push(format!("dbname={}", quote(&user)));
+    }
+    pairs.join(" ")
 }
 
 /// A pool of connections, and the TLS connector its leases cancel queries through.
@@ -168,4 +214,39 @@ pub(crate) fn is_utc(timezone: &str) -> bool {
     ]
     .iter()
     .any(|name| name.eq_ignore_ascii_case(timezone))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_libpq_environment_makes_a_connection_string_with_psqls_defaults() {
+        let environment = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+        };
+        let full = from_environment(environment(&[
+            ("PGHOST", "db.example"),
+            ("PGPORT", "5433"),
+            ("PGUSER", "app"),
+            ("PGPASSWORD", "it's \\ secret"),
+            ("PGDATABASE", "shop"),
+            ("PGSSLMODE", "verify-full"),
+            ("PGSSLROOTCERT", "/ca.pem"),
+        ]));
+        let (rest, options) = tls::split(&full).unwrap();
+        let config: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"it's \\ secret"[..]));
+        assert_eq!((config.get_user(), config.get_dbname()), (Some("app"), Some("shop")));
+        assert_eq!(config.get_ports(), &[5433]);
+        assert_eq!(options.mode, Some(tls::SslMode::VerifyFull));
+        assert_eq!(options.root_cert.as_deref(), Some(std::path::Path::new("/ca.pem")));
+
+        let bare: tokio_postgres::Config = from_environment(environment(&[("USER", "alice")])).parse().unwrap();
+        assert_eq!((bare.get_user(), bare.get_dbname()), (Some("alice"), Some("alice")));
+        assert_eq!(
+            bare.get_hosts(),
+            &[tokio_postgres::config::Host::Unix("/var/run/postgresql".into())]
+        );
+    }
 }

@@ -100,3 +100,55 @@ async fn without_a_file_the_environment_is_enough_and_unknown_keys_are_refused_b
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn without_a_database_url_the_libpq_environment_is_used() {
+    let db = TestDb::new().await;
+    small_table(&db, 10).await;
+    let dir = crate::jobs::temp_dir("libpq-env");
+    std::fs::write(
+        dir.join("pgspout.toml"),
+        "[[datasets]]\nname = \"small\"\ntable = \"small\"\nkey = \"id\"\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // PGHOST, PGPORT, PGUSER and PGPASSWORD come from pg_virtualenv, as psql would read them.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
+        .args(["serve", "--config"])
+        .arg(dir.join("pgspout.toml"))
+        .env_remove("DATABASE_URL")
+        .env("PGDATABASE", &db.name)
+        .env("PGSSLMODE", "require")
+        .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/datasets/small/rows");
+    let body = crate::helpers::wait_for(Duration::from_secs(30), || async {
+        match reqwest::get(&url).await {
+            Ok(response) if response.status() == 200 => response.text().await.ok(),
+            _ => None,
+        }
+    })
+    .await;
+    assert_eq!(body.lines().count(), 10);
+    // PGSSLMODE=require took effect: the pooled connection, still open, is encrypted.
+    let encrypted: Option<bool> = db
+        .client
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = current_database() AND a.application_name LIKE 'pgspout%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(encrypted, Some(true));
+}

@@ -57,6 +57,15 @@ enum Command {
         #[arg(long, env = "PGSPOUT_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Check the configuration against the database, then exit.
+    ///
+    /// Reads the same settings as serve, connects to the database, resolves every dataset and prints them
+    /// (name, relation, key, columns). Exits 0 when serve would start, else prints the problem and exits 1.
+    Check {
+        /// The TOML config file [default: config/pgspout.toml, if it exists]
+        #[arg(long, env = "PGSPOUT_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// The config file read when none is named and it exists.
@@ -70,11 +79,29 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve { config } = cli.command;
+    // The default file is optional; one named on the command line must exist.
+    let file = |config: Option<PathBuf>| config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
+    let config = match cli.command {
+        Command::Serve { config } => config,
+        Command::Check { config } => {
+            let checked = actix_web::rt::System::new().block_on(async move {
+                let settings = Settings::load(file(config).as_deref()).map_err(|e| chain(&e))?;
+                pgspout::startup::check(&settings).await.map_err(|e| chain(&e))
+            });
+            return match checked {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(message) => {
+                    eprintln!("pgspout check: {message}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let result = actix_web::rt::System::new().block_on(async move {
-        // The default file is optional; one named on the command line must exist.
-        let file = config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
-        let settings = Settings::load(file.as_deref()).map_err(|e| chain(&e))?;
+        let settings = Settings::load(file(config).as_deref()).map_err(|e| chain(&e))?;
         pgspout::telemetry::init_logging(settings.log.format);
         let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
         let application = Application::build(settings).await.map_err(|e| chain(&e))?;

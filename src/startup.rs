@@ -243,6 +243,28 @@ impl Application {
     }
 }
 
+/// `pgspout check`: connects with `settings` as `serve` would, loads the catalog, and describes every dataset it
+/// would serve (name, relation, key, columns with their types). Changes nothing in the database.
+pub async fn check(settings: &Settings) -> Result<String, StartupError> {
+    use std::fmt::Write as _;
+    let connection = db::connection(&settings.database)?;
+    let client = connection.connect().await.map_err(StartupError::Connect)?;
+    let catalog = db::catalog::load(&client, &settings.datasets, db::is_utc(&settings.database.timezone)).await?;
+    let mut report = String::new();
+    let _ = writeln!(report, "connected; {} dataset(s):", catalog.names().len());
+    for dataset in catalog.iter() {
+        let key = dataset
+            .key
+            .map_or("none".to_owned(), |k| dataset.columns[k].name.clone());
+        let _ = writeln!(report, "{}  relation {}  key {key}", dataset.name, dataset.relation);
+        for column in &dataset.columns {
+            let null = if column.nullable { "" } else { " not null" };
+            let _ = writeln!(report, "  {} {}{null}", column.name, column.type_name);
+        }
+    }
+    Ok(report)
+}
+
 /// `/metrics` alone on `address`, one worker.
 fn metrics_server(address: &str, metrics: Arc<Metrics>) -> Result<(u16, Server), StartupError> {
     let listen_error = |source| StartupError::Listen {

@@ -152,3 +152,62 @@ async fn without_a_database_url_the_libpq_environment_is_used() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(encrypted, Some(true));
 }
+
+#[tokio::test]
+async fn pgspout_check_lists_the_datasets_and_exits_non_zero_on_any_problem() {
+    let db = TestDb::new().await;
+    small_table(&db, 10).await;
+    db.client
+        .batch_execute("CREATE VIEW labels AS SELECT label FROM small")
+        .await
+        .unwrap();
+    let dir = crate::jobs::temp_dir("check");
+    let check = |config: &str, url: String| {
+        let path = dir.join(format!("{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, config).unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("DATABASE_URL", url)
+            .env("PGSPOUT_DATABASE__CONNECT_TIMEOUT", "2s")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let good = "[[datasets]]\nname = \"small\"\ntable = \"small\"\nkey = \"id\"\n\n\
+                [[datasets]]\nname = \"labels\"\ntable = \"labels\"\n";
+    let (code, stdout, stderr) = check(good, db.url());
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.starts_with("connected; 2 dataset(s):"), "{stdout}");
+    assert!(
+        stdout.contains("small  relation ") && stdout.contains("key id"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("labels  relation ") && stdout.contains("key none"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  id integer not null\n") && stdout.contains("  label text\n"),
+        "{stdout}"
+    );
+
+    let missing = "[[datasets]]\nname = \"gone\"\ntable = \"no_such_table\"\n";
+    let (code, stdout, stderr) = check(missing, db.url());
+    assert_eq!(code, Some(1));
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.starts_with("pgspout check: ") && stderr.contains("no_such_table"),
+        "{stderr}"
+    );
+
+    // Nothing listens on port 1.
+    let (code, _, stderr) = check(good, format!("{} port=1", db.url_on("127.0.0.1")));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

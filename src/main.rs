@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use pgspout::error::chain;
 use pgspout::settings::Settings;
 use pgspout::startup::{Application, shutdown_signal};
@@ -42,9 +42,10 @@ logs, in problem+json bodies and in pg_stat_activity's application_name (`pgspou
 
 Environment, over the config file: DATABASE_URL (database.url), PGSPOUT_LISTEN (server.listen),
 PGSPOUT_<SECTION>__<KEY> for any key (PGSPOUT_DATABASE__POOL_SIZE=16, PGSPOUT_LOG__FORMAT=json),
-PGSPOUT_CONFIG (the file), RUST_LOG (log filter, default info). Without database.url and DATABASE_URL,
-libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, … are used, as by psql. Every config key is listed, with its
-default, in config/pgspout.toml and the README.";
+PGSPOUT_CONFIG (the file), RUST_LOG (log filter, default info). Without database.url and
+DATABASE_URL, libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, …
+are used, as by psql. Every config key is listed, with its default, in config/pgspout.toml and the
+README.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -52,20 +53,20 @@ enum Command {
     ///
     /// Settings: defaults, then the config file, then DATABASE_URL and PGSPOUT_LISTEN, then
     /// PGSPOUT_<SECTION>__<KEY>. Logging follows RUST_LOG (default: info) and log.format.
-    Serve {
-        /// The TOML config file [default: config/pgspout.toml, if it exists]
-        #[arg(long, env = "PGSPOUT_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Serve(ConfigFile),
     /// Check the configuration against the database, then exit.
     ///
     /// Reads the same settings as serve, connects to the database, resolves every dataset and prints them
     /// (name, relation, key, columns). Exits 0 when serve would start, else prints the problem and exits 1.
-    Check {
-        /// The TOML config file [default: config/pgspout.toml, if it exists]
-        #[arg(long, env = "PGSPOUT_CONFIG")]
-        config: Option<PathBuf>,
-    },
+    Check(ConfigFile),
+}
+
+/// Where the settings come from, for every subcommand.
+#[derive(Args)]
+struct ConfigFile {
+    /// The TOML config file [default: config/pgspout.toml, if it exists]
+    #[arg(long, env = "PGSPOUT_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 /// The config file read when none is named and it exists.
@@ -82,8 +83,8 @@ fn main() -> ExitCode {
     // The default file is optional; one named on the command line must exist.
     let file = |config: Option<PathBuf>| config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
     let config = match cli.command {
-        Command::Serve { config } => config,
-        Command::Check { config } => {
+        Command::Serve(ConfigFile { config }) => config,
+        Command::Check(ConfigFile { config }) => {
             let checked = actix_web::rt::System::new().block_on(async move {
                 let settings = Settings::load(file(config).as_deref()).map_err(|e| chain(&e))?;
                 pgspout::startup::check(&settings).await.map_err(|e| chain(&e))

@@ -72,11 +72,9 @@ pub struct Application {
 impl Application {
     /// Checks every dataset against the database, binds the listener and builds the server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        let connection = db::connection(&settings.database)?;
-        let mut client = connection.connect().await.map_err(StartupError::Connect)?;
-        let catalog = db::catalog::load(&client, &settings.datasets, db::is_utc(&settings.database.timezone)).await;
-        let jobs = match (&catalog, &settings.jobs.directory) {
-            (Ok(_), Some(directory)) => {
+        let (connection, mut client, catalog) = connect_and_load(&settings).await?;
+        let jobs = match &settings.jobs.directory {
+            Some(directory) => {
                 std::fs::create_dir_all(directory).map_err(|source| StartupError::JobDirectory {
                     directory: directory.display().to_string(),
                     source,
@@ -91,10 +89,9 @@ impl Application {
                     settings: settings.jobs.clone(),
                 })
             }
-            _ => None,
+            None => None,
         };
         drop(client);
-        let catalog = catalog?;
 
         let address = settings.server.listen.clone();
         let listener = TcpListener::bind(&address).map_err(|source| StartupError::Listen { address, source })?;
@@ -243,13 +240,22 @@ impl Application {
     }
 }
 
+/// Connects as `settings` say and resolves every dataset against the database.
+async fn connect_and_load(
+    settings: &Settings,
+) -> Result<(db::Connection, tokio_postgres::Client, crate::dataset::Catalog), StartupError> {
+    let connection = db::connection(&settings.database)?;
+    let client = connection.connect().await.map_err(StartupError::Connect)?;
+    let utc = db::is_utc(&settings.database.timezone);
+    let catalog = db::catalog::load(&client, &settings.datasets, utc).await?;
+    Ok((connection, client, catalog))
+}
+
 /// `pgspout check`: connects with `settings` as `serve` would, loads the catalog, and describes every dataset it
 /// would serve (name, relation, key, columns with their types). Changes nothing in the database.
 pub async fn check(settings: &Settings) -> Result<String, StartupError> {
     use std::fmt::Write as _;
-    let connection = db::connection(&settings.database)?;
-    let client = connection.connect().await.map_err(StartupError::Connect)?;
-    let catalog = db::catalog::load(&client, &settings.datasets, db::is_utc(&settings.database.timezone)).await?;
+    let (_, _, catalog) = connect_and_load(settings).await?;
     let mut report = String::new();
     let _ = writeln!(report, "connected; {} dataset(s):", catalog.names().len());
     for dataset in catalog.iter() {

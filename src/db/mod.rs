@@ -106,22 +106,21 @@ const LIBPQ_ENVIRONMENT: [(&str, &str); 15] = [
 /// psql's defaults for what they leave out: the local socket directory, the operating-system user, and a
 /// database named like the user.
 fn from_environment(var: impl Fn(&str) -> Option<String>) -> String {
-    let quote = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
     let mut pairs: Vec<String> = LIBPQ_ENVIRONMENT
         .iter()
-        .filter_map(|(name, key)| var(name).map(|value| format!("{key}={}", quote(&value))))
+        .filter_map(|(name, key)| var(name).map(|value| tls::key_value(key, &value)))
         .collect();
     let user = var("PGUSER")
         .or_else(|| var("USER"))
         .unwrap_or_else(|| "postgres".into());
     if var("PGHOST").is_none() && var("PGHOSTADDR").is_none() {
-        pairs.push(format!("host={}", quote("/var/run/postgresql")));
+        pairs.push(tls::key_value("host", "/var/run/postgresql"));
     }
     if var("PGUSER").is_none() {
-        pairs.push(format!("user={}", quote(&user)));
+        pairs.push(tls::key_value("user", &user));
     }
     if var("PGDATABASE").is_none() {
-        pairs.push(format!("dbname={}", quote(&user)));
+        pairs.push(tls::key_value("dbname", &user));
     }
     pairs.join(" ")
 }

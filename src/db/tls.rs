@@ -164,11 +164,15 @@ pub(crate) fn split(connection: &str) -> Result<(String, TlsOptions), TlsError> 
         if TLS_KEYS.contains(&key.as_str()) {
             take(&mut options, &key, &value)?;
         } else {
-            let quoted = value.replace('\\', "\\\\").replace('\'', "\\'");
-            rest.push(format!("{key}='{quoted}'"));
+            rest.push(key_value(&key, &value));
         }
     }
     Ok((rest.join(" "), options))
+}
+
+/// One libpq `key='value'` pair, the value quoted.
+pub(crate) fn key_value(key: &str, value: &str) -> String {
+    format!("{key}='{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// libpq `key=value` pairs: spaces around `=` allowed, values in single quotes with `\` escapes.

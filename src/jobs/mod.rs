@@ -23,17 +23,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::db::Pool;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-/// How often `pgspout_jobs{status}` is refreshed from the job table.
-const JOB_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
 use self::file::files_older_than;
 pub(crate) use self::file::{file_path, remove_files};
 use self::lease::LeaseClock;
+use crate::db::Pool;
 use crate::db::error::OpenError;
 use crate::db::jobs::{ClaimedJob, JobStore, RunOutcome};
 use crate::db::rows::ReadError;
@@ -41,6 +38,9 @@ use crate::error::chain;
 use crate::pipeline::PipelineError;
 use crate::settings::JobSettings;
 use crate::state::{AppState, JobsState};
+
+/// How often `pgspout_jobs{status}` is refreshed from the job table.
+const JOB_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a run of a job ended without completing it.
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +321,26 @@ impl Context {
         }
     }
 
+    /// Forgets a finished job task, logging (and counting) a panic: the job's lease then runs out and another
+    /// run takes it over.
+    fn ended_task(
+        &self,
+        jobs: &mut HashMap<tokio::task::Id, Uuid>,
+        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        let task = match &ended {
+            Ok((task, ())) => *task,
+            Err(error) => error.id(),
+        };
+        let job = jobs.remove(&task);
+        if let Err(error) = ended
+            && error.is_panic()
+        {
+            self.state.metrics.job_run("panicked");
+            tracing::error!(job = ?job, %error, "an export job's task panicked; its lease will run out and another run will take it over");
+        }
+    }
+
     /// Refreshes `pgspout_jobs{status}` from the job table.
     async fn count_jobs(&self) {
         let counted = async {
@@ -352,28 +372,6 @@ impl Context {
         };
         if let Err(error) = swept.await {
             tracing::warn!(%error, "cannot sweep export files");
-        }
-    }
-}
-
-impl Context {
-    /// Forgets a finished job task, logging (and counting) a panic: the job's lease then runs out and another
-    /// run takes it over.
-    fn ended_task(
-        &self,
-        jobs: &mut HashMap<tokio::task::Id, Uuid>,
-        ended: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-    ) {
-        let task = match &ended {
-            Ok((task, ())) => *task,
-            Err(error) => error.id(),
-        };
-        let job = jobs.remove(&task);
-        if let Err(error) = ended
-            && error.is_panic()
-        {
-            self.state.metrics.job_run("panicked");
-            tracing::error!(job = ?job, %error, "an export job's task panicked; its lease will run out and another run will take it over");
         }
     }
 }

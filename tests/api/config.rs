@@ -111,11 +111,7 @@ async fn without_a_database_url_the_libpq_environment_is_used() {
         "[[datasets]]\nname = \"small\"\ntable = \"small\"\nkey = \"id\"\n",
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::helpers::free_port();
     // PGHOST, PGPORT, PGUSER and PGPASSWORD come from pg_virtualenv, as psql would read them.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
         .args(["serve", "--config"])
@@ -137,16 +133,7 @@ async fn without_a_database_url_the_libpq_environment_is_used() {
     .await;
     assert_eq!(body.lines().count(), 10);
     // PGSSLMODE=require took effect: the pooled connection, still open, is encrypted.
-    let encrypted: Option<bool> = db
-        .client
-        .query_one(
-            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.datname = current_database() AND a.application_name LIKE 'pgspout%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let encrypted = db.pgspout_ssl().await;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -13,21 +13,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
 
-use crate::helpers::{BIG_VIEW, RawResponse, TestDb, serve, settings_for, small_table, wait_until};
+use crate::helpers::{BIG_VIEW, RawResponse, TestDb, free_port, serve, settings_for, small_table, wait_until};
 
 /// A PostgreSQL cluster owned by one test, dropped with it.
 pub(crate) struct PrivateCluster {
     version: String,
     name: String,
     pub(crate) port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn run(program: &str, args: &[&str]) {

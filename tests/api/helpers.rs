@@ -81,6 +81,19 @@ impl TestDb {
             .collect()
     }
 
+    /// Whether every pgspout connection to this database is encrypted, per `pg_stat_ssl`; `None` with none.
+    pub(crate) async fn pgspout_ssl(&self) -> Option<bool> {
+        self.client
+            .query_one(
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                 WHERE a.datname = current_database() AND a.application_name LIKE 'pgspout%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The pid of pgspout's one active export, waiting for it to appear.
     pub(crate) async fn active_export(&self) -> i32 {
         wait_for(Duration::from_secs(5), || async {
@@ -262,6 +275,15 @@ impl RawResponse {
     }
 }
 
+/// A loopback port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Polls `condition` every 50 ms until it holds; panics after `limit`.
 pub(crate) async fn wait_until<F, Fut>(limit: Duration, mut condition: F)
 where
@@ -333,11 +355,7 @@ impl ServerProcess {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pgspout.toml");
         std::fs::write(&path, config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgspout"))
             .args(["serve", "--config", path.to_str().unwrap()])
             .env("DATABASE_URL", db.url())

@@ -12,24 +12,10 @@ use crate::jobs::temp_dir;
 
 const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
-/// Whether every pgspout connection to the test database is encrypted, per `pg_stat_ssl`; `None` with none.
-async fn pgspout_ssl(db: &TestDb) -> Option<bool> {
-    db.client
-        .query_one(
-            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.datname = current_database() AND a.application_name LIKE 'pgspout%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// A CA of the test's own, which signed nothing the server has.
 fn other_ca(dir: &Path) -> PathBuf {
-    let cert = dir.join("other-ca.pem");
-    let status = std::process::Command::new("openssl")
-        .args([
+    openssl(
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -39,16 +25,14 @@ fn other_ca(dir: &Path) -> PathBuf {
             "1",
             "-subj",
             "/CN=other test CA",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("other-ca.key"))
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success());
-    cert
+            "-keyout",
+            "other-ca.key",
+            "-out",
+            "other-ca.pem",
+        ],
+        dir,
+    );
+    dir.join("other-ca.pem")
 }
 
 async fn export_over(db: &TestDb, tls: &str) -> Result<String, String> {
@@ -83,7 +67,7 @@ async fn verify_full_serves_over_encrypted_connections_and_wrong_cas_or_names_fa
         .unwrap();
     assert_eq!(body.lines().count(), 10);
     assert_eq!(
-        pgspout_ssl(&db).await,
+        db.pgspout_ssl().await,
         Some(true),
         "pg_stat_ssl shows pgspout's backends encrypted"
     );
@@ -141,7 +125,7 @@ async fn require_encrypts_without_verifying_and_disable_does_not_encrypt() {
         .await
         .unwrap();
     assert_eq!(served.text().await.unwrap().lines().count(), 10);
-    assert_eq!(pgspout_ssl(&db).await, Some(true));
+    assert_eq!(db.pgspout_ssl().await, Some(true));
 
     let db = TestDb::new().await;
     small_table(&db, 10).await;
@@ -152,7 +136,7 @@ async fn require_encrypts_without_verifying_and_disable_does_not_encrypt() {
         .await
         .unwrap();
     assert_eq!(served.text().await.unwrap().lines().count(), 10);
-    assert_eq!(pgspout_ssl(&db).await, Some(false));
+    assert_eq!(db.pgspout_ssl().await, Some(false));
 }
 
 fn openssl(args: &[&str], dir: &Path) {

@@ -3,6 +3,7 @@
 //! datasets with these types, and this module depends on none of them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -130,28 +131,29 @@ pub enum Consistency {
     Chunked,
 }
 
-/// All datasets by name.
+/// All datasets by name. A reload builds a new catalog; exports that started under the old one keep their
+/// datasets (they hold an `Arc`).
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
-    datasets: HashMap<String, Dataset>,
+    datasets: HashMap<String, Arc<Dataset>>,
 }
 
 impl Catalog {
     /// A catalog of `datasets` (their names are unique).
     pub(crate) fn new(datasets: impl IntoIterator<Item = Dataset>) -> Catalog {
         Catalog {
-            datasets: datasets.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            datasets: datasets.into_iter().map(|d| (d.name.clone(), Arc::new(d))).collect(),
         }
     }
 
     /// The dataset called `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<&Dataset> {
-        self.datasets.get(name)
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Dataset>> {
+        self.datasets.get(name).cloned()
     }
 
     /// Every dataset, by name.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Dataset> {
-        let mut datasets: Vec<&Dataset> = self.datasets.values().collect();
+        let mut datasets: Vec<&Dataset> = self.datasets.values().map(|d| &**d).collect();
         datasets.sort_by(|a, b| a.name.cmp(&b.name));
         datasets.into_iter()
     }

@@ -14,6 +14,7 @@
 //! - `body`: the sink that streams pieces as a response body.
 //! - `jobs`: the sink that writes background exports to files that survive crashes.
 //! - `openapi`: the OpenAPI document generated from the datasets.
+//! - [`reload`]: reading the catalog again on SIGHUP and `NOTIFY pgspout`.
 //! - `state`: what the workers share and own.
 //! - `telemetry`: logs, metrics and request ids (its middleware is actix code too).
 //! - [`error`]: problem+json before the first byte, aborted transfers after it.
@@ -32,6 +33,7 @@ mod negotiate;
 mod openapi;
 mod pipeline;
 mod query;
+pub mod reload;
 mod routes;
 pub mod settings;
 pub mod startup;

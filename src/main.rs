@@ -105,7 +105,15 @@ fn main() -> ExitCode {
         let settings = Settings::load(file(config).as_deref()).map_err(|e| chain(&e))?;
         pgspout::telemetry::init_logging(settings.log.format);
         let shutdown = shutdown_signal().map_err(|e| format!("cannot listen for signals: {e}"))?;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot listen for signals: {e}"))?;
         let application = Application::build(settings).await.map_err(|e| chain(&e))?;
+        let reloader = application.reloader();
+        actix_web::rt::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let _ = reloader.reload("SIGHUP").await;
+            }
+        });
         application.run_until_stopped(shutdown).await.map_err(|e| chain(&e))
     });
     match result {

@@ -41,9 +41,13 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
-    /// The datasets served; identifiers come only from here, never from a request.
+    /// Datasets configured one by one; identifiers come only from here and from the catalog, never from a
+    /// request.
     #[serde(default)]
     pub datasets: Vec<DatasetSettings>,
+    /// Schemas served whole. With neither `datasets` nor `schemas`, `public` is.
+    #[serde(default)]
+    pub schemas: Vec<SchemaSettings>,
 }
 
 /// `[log]`.
@@ -263,6 +267,45 @@ pub struct DatasetSettings {
     pub consistency: Consistency,
 }
 
+/// One `[[schemas]]` entry: every table, view, materialized view, foreign table and partitioned table of the
+/// schema that pgspout's role may read, as a dataset named like the relation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSettings {
+    /// The schema.
+    pub name: String,
+    /// If set, only relations whose names match one of these globs (`*`, `?`, `[abc]`).
+    pub include: Option<Vec<String>>,
+    /// Relations whose names match one of these globs are left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `snapshot` (default) or `chunked` for the schema's datasets; those without a key read as `snapshot`.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+impl SchemaSettings {
+    /// `public`, whole: what is served when nothing is configured.
+    pub fn public() -> SchemaSettings {
+        SchemaSettings {
+            name: "public".into(),
+            include: None,
+            exclude: Vec::new(),
+            consistency: Consistency::Snapshot,
+        }
+    }
+
+    /// Whether a relation called `relation` is included.
+    pub fn includes(&self, relation: &str) -> bool {
+        let matches = |globs: &[String]| {
+            globs
+                .iter()
+                .any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches(relation)))
+        };
+        self.include.as_deref().is_none_or(matches) && !matches(&self.exclude)
+    }
+}
+
 /// Why the settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -399,7 +442,30 @@ impl Settings {
                 return invalid(format!("dataset {name:?} is configured twice"));
             }
         }
+        let mut seen = std::collections::HashSet::new();
+        for schema in &self.schemas {
+            if schema.name.is_empty() {
+                return invalid("a [[schemas]] entry has an empty name".into());
+            }
+            if !seen.insert(&schema.name) {
+                return invalid(format!("schema {:?} is configured twice", schema.name));
+            }
+            for glob in schema.include.iter().flatten().chain(&schema.exclude) {
+                if let Err(error) = glob::Pattern::new(glob) {
+                    return invalid(format!("schema {:?}: bad glob {glob:?}: {error}", schema.name));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The schemas served whole: those configured, or `public` when no dataset or schema is.
+    pub fn served_schemas(&self) -> Vec<SchemaSettings> {
+        if self.datasets.is_empty() && self.schemas.is_empty() {
+            vec![SchemaSettings::public()]
+        } else {
+            self.schemas.clone()
+        }
     }
 
     /// Exports that may run at once on one worker.
@@ -472,6 +538,27 @@ mod tests {
         let grace = Settings::parse("[database]\nurl = 'x'\n[server]\nshutdown_grace = \"300ms\"\n").unwrap();
         grace.validate().unwrap();
         assert_eq!(grace.server.shutdown_grace, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn schemas_filter_relations_by_globs_and_public_is_the_default() {
+        let settings =
+            Settings::parse("[[schemas]]\nname = 'sales'\ninclude = ['order*', 'customers']\nexclude = ['*_old']\n")
+                .unwrap();
+        settings.validate().unwrap();
+        let sales = &settings.served_schemas()[0];
+        assert!(sales.includes("orders") && sales.includes("customers"));
+        assert!(!sales.includes("orders_old") && !sales.includes("items"));
+        let everything = SchemaSettings::public();
+        assert!(everything.includes("anything"));
+        assert_eq!(Settings::parse("").unwrap().served_schemas()[0].name, "public");
+        let one = Settings::parse("[[datasets]]\nname='a'\ntable='t'\n").unwrap();
+        assert!(
+            one.served_schemas().is_empty(),
+            "explicit datasets alone serve no schema"
+        );
+        let bad = Settings::parse("[[schemas]]\nname = 's'\nexclude = ['[']\n").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("bad glob"));
     }
 
     #[test]

@@ -10,9 +10,10 @@ use crate::body::Chunking;
 use crate::db;
 pub use crate::db::catalog::CatalogError;
 use crate::query::cursor::CursorKey;
+use crate::reload::Reloader;
 use crate::routes;
 use crate::settings::Settings;
-use crate::state::{AppState, JobsState, Pools};
+use crate::state::{AppState, JobsState, Pools, Published};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::request::Telemetry;
 
@@ -64,6 +65,7 @@ pub struct Application {
     state: Arc<AppState>,
     connection: db::Connection,
     database: crate::settings::DatabaseSettings,
+    reloader: Reloader,
     /// Tells running exports that the shutdown grace period is over.
     cut: tokio::sync::watch::Sender<bool>,
     shutdown_grace: std::time::Duration,
@@ -120,14 +122,18 @@ impl Application {
                 Some(secret) => CursorKey::new(secret.as_bytes()),
                 None => CursorKey::random(),
             },
-            openapi: crate::openapi::document(&catalog, settings.pages.max_limit, jobs.is_some()).to_string(),
-            catalog,
+            published: arc_swap::ArcSwap::from_pointee(Published {
+                catalog: Default::default(),
+                openapi: String::new(),
+            }),
             jobs,
             cut: exports_cut,
             metrics: metrics.clone(),
         });
+        state.publish(catalog);
         // Kept for the job runner, which starts with the server; the originals move into the workers' factory.
         let (runner_state, runner_connection) = (state.clone(), connection.clone());
+        let reloader = Reloader::new(state.clone(), connection.clone(), catalog_sources(&settings));
         let database = settings.database.clone();
         let export_slots = settings.export_slots();
         let stall_timeout = settings.export.stall_timeout;
@@ -184,6 +190,7 @@ impl Application {
             state: runner_state,
             connection: runner_connection,
             database: settings.database.clone(),
+            reloader,
             cut,
             shutdown_grace: settings.server.shutdown_grace,
         })
@@ -199,6 +206,11 @@ impl Application {
         self.metrics_server.as_ref().map(|(port, _)| *port)
     }
 
+    /// What reads the catalog again (the binary calls it on SIGHUP; `NOTIFY pgspout, 'reload'` does too).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` resolves; then stops accepting, lets running requests finish within
     /// `server.shutdown_grace`, and cuts the rest (visibly: their bodies end without the terminating chunk).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
@@ -211,11 +223,13 @@ impl Application {
             )?),
             None => None,
         };
+        let listener = tokio::spawn(self.reloader.listen());
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(|(_, server)| server.handle());
         let (cut, grace) = (self.cut, self.shutdown_grace);
         tokio::spawn(async move {
             shutdown.await;
+            listener.abort();
             tracing::info!("shutting down: no new connections; running exports may finish within the grace period");
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
@@ -246,9 +260,18 @@ async fn connect_and_load(
 ) -> Result<(db::Connection, tokio_postgres::Client, crate::dataset::Catalog), StartupError> {
     let connection = db::connection(&settings.database)?;
     let client = connection.connect().await.map_err(StartupError::Connect)?;
-    let utc = db::is_utc(&settings.database.timezone);
-    let catalog = db::catalog::load(&client, &settings.datasets, utc).await?;
+    let catalog = db::catalog::load(&client, &catalog_sources(settings)).await?;
     Ok((connection, client, catalog))
+}
+
+/// Where the catalog comes from, as `settings` say.
+fn catalog_sources(settings: &Settings) -> db::catalog::Sources {
+    db::catalog::Sources {
+        datasets: settings.datasets.clone(),
+        schemas: settings.served_schemas(),
+        hidden_schema: settings.jobs.directory.as_ref().map(|_| settings.jobs.schema.clone()),
+        utc: db::is_utc(&settings.database.timezone),
+    }
 }
 
 /// `pgspout check`: connects with `settings` as `serve` would, loads the catalog, and describes every dataset it

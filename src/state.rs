@@ -1,6 +1,10 @@
 //! The application's state: what every worker shares (the catalog, settings, the job store) and what each
 //! worker owns (its connection pools). Built by `startup`, read by `routes` and `jobs`.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
 use crate::db::Pool;
 
 use crate::body::Chunking;
@@ -13,8 +17,8 @@ use crate::settings::{JobSettings, PageSettings};
 
 /// State shared by all workers.
 pub(crate) struct AppState {
-    /// The datasets.
-    pub(crate) catalog: Catalog,
+    /// The datasets and their OpenAPI document, replaced whole by a reload.
+    pub(crate) published: ArcSwap<Published>,
     /// The statements that open an export's transaction.
     pub(crate) begin_sql: String,
     /// Body chunking.
@@ -29,8 +33,6 @@ pub(crate) struct AppState {
     pub(crate) acquire_timeout: std::time::Duration,
     /// Signs page cursors.
     pub(crate) cursor_key: CursorKey,
-    /// The OpenAPI document.
-    pub(crate) openapi: String,
     /// Background export jobs, when configured.
     pub(crate) jobs: Option<JobsState>,
     /// Becomes `true` when a shutdown's grace period is over: running exports are cut then.
@@ -49,10 +51,31 @@ pub(crate) struct JobsState {
     pub(crate) settings: JobSettings,
 }
 
+/// What the API serves: the catalog and the OpenAPI document describing it.
+pub(crate) struct Published {
+    /// The datasets.
+    pub(crate) catalog: Catalog,
+    /// The OpenAPI document, rendered.
+    pub(crate) openapi: String,
+}
+
 impl AppState {
+    /// The catalog as it is now.
+    pub(crate) fn published(&self) -> Arc<Published> {
+        self.published.load_full()
+    }
+
+    /// Serves `catalog` from now on; requests already running keep the datasets they found.
+    pub(crate) fn publish(&self, catalog: Catalog) {
+        let openapi = crate::openapi::document(&catalog, self.pages.max_limit, self.jobs.is_some()).to_string();
+        self.published.store(Arc::new(Published { catalog, openapi }));
+    }
+
     /// The dataset called `name`, or a 404.
-    pub(crate) fn dataset(&self, name: &str) -> Result<&Dataset, ApiError> {
-        self.catalog
+    pub(crate) fn dataset(&self, name: &str) -> Result<Arc<Dataset>, ApiError> {
+        self.published
+            .load()
+            .catalog
             .get(name)
             .ok_or_else(|| ApiError::UnknownDataset(name.to_owned()))
     }

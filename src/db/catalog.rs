@@ -1,5 +1,6 @@
-//! Datasets resolved against the database at start-up: the relation, its columns, their types and the
-//! comparisons those types support (so a filter or order a type lacks is refused before any query), its key.
+//! Datasets resolved against the database at start-up and on every reload: the relation, its columns, their
+//! types and the comparisons those types support (so a filter or order a type lacks is refused before any
+//! query), its key. Configured datasets come first; then every readable relation of the served schemas.
 //!
 //! Everything that later becomes SQL text (relation and column identifiers, output functions) is read from
 //! the catalog here and quoted here; requests only ever pick among these.
@@ -11,7 +12,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::{Kind, Type};
 
 use crate::dataset::{Catalog, Column, Consistency, Dataset, Operators, ValueKind};
-use crate::settings::DatasetSettings;
+use crate::settings::{DatasetSettings, SchemaSettings};
 
 /// A dataset that does not match the database.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,12 @@ pub enum CatalogError {
         /// Its configured table.
         table: String,
     },
+    /// A served schema does not exist (or pgspout's role may not use it).
+    #[error("schema {schema:?} does not exist, or pgspout's role lacks USAGE on it")]
+    NoSchema {
+        /// The schema.
+        schema: String,
+    },
     /// A catalog query failed.
     #[error("reading the catalog for dataset {dataset:?}")]
     Query {
@@ -96,15 +103,156 @@ pub enum CatalogError {
     },
 }
 
-/// Resolves every configured dataset; `utc` says whether the session TimeZone lets pgspout print timestamptz.
-pub(crate) async fn load(client: &Client, configured: &[DatasetSettings], utc: bool) -> Result<Catalog, CatalogError> {
+/// What the catalog is built from.
+pub(crate) struct Sources {
+    /// `[[datasets]]`, resolved as configured; a mismatch is an error.
+    pub(crate) datasets: Vec<DatasetSettings>,
+    /// The schemas served whole.
+    pub(crate) schemas: Vec<SchemaSettings>,
+    /// pgspout's own job schema, never served.
+    pub(crate) hidden_schema: Option<String>,
+    /// Whether the session TimeZone lets pgspout print timestamptz.
+    pub(crate) utc: bool,
+}
+
+/// Resolves every configured dataset, then discovers the served schemas' relations.
+pub(crate) async fn load(client: &Client, sources: &Sources) -> Result<Catalog, CatalogError> {
     let mut datasets = Vec::new();
-    for settings in configured {
-        let dataset = resolve(client, settings, utc).await?;
-        tracing::info!(dataset = %dataset.name, relation = %dataset.relation, columns = dataset.columns.len(), "dataset ready");
+    for settings in &sources.datasets {
+        let dataset = resolve(client, settings, sources.utc).await?;
+        tracing::debug!(dataset = %dataset.name, relation = %dataset.relation, columns = dataset.columns.len(), "dataset ready");
         datasets.push(dataset);
     }
+    let mut discovered = Vec::new();
+    for schema in &sources.schemas {
+        if sources.hidden_schema.as_ref() == Some(&schema.name) {
+            tracing::warn!(schema = %schema.name, "not serving pgspout's own job schema");
+            continue;
+        }
+        discovered.extend(discover(client, schema).await?);
+    }
+    for settings in name_discovered(discovered, &sources.datasets) {
+        match resolve(client, &settings, sources.utc).await {
+            Ok(dataset) => datasets.push(dataset),
+            Err(error @ CatalogError::Query { .. }) => return Err(error),
+            // A relation pgspout cannot serve as it found it is left out; configuring it names the problem.
+            Err(error) => tracing::warn!(error = %error, "leaving a discovered relation out"),
+        }
+    }
+    tracing::info!(datasets = datasets.len(), "catalog loaded");
     Ok(Catalog::new(datasets))
+}
+
+/// A readable relation found in a served schema.
+struct Found {
+    schema: String,
+    relation: String,
+    key: Option<String>,
+    /// The columns pgspout's role may read, when it may not read them all (column privileges).
+    columns: Option<Vec<String>>,
+    consistency: Consistency,
+}
+
+/// The relations of `schema` that pgspout's role may SELECT (all its columns, or some), with their keys: a
+/// one-column primary key, else a one-column unique index on a NOT NULL column. Partitions are left out;
+/// their partitioned table is served.
+async fn discover(client: &Client, schema: &SchemaSettings) -> Result<Vec<Found>, CatalogError> {
+    let query_error = |source| CatalogError::Query {
+        dataset: format!("schema {}", schema.name),
+        source,
+    };
+    let usable: Option<bool> = client
+        .query_opt(
+            "SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+            &[&schema.name],
+        )
+        .await
+        .map_err(query_error)?
+        .map(|row| row.get(0));
+    if usable != Some(true) {
+        return Err(CatalogError::NoSchema {
+            schema: schema.name.clone(),
+        });
+    }
+    let rows = client
+        .query(
+            "SELECT c.relname::text, \
+               (SELECT a.attname::text FROM pg_catalog.pg_index i \
+                 JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+                 WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indnkeyatts = 1 \
+                   AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attnotnull \
+                 ORDER BY i.indisprimary DESC, i.indexrelid LIMIT 1), \
+               pg_catalog.has_table_privilege(c.oid, 'SELECT'), \
+               ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND pg_catalog.has_column_privilege(c.oid, a.attnum, 'SELECT') ORDER BY a.attnum) \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT c.relispartition \
+               AND pg_catalog.has_any_column_privilege(c.oid, 'SELECT') \
+             ORDER BY c.relname",
+            &[&schema.name],
+        )
+        .await
+        .map_err(query_error)?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let relation: String = row.get(0);
+            if !schema.includes(&relation) {
+                return None;
+            }
+            let whole: bool = row.get(2);
+            let columns = (!whole).then(|| row.get::<_, Vec<String>>(3));
+            // A key the role may not read is no key.
+            let key = row
+                .get::<_, Option<String>>(1)
+                .filter(|k| columns.as_ref().is_none_or(|c| c.contains(k)));
+            let consistency = match key {
+                Some(_) => schema.consistency,
+                None => Consistency::Snapshot,
+            };
+            Some(Found {
+                schema: schema.name.clone(),
+                relation,
+                key,
+                columns,
+                consistency,
+            })
+        })
+        .collect())
+}
+
+/// Names discovered relations: the relation's name, or `schema.name` where two served schemas have a relation
+/// of that name. A configured dataset of the same name wins; a name that cannot be a URL path segment is
+/// left out.
+fn name_discovered(found: Vec<Found>, configured: &[DatasetSettings]) -> Vec<DatasetSettings> {
+    let mut uses: HashMap<String, usize> = HashMap::new();
+    for f in &found {
+        *uses.entry(f.relation.clone()).or_default() += 1;
+    }
+    found
+        .into_iter()
+        .filter_map(|f| {
+            let name = match uses[&f.relation] {
+                1 => f.relation.clone(),
+                _ => format!("{}.{}", f.schema, f.relation),
+            };
+            if configured.iter().any(|d| d.name == name) {
+                return None;
+            }
+            if name.chars().any(|c| c.is_control() || matches!(c, '/' | '%' | '+')) {
+                tracing::warn!(relation = %name, "leaving out a relation whose name cannot be a URL path segment");
+                return None;
+            }
+            Some(DatasetSettings {
+                name,
+                table: format!("{}.{}", escape_identifier(&f.schema), escape_identifier(&f.relation)),
+                key: f.key,
+                columns: f.columns,
+                consistency: f.consistency,
+            })
+        })
+        .collect()
 }
 
 async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Result<Dataset, CatalogError> {

@@ -18,7 +18,10 @@ pub(crate) mod tls;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
-use postgres_protocol::escape::escape_literal;
+use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
+use postgres_protocol::escape::{escape_identifier, escape_literal};
+use tokio_postgres::AsyncMessage;
 
 use self::lease::Lease;
 use self::tls::{Tls, TlsError, TlsOptions};
@@ -48,6 +51,39 @@ impl Connection {
         let (client, connection) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// Opens one connection that listens on `channel`: its notifications arrive on the receiver, which ends
+    /// when the connection does. The client must be kept (dropping it closes the connection).
+    pub(crate) async fn listen(
+        &self,
+        channel: &str,
+    ) -> Result<(tokio_postgres::Client, UnboundedReceiver<tokio_postgres::Notification>), tokio_postgres::Error> {
+        let mut config = self.config.clone();
+        config.application_name("pgspout listener");
+        let (client, mut connection) = config.connect(self.tls.clone()).await?;
+        let (sender, receiver) = futures::channel::mpsc::unbounded();
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(notification)) => {
+                        if sender.unbounded_send(notification).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "the listening connection failed");
+                        break;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {}", escape_identifier(channel)))
+            .await?;
+        Ok((client, receiver))
     }
 }
 

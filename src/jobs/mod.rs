@@ -220,7 +220,7 @@ impl Context {
     async fn claim(&self) -> Result<Option<ClaimedJob>, Box<dyn std::error::Error + Send + Sync>> {
         let mut client = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut client;
-        let datasets = self.state.catalog.names();
+        let datasets = self.state.published().catalog.names();
         Ok(self
             .store
             .claim(client, self.owner, self.settings.lease, &datasets)

@@ -20,9 +20,11 @@ impl Context {
         let state = &self.state;
         let settings = &self.settings;
         let dataset = state
+            .published()
             .catalog
             .get(&job.dataset)
             .ok_or_else(|| JobError::Unserved(job.dataset.clone()))?;
+        let dataset = &*dataset;
         let pairs: Vec<(String, String)> =
             serde_urlencoded::from_str(&job.query).map_err(|e| JobError::Permanent(e.to_string()))?;
         let request =

@@ -28,7 +28,8 @@ async fn describe(dataset: &Dataset, pools: &Pools) -> Result<Value, ApiError> {
 #[get("/v1/datasets")]
 pub(super) async fn list(state: web::Data<AppState>, pools: web::Data<Pools>) -> Result<HttpResponse, ApiError> {
     let mut datasets = Vec::new();
-    for dataset in state.catalog.iter() {
+    let published = state.published();
+    for dataset in published.catalog.iter() {
         datasets.push(describe(dataset, &pools).await?);
     }
     Ok(HttpResponse::Ok().json(json!({ "datasets": datasets })))
@@ -42,5 +43,5 @@ pub(super) async fn one(
     pools: web::Data<Pools>,
 ) -> Result<HttpResponse, ApiError> {
     let dataset = state.dataset(&name)?;
-    Ok(HttpResponse::Ok().json(describe(dataset, &pools).await?))
+    Ok(HttpResponse::Ok().json(describe(&dataset, &pools).await?))
 }

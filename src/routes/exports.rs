@@ -71,9 +71,11 @@ pub(super) async fn create(
     }
     let create: CreateExport = serde_json::from_value(body).map_err(|e| bad_body(&e))?;
     let dataset = state
+        .published()
         .catalog
         .get(&create.dataset)
         .ok_or_else(|| ApiError::BadRequest(format!("no dataset is named {:?}", create.dataset)))?;
+    let dataset = &*dataset;
     let format = Format::negotiate(Some(&create.format), None)?;
     let compression = create.compression.as_str();
     match Encoding::from_name(compression) {

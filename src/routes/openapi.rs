@@ -9,5 +9,5 @@ use crate::state::AppState;
 pub(super) async fn openapi(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(state.openapi.clone())
+        .body(state.published().openapi.clone())
 }

@@ -27,6 +27,7 @@ pub(super) async fn page(
     context: RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let dataset = state.dataset(&name)?;
+    let dataset = &*dataset;
     if dataset.key.is_none() {
         return Err(ApiError::BadQuery(format!(
             "dataset {:?} has no key, so it cannot be paged",

@@ -32,6 +32,7 @@ pub(super) async fn rows(
     context: RequestContext,
 ) -> Result<HttpResponse, ApiError> {
     let dataset = state.dataset(&name)?;
+    let dataset = &*dataset;
     let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
     let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
     let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;

@@ -66,12 +66,14 @@ impl TestDb {
         )
     }
 
-    /// The backends pgspout holds in this database: (pid, state, wait_event).
+    /// The backends pgspout holds in this database for requests and jobs: (pid, state, wait_event). Its
+    /// catalog-reload listener is not one of them.
     pub(crate) async fn pgspout_backends(&self) -> Vec<(i32, String, Option<String>)> {
         self.client
             .query(
                 "SELECT pid, coalesce(state, ''), wait_event FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name LIKE 'pgspout%'",
+                 WHERE datname = current_database() AND application_name LIKE 'pgspout%' \
+                   AND application_name <> 'pgspout listener'",
                 &[],
             )
             .await

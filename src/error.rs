@@ -144,6 +144,8 @@ impl ApiError {
             ApiError::Open(OpenError::Unavailable(_)) | ApiError::NotReady(_) => {
                 ("urn:pgspout:problem:database-unavailable", "Database unavailable")
             }
+            ApiError::Open(OpenError::NoReplica) => ("urn:pgspout:problem:no-replica", "No healthy replica"),
+            ApiError::Open(OpenError::Conflict(_)) => ("urn:pgspout:problem:conflict", "Query cancelled by a conflict"),
             ApiError::Open(OpenError::StatementTimeout(_)) => ("urn:pgspout:problem:timeout", "Query timed out"),
             ApiError::Open(OpenError::Forbidden(_)) => ("urn:pgspout:problem:forbidden", "Forbidden"),
             ApiError::Open(OpenError::Query(_)) | ApiError::Internal(_) => {
@@ -167,7 +169,13 @@ impl ResponseError for ApiError {
             | ApiError::Format(FormatError::Unknown(_))
             | ApiError::Open(OpenError::InvalidValue { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => StatusCode::NOT_ACCEPTABLE,
-            ApiError::Open(OpenError::PoolExhausted | OpenError::ExportsBusy | OpenError::Unavailable(_))
+            ApiError::Open(
+                OpenError::PoolExhausted
+                | OpenError::ExportsBusy
+                | OpenError::Unavailable(_)
+                | OpenError::NoReplica
+                | OpenError::Conflict(_),
+            )
             | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Open(OpenError::StatementTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Open(OpenError::Forbidden(_)) => StatusCode::FORBIDDEN,

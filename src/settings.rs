@@ -124,6 +124,25 @@ pub struct DatabaseSettings {
     pub sslcert: Option<std::path::PathBuf>,
     /// The client certificate's private key (PEM).
     pub sslkey: Option<std::path::PathBuf>,
+    /// Read replicas (URLs or key=value strings, TLS as for `url`): `/rows`, `/page`, counts and job
+    /// batches read from a healthy one.
+    pub replicas: Vec<String>,
+    /// A replica further behind the primary than this is skipped until it catches up.
+    #[serde(with = "humantime_serde")]
+    pub replica_max_lag: Duration,
+    /// With no healthy replica: `primary` (default) reads from the primary; `refuse` answers 503.
+    pub replica_fallback: ReplicaFallback,
+}
+
+/// What to read from when no replica is healthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaFallback {
+    /// The primary.
+    #[default]
+    Primary,
+    /// Nothing: 503 with Retry-After.
+    Refuse,
 }
 
 impl Default for DatabaseSettings {
@@ -139,6 +158,9 @@ impl Default for DatabaseSettings {
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
+            replicas: Vec::new(),
+            replica_max_lag: Duration::from_secs(30),
+            replica_fallback: ReplicaFallback::Primary,
         }
     }
 }
@@ -385,6 +407,7 @@ impl Settings {
         for (key, duration) in [
             ("database.acquire_timeout", Some(self.database.acquire_timeout)),
             ("database.connect_timeout", Some(self.database.connect_timeout)),
+            ("database.replica_max_lag", Some(self.database.replica_max_lag)),
             ("export.flush_interval", Some(self.export.flush_interval)),
             ("export.stall_timeout", Some(self.export.stall_timeout)),
             ("export.max_duration", self.export.max_duration),

@@ -26,6 +26,9 @@ pub enum StartupError {
     /// The database could not be reached to check the datasets.
     #[error("cannot connect to the database to check the datasets")]
     Connect(#[source] tokio_postgres::Error),
+    /// A replica is down, lagging or not a standby (`pgspout check` only; `serve` skips it).
+    #[error("{0}")]
+    Replicas(String),
     /// A dataset does not match the database.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -75,6 +78,11 @@ impl Application {
     /// Checks every dataset against the database, binds the listener and builds the server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let (connection, mut client, catalog) = connect_and_load(&settings).await?;
+        let replicas = db::replicas::ReplicaSet::new(&settings.database)?.map(Arc::new);
+        if let Some(set) = &replicas {
+            set.check_once(connection.clone(), settings.database.connect_timeout)
+                .await;
+        }
         let jobs = match &settings.jobs.directory {
             Some(directory) => {
                 std::fs::create_dir_all(directory).map_err(|source| StartupError::JobDirectory {
@@ -106,6 +114,9 @@ impl Application {
             .port();
         let (cut, exports_cut) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::new());
+        if let Some(set) = &replicas {
+            metrics.watch_replicas(set.clone());
+        }
         let state = Arc::new(AppState {
             begin_sql: db::begin_sql(&settings.database),
             chunking: Chunking {
@@ -129,6 +140,7 @@ impl Application {
             jobs,
             cut: exports_cut,
             metrics: metrics.clone(),
+            replicas,
         });
         state.publish(catalog);
         // Kept for the job runner, which starts with the server; the originals move into the workers' factory.
@@ -140,12 +152,22 @@ impl Application {
         let metrics_apart = settings.server.metrics_listen.is_some();
         let app_metrics = metrics.clone();
         let server = HttpServer::new(move || {
+            let exports = db::pool(&connection, &database, database.pool_size);
+            let readers = match &state.replicas {
+                Some(set) => {
+                    db::replicas::Readers::new(exports.clone(), set.clone(), set.pools(&database, database.pool_size))
+                }
+                None => db::replicas::Readers::primary(exports.clone()),
+            };
             let pools = Pools {
-                exports: db::pool(&connection, &database, database.pool_size),
+                exports,
+                readers,
                 health: db::pool(&connection, &database, 1),
                 export_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(export_slots)),
             };
-            app_metrics.watch_pool(pools.exports.clone(), pools.export_slots.clone());
+            let mut watched = vec![pools.exports.clone()];
+            watched.extend(pools.readers.replica_pools().iter().cloned());
+            app_metrics.watch_pool(watched, pools.export_slots.clone());
             App::new()
                 .wrap(Telemetry::new(app_metrics.clone()))
                 .app_data(web::Data::from(state.clone()))
@@ -214,6 +236,12 @@ impl Application {
     /// Serves until `shutdown` resolves; then stops accepting, lets running requests finish within
     /// `server.shutdown_grace`, and cuts the rest (visibly: their bodies end without the terminating chunk).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let listener = tokio::spawn(self.reloader.listen());
+        let monitor = self
+            .state
+            .replicas
+            .clone()
+            .map(|set| tokio::spawn(set.monitor(self.connection.clone(), self.database.connect_timeout)));
         let runner = match &self.state.jobs {
             Some(jobs) => Some(crate::jobs::Runner::start(
                 self.state.clone(),
@@ -223,13 +251,15 @@ impl Application {
             )?),
             None => None,
         };
-        let listener = tokio::spawn(self.reloader.listen());
         let handle = self.server.handle();
         let metrics_handle = self.metrics_server.as_ref().map(|(_, server)| server.handle());
         let (cut, grace) = (self.cut, self.shutdown_grace);
         tokio::spawn(async move {
             shutdown.await;
             listener.abort();
+            if let Some(monitor) = monitor {
+                monitor.abort();
+            }
             tracing::info!("shutting down: no new connections; running exports may finish within the grace period");
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
@@ -278,8 +308,22 @@ fn catalog_sources(settings: &Settings) -> db::catalog::Sources {
 /// would serve (name, relation, key, columns with their types). Changes nothing in the database.
 pub async fn check(settings: &Settings) -> Result<String, StartupError> {
     use std::fmt::Write as _;
-    let (_, _, catalog) = connect_and_load(settings).await?;
+    let (connection, _, catalog) = connect_and_load(settings).await?;
     let mut report = String::new();
+    let mut problems = Vec::new();
+    if let Some(set) = db::replicas::ReplicaSet::new(&settings.database)? {
+        set.check_once(connection, settings.database.connect_timeout).await;
+        for replica in set.replicas() {
+            let health = replica.health();
+            let _ = writeln!(report, "replica {}: {health}", replica.address);
+            if !matches!(health, db::replicas::Health::Healthy(_)) {
+                problems.push(format!("replica {}: {health}", replica.address));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(StartupError::Replicas(problems.join("; ")));
+    }
     let _ = writeln!(report, "connected; {} dataset(s):", catalog.names().len());
     for dataset in catalog.iter() {
         let key = dataset

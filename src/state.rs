@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::db::Pool;
+use crate::db::replicas::{Readers, ReplicaSet};
 
 use crate::body::Chunking;
 use crate::compress::Levels;
@@ -39,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) cut: tokio::sync::watch::Receiver<bool>,
     /// The metrics.
     pub(crate) metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    /// The read replicas, when configured.
+    pub(crate) replicas: Option<Arc<ReplicaSet>>,
 }
 
 /// What the `/v1/exports` routes need.
@@ -84,8 +87,10 @@ impl AppState {
 /// One worker's connection pools. Each actix worker is a single-threaded runtime, and a connection's task
 /// lives on the runtime that opened it; a pool per worker keeps a request and its connection on one thread.
 pub(crate) struct Pools {
-    /// Connections for exports.
+    /// Connections to the primary: the catalog, dataset descriptions, the job table.
     pub(crate) exports: Pool,
+    /// Where `/rows`, `/page` and counts read: a healthy replica, else (if allowed) the primary.
+    pub(crate) readers: Readers,
     /// One connection for `/readyz`.
     pub(crate) health: Pool,
     /// Limits concurrent exports, so they cannot take every connection from pages.

@@ -15,6 +15,13 @@ pub(crate) enum OpenError {
     /// No connection could be made, or the server is shutting down or full.
     #[error("the database is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// No replica is healthy, and `database.replica_fallback = "refuse"`.
+    #[error("no read replica is healthy, and replica_fallback = \"refuse\"")]
+    NoReplica,
+    /// The query was cancelled by a conflict it may not meet again: a serialization failure, a deadlock, or
+    /// on a replica a recovery conflict (replayed changes that the query's snapshot still needed).
+    #[error("the query was cancelled by a conflict; try again")]
+    Conflict(#[source] tokio_postgres::Error),
     /// A request value does not parse as its column's type.
     #[error("query parameter {parameter:?}: {message}")]
     InvalidValue {
@@ -52,6 +59,8 @@ impl From<tokio_postgres::Error> for OpenError {
         };
         if *code == SqlState::QUERY_CANCELED {
             OpenError::StatementTimeout(error)
+        } else if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+            OpenError::Conflict(error)
         } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
             OpenError::Forbidden(error)
         } else if code.code().starts_with("53") // insufficient resources, e.g. too many connections

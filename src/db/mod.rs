@@ -5,6 +5,7 @@
 //! - `lease`: a pooled connection that is discarded, never reused, unless its rows ended cleanly.
 //! - `rows`: reading rows (transaction, checks, count, one statement or keyset batches, positions).
 //! - `error`: why rows could not be opened.
+//! - `replicas`: read replicas, their health and lag, and choosing where rows are read.
 //! - `tls`: TLS with libpq's `sslmode` meanings, through rustls.
 //! - `jobs`: the background export jobs' schema and statements.
 
@@ -12,6 +13,7 @@ pub(crate) mod catalog;
 pub(crate) mod error;
 pub(crate) mod jobs;
 pub(crate) mod lease;
+pub(crate) mod replicas;
 pub(crate) mod rows;
 pub(crate) mod tls;
 
@@ -37,8 +39,8 @@ pub(crate) struct Connection {
 /// Why the connection settings are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionError {
-    /// `database.url` does not parse.
-    #[error("database.url is invalid")]
+    /// `database.url` (or a replica's) does not parse.
+    #[error("the database URL is invalid")]
     Url(#[source] tokio_postgres::Error),
     /// The TLS options are unusable.
     #[error("database TLS settings")]
@@ -46,6 +48,17 @@ pub enum ConnectionError {
 }
 
 impl Connection {
+    /// Where it connects, for logs: `host:port` (never the user or password).
+    pub(crate) fn address(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    }
+
     /// Opens one connection; its task runs on the current runtime.
     pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(self.tls.clone()).await?;
@@ -87,15 +100,20 @@ impl Connection {
     }
 }
 
-/// Connection settings from `database.url` (TLS options taken out of it, the `database.ssl*` keys filling in
-/// what it lacks) plus what pgspout always wants: a name in `pg_stat_activity`, bounded connects, and TCP
-/// keepalives so half-open connections are noticed.
+/// Connection settings for the primary: `database.url`, or libpq's environment without it.
 pub(crate) fn connection(settings: &DatabaseSettings) -> Result<Connection, ConnectionError> {
     let url = match &settings.url {
         Some(url) => url.clone(),
         None => from_environment(|name| std::env::var(name).ok()),
     };
-    let (url, from_url) = tls::split(&url)?;
+    connection_to(&url, settings)
+}
+
+/// Connection settings from `url` (TLS options taken out of it, the `database.ssl*` keys filling in what it
+/// lacks) plus what pgspout always wants: a name in `pg_stat_activity`, bounded connects, and TCP keepalives
+/// so half-open connections are noticed.
+pub(crate) fn connection_to(url: &str, settings: &DatabaseSettings) -> Result<Connection, ConnectionError> {
+    let (url, from_url) = tls::split(url)?;
     let options = from_url.or(TlsOptions {
         mode: settings.sslmode,
         root_cert: settings.sslrootcert.clone(),

@@ -10,9 +10,9 @@ use futures::StreamExt;
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Row, RowStream};
 
-use super::Pool;
 use super::error::OpenError;
 use super::lease::Lease;
+use super::replicas::Readers;
 use crate::encode::{Cells, EncodeError};
 use crate::query::{CountMethod, KeysetScan, Plan, Position};
 
@@ -106,7 +106,7 @@ impl Rows {
     /// Checks out a connection, opens the transaction with `begin_sql`, checks the plan's values, runs its
     /// count (in the same snapshot as the rows) and the first statement, and waits for the first row.
     pub(crate) async fn open(
-        pool: &Pool,
+        readers: &Readers,
         begin_sql: &str,
         source: Source,
         count: Option<CountMethod>,
@@ -128,7 +128,7 @@ impl Rows {
             }
         };
         let started = std::time::Instant::now();
-        let lease = pool.lease().await?;
+        let lease = readers.lease().await?;
         let leased = started.elapsed();
         let client = lease.client();
         client.batch_execute(begin_sql).await?;

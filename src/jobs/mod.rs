@@ -33,6 +33,7 @@ use self::lease::LeaseClock;
 use crate::db::Pool;
 use crate::db::error::OpenError;
 use crate::db::jobs::{ClaimedJob, JobStore, RunOutcome};
+use crate::db::replicas::Readers;
 use crate::db::rows::ReadError;
 use crate::error::chain;
 use crate::pipeline::PipelineError;
@@ -66,9 +67,11 @@ impl From<OpenError> for JobError {
     fn from(error: OpenError) -> Self {
         let message = chain(&error);
         match error {
-            OpenError::PoolExhausted | OpenError::ExportsBusy | OpenError::Unavailable(_) => {
-                JobError::Transient(message)
-            }
+            OpenError::PoolExhausted
+            | OpenError::ExportsBusy
+            | OpenError::Unavailable(_)
+            | OpenError::NoReplica
+            | OpenError::Conflict(_) => JobError::Transient(message),
             OpenError::StatementTimeout(_)
             | OpenError::InvalidValue { .. }
             | OpenError::Forbidden(_)
@@ -106,6 +109,8 @@ struct Context {
     directory: PathBuf,
     store: JobStore,
     pool: Pool,
+    /// Where batches are read.
+    readers: Readers,
     owner: Uuid,
 }
 
@@ -138,9 +143,16 @@ impl Runner {
                 .build()
                 .expect("a runtime for the job runner");
             runtime.block_on(async move {
+                let pool = crate::db::pool(&connection, &database, pool_size);
+                // Batches read where requests do: from a healthy replica when there are any.
+                let readers = match &state.replicas {
+                    Some(set) => Readers::new(pool.clone(), set.clone(), set.pools(&database, settings.max_running)),
+                    None => Readers::primary(pool.clone()),
+                };
                 let context = Arc::new(Context {
                     store: JobStore::new(&settings.schema),
-                    pool: crate::db::pool(&connection, &database, pool_size),
+                    pool,
+                    readers,
                     owner: Uuid::new_v4(),
                     state,
                     settings,

@@ -89,7 +89,7 @@ impl Context {
         let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
         // `pg_stat_activity` shows which job a backend serves.
         let begin = db::begin_as(&state.begin_sql, &format!("pgspout job:{}", job.id));
-        let opened = Rows::open(&self.pool, &begin, source, None);
+        let opened = Rows::open(&self.readers, &begin, source, None);
         let (mut rows, _) = tokio::time::timeout_at(deadline, opened)
             .await
             .map_err(|_| too_slow())??;

@@ -98,7 +98,7 @@ pub(super) async fn create(
     // The values' type checks, and the query itself, on zero rows.
     parsed.limit = Some(0);
     let (mut rows, _) = Rows::open(
-        &pools.exports,
+        &pools.readers,
         &db::begin_as(&state.begin_sql, &context.application_name()),
         Source::Statement(query::plan_rows(dataset, &parsed, format, None)),
         None,

@@ -66,7 +66,7 @@ pub(super) async fn page(
 
     let encoder = RowEncoder::json_array(&plan.columns);
     let begin = db::begin_as(&state.begin_sql, &context.application_name());
-    let (mut rows, total) = Rows::open(&pools.exports, &begin, Source::Statement(plan), count).await?;
+    let (mut rows, total) = Rows::open(&pools.readers, &begin, Source::Statement(plan), count).await?;
     let timings = rows.timings();
     // The query asks for one row more than the page holds; seeing it means there is a next page.
     rows.cap(limit);

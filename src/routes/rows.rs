@@ -71,7 +71,7 @@ pub(super) async fn rows(
         }
     };
     let begin = db::begin_as(&state.begin_sql, &context.application_name());
-    let (rows, total) = Rows::open(&pools.exports, &begin, source, count).await?;
+    let (rows, total) = Rows::open(&pools.readers, &begin, source, count).await?;
     total_count_headers(&mut response, count, total);
     server_timing(&mut response, rows.timings());
     let encoder = RowEncoder::new(format, &columns);

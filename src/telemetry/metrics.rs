@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::db::Pool;
+use crate::db::replicas::{Health, ReplicaSet};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -51,7 +52,8 @@ impl ExportOutcome {
 
 /// One worker's pool and export slots, read when scraped.
 struct WorkerPools {
-    pool: Pool,
+    /// The primary's pool, then the replicas'.
+    pools: Vec<Pool>,
     slots: Arc<Semaphore>,
 }
 
@@ -74,6 +76,9 @@ pub(crate) struct Metrics {
     job_runs: IntCounterVec,
     job_rows: IntCounter,
     pools: Mutex<Vec<WorkerPools>>,
+    replica_up: IntGaugeVec,
+    replica_lag: prometheus::GaugeVec,
+    replicas: Mutex<Option<Arc<ReplicaSet>>>,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: C) -> C {
@@ -216,27 +221,73 @@ impl Metrics {
                 .expect("valid names"),
             ),
             pools: Mutex::new(Vec::new()),
+            replica_up: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pgspout_replica_up",
+                        "1 while a read replica is used (it answers, is a standby and is within replica_max_lag).",
+                    ),
+                    &["replica"],
+                )
+                .expect("valid names"),
+            ),
+            replica_lag: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "pgspout_replica_lag_seconds",
+                        "How far a read replica was behind the primary at its last check.",
+                    ),
+                    &["replica"],
+                )
+                .expect("valid names"),
+            ),
+            replicas: Mutex::new(None),
             registry,
         }
     }
 
     /// Adds a worker's export pool and slots to the pool gauges.
-    pub(crate) fn watch_pool(&self, pool: Pool, slots: Arc<Semaphore>) {
+    pub(crate) fn watch_pool(&self, pools: Vec<Pool>, slots: Arc<Semaphore>) {
         self.pools
             .lock()
             .expect("never poisoned: no code panics holding it")
-            .push(WorkerPools { pool, slots });
+            .push(WorkerPools { pools, slots });
+    }
+
+    /// Reports the replicas' health at every scrape.
+    pub(crate) fn watch_replicas(&self, set: Arc<ReplicaSet>) {
+        *self.replicas.lock().expect("never poisoned") = Some(set);
     }
 
     /// The Prometheus text format of every family.
     pub(crate) fn render(&self) -> String {
         let (mut idle, mut in_use, mut max, mut slots) = (0, 0, 0, 0);
         for worker in self.pools.lock().expect("never poisoned").iter() {
-            let status = worker.pool.status();
-            idle += status.available;
-            in_use += status.size.saturating_sub(status.available);
-            max += status.max_size;
+            for pool in &worker.pools {
+                let status = pool.status();
+                idle += status.available;
+                in_use += status.size.saturating_sub(status.available);
+                max += status.max_size;
+            }
             slots += worker.slots.available_permits();
+        }
+        if let Some(set) = self.replicas.lock().expect("never poisoned").as_ref() {
+            for replica in set.replicas() {
+                let health = replica.health();
+                let (up, lag) = match health {
+                    Health::Healthy(lag) => (1, Some(lag)),
+                    Health::Lagging(lag) => (0, Some(lag)),
+                    _ => (0, None),
+                };
+                self.replica_up.with_label_values(&[&replica.address]).set(up);
+                if let Some(lag) = lag {
+                    self.replica_lag
+                        .with_label_values(&[&replica.address])
+                        .set(lag.as_secs_f64());
+                }
+            }
         }
         self.pool_connections.with_label_values(&["idle"]).set(idle as i64);
         self.pool_connections.with_label_values(&["in_use"]).set(in_use as i64);

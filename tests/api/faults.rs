@@ -20,6 +20,7 @@ pub(crate) struct PrivateCluster {
     version: String,
     name: String,
     pub(crate) port: u16,
+    data: PathBuf,
 }
 
 async fn run(program: &str, args: &[&str]) {
@@ -42,6 +43,55 @@ impl PrivateCluster {
 
     /// A cluster started with these `pg_createcluster -o guc=value` options.
     pub(crate) async fn create_with(options: &[&str]) -> PrivateCluster {
+        PrivateCluster::make(options, true).await
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started, with these options.
+    pub(crate) async fn replica_of(primary: &PrivateCluster, options: &[&str]) -> PrivateCluster {
+        let replica = PrivateCluster::make(options, false).await;
+        // pg_basebackup wants an empty directory, and must run as the clusters' owner (postgres, under root).
+        for entry in std::fs::read_dir(&replica.data).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        let owner = std::process::Command::new("stat")
+            .args(["-c", "%U", replica.data.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let owner = String::from_utf8(owner.stdout).unwrap().trim().to_owned();
+        let port = primary.port.to_string();
+        let backup = [
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-D",
+            replica.data.to_str().unwrap(),
+            "-R",
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+        ];
+        let mut as_owner = vec!["-u", owner.as_str(), "--"];
+        as_owner.extend(backup);
+        if owner == std::env::var("USER").unwrap_or_default() || owner != "postgres" {
+            run(backup[0], &backup[1..]).await;
+        } else {
+            run("runuser", &as_owner).await;
+        }
+        replica.start().await;
+        replica
+    }
+
+    async fn make(options: &[&str], start: bool) -> PrivateCluster {
         let root = std::env::var("PG_CLUSTER_CONF_ROOT")
             .expect("PG_CLUSTER_CONF_ROOT is unset: run the tests with scripts/test.sh (pg_virtualenv)");
         let version = std::env::var("PGVERSION").expect("pg_virtualenv sets PGVERSION");
@@ -62,14 +112,21 @@ impl PrivateCluster {
             &port_text,
             "-d",
             data.to_str().unwrap(),
-            "--start",
         ];
+        if start {
+            args.push("--start");
+        }
         for option in options {
             args.extend(["-o", option]);
         }
         args.extend(["--", "--auth-host=trust", "--auth-local=trust"]);
         run("pg_createcluster", &args).await;
-        PrivateCluster { version, name, port }
+        PrivateCluster {
+            version,
+            name,
+            port,
+            data,
+        }
     }
 
     /// Replaces its `pg_hba.conf` and reloads it.
@@ -93,11 +150,11 @@ impl PrivateCluster {
         client
     }
 
-    async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         run("pg_ctlcluster", &[&self.version, &self.name, "stop", "-m", "fast"]).await;
     }
 
-    async fn start(&self) {
+    pub(crate) async fn start(&self) {
         run("pg_ctlcluster", &[&self.version, &self.name, "start"]).await;
     }
 }

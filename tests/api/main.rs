@@ -11,6 +11,7 @@ mod http;
 mod job_integrity;
 mod jobs;
 mod query;
+mod replicas;
 mod schemas;
 mod shutdown;
 mod storm;

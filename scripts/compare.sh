@@ -3,6 +3,9 @@
 # cluster: both servers run side by side and every request goes to each in turn (alternating who goes first),
 # so the machine's noise hits both alike. Prints median times as ratios to psql \copy, and both peak RSS.
 #   scripts/compare.sh REV            (COMPARE_ROWS, default 1000000; COMPARE_ROUNDS, default 11)
+# COMPARE_SSLMODE / COMPARE_BASE_SSLMODE set each server's sslmode (verify-* with the cluster's snakeoil
+# certificate), e.g. the cost of TLS in one build:
+#   COMPARE_SSLMODE=verify-full COMPARE_BASE_SSLMODE=disable scripts/compare.sh HEAD
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -25,13 +28,21 @@ psql -X -q -v rows="${COMPARE_ROWS:-1000000}" -f config/demo-seed.sql >/dev/null
 export DATABASE_URL="host=$PGHOST port=$PGPORT user=$PGUSER password=$PGPASSWORD dbname=$PGDATABASE"
 export RUST_LOG=warn
 port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+tls() { # sslmode
+  case $1 in
+    "") ;;
+    verify-*) echo " sslmode=$1 sslrootcert=/etc/ssl/certs/ssl-cert-snakeoil.pem" ;;
+    *) echo " sslmode=$1" ;;
+  esac
+}
 new_port=$(port)
 base_port=$(port)
-PGSPOUT_LISTEN=127.0.0.1:$new_port target/release/pgspout serve --config config/pgspout.toml &
+DATABASE_URL="$DATABASE_URL$(tls "${COMPARE_SSLMODE:-}")" PGSPOUT_LISTEN=127.0.0.1:$new_port \
+  target/release/pgspout serve --config config/pgspout.toml &
 new_pid=$!
 # Each revision with its own config file: keys come and go.
-PGSPOUT_LISTEN=127.0.0.1:$base_port "$COMPARE_BASE/target/release/pgspout" serve \
-  --config "$COMPARE_BASE/config/pgspout.toml" &
+DATABASE_URL="$DATABASE_URL$(tls "${COMPARE_BASE_SSLMODE:-}")" PGSPOUT_LISTEN=127.0.0.1:$base_port \
+  "$COMPARE_BASE/target/release/pgspout" serve --config "$COMPARE_BASE/config/pgspout.toml" &
 base_pid=$!
 trap 'kill $new_pid $base_pid 2>/dev/null || true' EXIT
 for p in "$new_port" "$base_port"; do

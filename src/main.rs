@@ -45,19 +45,26 @@ PGSPOUT_<SECTION>__<KEY> for any key (PGSPOUT_DATABASE__POOL_SIZE=16, PGSPOUT_LO
 PGSPOUT_CONFIG (the file), RUST_LOG (log filter, default info). Without database.url and
 DATABASE_URL, libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, …
 are used, as by psql. Every config key is listed, with its default, in config/pgspout.toml and the
-README.";
+README.
+
+With no [[datasets]] and no [[schemas]], the public schema is served whole. SIGHUP, or
+NOTIFY pgspout, 'reload' on the database, reads the catalog again. database.replicas: /rows, /page
+and counts read from a healthy read replica.";
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the configured datasets.
+    /// Serve the configured datasets and schemas (the `public` schema when none is configured).
+    ///
+    /// SIGHUP, or `NOTIFY pgspout, 'reload'` on the database, reads the catalog again.
     ///
     /// Settings: defaults, then the config file, then DATABASE_URL and PGSPOUT_LISTEN, then
     /// PGSPOUT_<SECTION>__<KEY>. Logging follows RUST_LOG (default: info) and log.format.
     Serve(ConfigFile),
     /// Check the configuration against the database, then exit.
     ///
-    /// Reads the same settings as serve, connects to the database, resolves every dataset and prints them
-    /// (name, relation, key, columns). Exits 0 when serve would start, else prints the problem and exits 1.
+    /// Reads the same settings as serve, connects to the primary and every replica, resolves every dataset
+    /// and prints them (name, relation, key, columns) and each replica's state. Exits 0 when serve would
+    /// start with every replica healthy, else prints the problem and exits 1.
     Check(ConfigFile),
 }
 

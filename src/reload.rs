@@ -67,7 +67,7 @@ impl Reloader {
         let mut backoff = Duration::from_millis(500);
         let mut reconnected = false;
         loop {
-            match self.connection.listen(CHANNEL).await {
+            match self.connection.named("pgspout listener").listen(CHANNEL).await {
                 Ok((_client, mut notifications)) => {
                     tracing::debug!(channel = CHANNEL, "listening for reload notifications");
                     backoff = Duration::from_millis(500);

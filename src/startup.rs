@@ -80,8 +80,7 @@ impl Application {
         let (connection, mut client, catalog) = connect_and_load(&settings).await?;
         let replicas = db::replicas::ReplicaSet::new(&settings.database)?.map(Arc::new);
         if let Some(set) = &replicas {
-            set.check_once(connection.clone(), settings.database.connect_timeout)
-                .await;
+            set.check_once(&connection, settings.database.connect_timeout).await;
         }
         let jobs = match &settings.jobs.directory {
             Some(directory) => {
@@ -312,7 +311,7 @@ pub async fn check(settings: &Settings) -> Result<String, StartupError> {
     let mut report = String::new();
     let mut problems = Vec::new();
     if let Some(set) = db::replicas::ReplicaSet::new(&settings.database)? {
-        set.check_once(connection, settings.database.connect_timeout).await;
+        set.check_once(&connection, settings.database.connect_timeout).await;
         for replica in set.replicas() {
             let health = replica.health();
             let _ = writeln!(report, "replica {}: {health}", replica.address);

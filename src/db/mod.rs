@@ -59,6 +59,13 @@ impl Connection {
         format!("{host}:{port}")
     }
 
+    /// The same settings under another `application_name` (for connections that serve no request).
+    pub(crate) fn named(&self, application_name: &str) -> Connection {
+        let mut named = self.clone();
+        named.config.application_name(application_name);
+        named
+    }
+
     /// Opens one connection; its task runs on the current runtime.
     pub(crate) async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(self.tls.clone()).await?;
@@ -72,9 +79,7 @@ impl Connection {
         &self,
         channel: &str,
     ) -> Result<(tokio_postgres::Client, UnboundedReceiver<tokio_postgres::Notification>), tokio_postgres::Error> {
-        let mut config = self.config.clone();
-        config.application_name("pgspout listener");
-        let (client, mut connection) = config.connect(self.tls.clone()).await?;
+        let (client, mut connection) = self.config.connect(self.tls.clone()).await?;
         let (sender, receiver) = futures::channel::mpsc::unbounded();
         tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

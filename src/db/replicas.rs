@@ -137,6 +137,21 @@ impl ReplicaSet {
             .collect()
     }
 
+    /// The monitor's state: connections of its own (named `pgspout monitor`), no samples yet.
+    fn monitor_state(&self, primary: &Connection, timeout: Duration) -> Monitor {
+        Monitor {
+            primary: primary.named(MONITOR),
+            primary_client: None,
+            replicas: self
+                .replicas
+                .iter()
+                .map(|r| (r.connection.named(MONITOR), None))
+                .collect(),
+            samples: VecDeque::new(),
+            timeout,
+        }
+    }
+
     /// Checks every replica against the primary's WAL position `samples`, at once.
     async fn check(&self, monitor: &mut Monitor) {
         match monitor.primary_position().await {
@@ -151,44 +166,38 @@ impl ReplicaSet {
         }
         let samples = &monitor.samples;
         let covered = samples.front().is_some_and(|(at, _)| at.elapsed() >= self.max_lag);
-        let checks = self
-            .replicas
-            .iter()
-            .zip(monitor.replicas.iter_mut())
-            .map(|(replica, client)| async move {
-                let health = match position_of(&replica.connection, client).await {
-                    Err(why) => Health::Down(why),
-                    Ok(None) => Health::NotStandby,
-                    Ok(Some((replayed, replay_age))) => {
-                        // Behind since the first sample the replica has not replayed.
-                        let mut lag = samples
-                            .iter()
-                            .find(|(_, position)| *position > replayed)
-                            .map_or(Duration::ZERO, |(at, _)| at.elapsed());
-                        if !covered && samples.back().is_none_or(|(_, position)| *position > replayed) {
-                            lag = lag.max(replay_age.unwrap_or_default());
+        let checks =
+            self.replicas
+                .iter()
+                .zip(monitor.replicas.iter_mut())
+                .map(|(replica, (connection, client))| async move {
+                    let health = match position_of(connection, client).await {
+                        Err(why) => Health::Down(why),
+                        Ok(None) => Health::NotStandby,
+                        Ok(Some((replayed, replay_age))) => {
+                            // Behind since the first sample the replica has not replayed.
+                            let mut lag = samples
+                                .iter()
+                                .find(|(_, position)| *position > replayed)
+                                .map_or(Duration::ZERO, |(at, _)| at.elapsed());
+                            if !covered && samples.back().is_none_or(|(_, position)| *position > replayed) {
+                                lag = lag.max(replay_age.unwrap_or_default());
+                            }
+                            if lag > self.max_lag {
+                                Health::Lagging(lag)
+                            } else {
+                                Health::Healthy(lag)
+                            }
                         }
-                        if lag > self.max_lag {
-                            Health::Lagging(lag)
-                        } else {
-                            Health::Healthy(lag)
-                        }
-                    }
-                };
-                replica.set(health);
-            });
+                    };
+                    replica.set(health);
+                });
         join_all(checks).await;
     }
 
     /// Checks the replicas now, then every second until dropped.
     pub(crate) async fn monitor(self: std::sync::Arc<Self>, primary: Connection, timeout: Duration) {
-        let mut monitor = Monitor {
-            primary,
-            primary_client: None,
-            replicas: self.replicas.iter().map(|_| None).collect(),
-            samples: VecDeque::new(),
-            timeout,
-        };
+        let mut monitor = self.monitor_state(&primary, timeout);
         loop {
             let started = Instant::now();
             self.check(&mut monitor).await;
@@ -197,23 +206,19 @@ impl ReplicaSet {
     }
 
     /// Checks the replicas once (at start-up, and for `pgspout check`).
-    pub(crate) async fn check_once(&self, primary: Connection, timeout: Duration) {
-        let mut monitor = Monitor {
-            primary,
-            primary_client: None,
-            replicas: self.replicas.iter().map(|_| None).collect(),
-            samples: VecDeque::new(),
-            timeout,
-        };
-        self.check(&mut monitor).await;
+    pub(crate) async fn check_once(&self, primary: &Connection, timeout: Duration) {
+        self.check(&mut self.monitor_state(primary, timeout)).await;
     }
 }
+
+/// The `application_name` of the monitor's connections.
+const MONITOR: &str = "pgspout monitor";
 
 /// The monitor's connections and the primary's WAL positions, oldest first.
 struct Monitor {
     primary: Connection,
     primary_client: Option<tokio_postgres::Client>,
-    replicas: Vec<Option<tokio_postgres::Client>>,
+    replicas: Vec<(Connection, Option<tokio_postgres::Client>)>,
     samples: VecDeque<(Instant, i64)>,
     timeout: Duration,
 }

@@ -52,7 +52,7 @@ async fn active_exports(cluster: &PrivateCluster) -> i64 {
         .await
         .query_one(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgspout%' \
-             AND application_name <> 'pgspout listener' AND state = 'active'",
+             AND application_name NOT IN ('pgspout listener', 'pgspout monitor') AND state = 'active'",
             &[],
         )
         .await
@@ -87,7 +87,10 @@ async fn items_seen(address: &str) -> [usize; 3] {
 #[tokio::test]
 async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed() {
     let (primary, replica) = primary_and_replica(&[]).await;
-    let address = serve(replica_settings(&primary, &replica, ReplicaFallback::Refuse)).await;
+    let jobs = std::env::temp_dir().join(format!("pgspout-replica-jobs-{}", primary.port));
+    let mut settings = replica_settings(&primary, &replica, ReplicaFallback::Refuse);
+    settings.jobs.directory = Some(jobs.clone());
+    let address = serve(settings).await;
 
     // A running export is a backend on the replica, none on the primary.
     let mut running = RawResponse::get(&address, "/v1/datasets/big/rows", &[]).await;
@@ -108,6 +111,14 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(items_seen(&address).await, [100, 100, 100]);
+    // A background export's batches read the replica too (its job row lives on the primary).
+    let id = crate::jobs::create_ok(&address, serde_json::json!({"dataset": "items", "format": "csv"})).await;
+    let done = wait_for(Duration::from_secs(20), || async {
+        let status = crate::jobs::status(&address, &id).await;
+        (status["status"] == "completed").then_some(status)
+    })
+    .await;
+    assert_eq!(done["rows_written"], 100, "{done}");
     standby.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
     wait_until(Duration::from_secs(10), || async {
         items_seen(&address).await == [101, 101, 101]
@@ -118,6 +129,7 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
     let up = format!("pgspout_replica_up{{replica=\"127.0.0.1:{}\"}} 1", replica.port);
     assert!(metrics.contains(&up), "{metrics}");
     assert!(metrics.contains("pgspout_replica_lag_seconds{"), "{metrics}");
+    let _ = std::fs::remove_dir_all(&jobs);
 }
 
 #[tokio::test]

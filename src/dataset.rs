@@ -158,6 +158,17 @@ impl Catalog {
         datasets.into_iter()
     }
 
+    /// The datasets named in `names` only.
+    pub(crate) fn subset(&self, names: &[String]) -> Catalog {
+        Catalog {
+            datasets: names
+                .iter()
+                .filter_map(|n| self.datasets.get_key_value(n))
+                .map(|(n, d)| (n.clone(), d.clone()))
+                .collect(),
+        }
+    }
+
     /// The datasets' names, as the job runner claims only jobs it can run.
     pub(crate) fn names(&self) -> Vec<String> {
         self.iter().map(|d| d.name.clone()).collect()

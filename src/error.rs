@@ -59,6 +59,15 @@ pub(crate) enum ApiError {
     /// The job queue is full.
     #[error("the export queue is full; retry later")]
     QueueFull,
+    /// No token where one is needed, or a token that does not verify.
+    #[error(transparent)]
+    Unauthorized(#[from] crate::auth::AuthError),
+    /// The request's role may not read this dataset.
+    #[error("your role may not read dataset {0:?}")]
+    NotReadable(String),
+    /// An anonymous request for data the anonymous role may not read.
+    #[error("anonymous requests may not read this; send a token (Authorization: Bearer …)")]
+    AnonymousForbidden,
     /// The readiness check failed.
     #[error("the database does not answer")]
     NotReady(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -147,7 +156,11 @@ impl ApiError {
             ApiError::Open(OpenError::NoReplica) => ("urn:pgspout:problem:no-replica", "No healthy replica"),
             ApiError::Open(OpenError::Conflict(_)) => ("urn:pgspout:problem:conflict", "Query cancelled by a conflict"),
             ApiError::Open(OpenError::StatementTimeout(_)) => ("urn:pgspout:problem:timeout", "Query timed out"),
-            ApiError::Open(OpenError::Forbidden(_)) => ("urn:pgspout:problem:forbidden", "Forbidden"),
+            ApiError::Open(OpenError::Forbidden(_) | OpenError::RoleSwitch(_) | OpenError::Refused(_))
+            | ApiError::NotReadable(_) => ("urn:pgspout:problem:forbidden", "Forbidden"),
+            ApiError::Unauthorized(_) | ApiError::AnonymousForbidden => {
+                ("urn:pgspout:problem:unauthorized", "Unauthorized")
+            }
             ApiError::Open(OpenError::Query(_)) | ApiError::Internal(_) => {
                 ("urn:pgspout:problem:internal", "Internal server error")
             }
@@ -178,7 +191,9 @@ impl ResponseError for ApiError {
             )
             | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Open(OpenError::StatementTimeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Open(OpenError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            ApiError::Open(OpenError::Forbidden(_) | OpenError::RoleSwitch(_) | OpenError::Refused(_))
+            | ApiError::NotReadable(_) => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized(_) | ApiError::AnonymousForbidden => StatusCode::UNAUTHORIZED,
             ApiError::Open(OpenError::Query(_)) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,6 +215,15 @@ impl ResponseError for ApiError {
         }
         if let ApiError::MethodNotAllowed(allow) = self {
             response.insert_header((header::ALLOW, *allow));
+        }
+        match self {
+            ApiError::Unauthorized(crate::auth::AuthError::Invalid(_)) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
+            }
+            ApiError::Unauthorized(_) | ApiError::AnonymousForbidden => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            _ => {}
         }
         // The telemetry middleware renders the body again with the request id.
         response.body(self.problem_json(None))

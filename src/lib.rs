@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! A request flows route → negotiate → plan → rows → encode → compress → sink:
+//! - [`auth`]: who is asking (JWT, API key, anonymous) as a Postgres role and claims.
 //! - `routes`: the HTTP resources; with `startup`, `body` and `error`, the only code that touches actix.
 //! - `negotiate`, [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
 //! - `dataset`: what a dataset is (relation, columns, types and their operators, key); a leaf module.
@@ -22,6 +23,7 @@
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
 
+pub mod auth;
 mod body;
 pub mod compress;
 mod dataset;

@@ -41,6 +41,8 @@ pub struct Settings {
     /// Logging.
     #[serde(default)]
     pub log: LogSettings,
+    /// Authentication; without it, every client reads every dataset as pgspout's own role.
+    pub auth: Option<AuthSettings>,
     /// Datasets configured one by one; identifiers come only from here and from the catalog, never from a
     /// request.
     #[serde(default)]
@@ -272,6 +274,53 @@ impl Default for JobSettings {
     }
 }
 
+/// `[auth]`: who is asking (a JWT, an API key, or nobody), as a Postgres role.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The HS256/384/512 secret, at least 32 characters; or `jwks` instead.
+    pub jwt_secret: Option<String>,
+    /// A JWKS: the JSON itself, `@/path/to/file`, or an `https://` URL.
+    pub jwks: Option<String>,
+    /// If set, a token's `aud` (when it has one) must contain it.
+    pub jwt_audience: Option<String>,
+    /// A JSONPath to the role in the claims (`$.role`, `$.app.roles[0]`, `$."x.y"`).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// The role of requests without a token; unset: they get 401.
+    pub anon_role: Option<String>,
+    /// Clock skew allowed for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// A cookie the token is also read from (EventSource cannot set headers).
+    pub cookie: Option<String>,
+    /// A function (`schema.name`) called in every transaction that reads for a request, after the settings.
+    pub pre_request: Option<String>,
+    /// Long-lived keys for scripts and pipelines.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeySettings>,
+}
+
+fn default_role_claim() -> String {
+    "$.role".into()
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// One `[[auth.api_keys]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Its name: the owner of the jobs it creates, and in logs.
+    pub name: String,
+    /// The SHA-256 of the key, in hex; the key itself is never configured.
+    pub sha256: String,
+    /// The role its requests run as.
+    pub role: String,
+}
+
 /// One `[[datasets]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +394,42 @@ pub enum SettingsError {
     /// A value is out of range or inconsistent.
     #[error("config: {0}")]
     Invalid(String),
+}
+
+impl AuthSettings {
+    fn validate(&self) -> Result<(), String> {
+        match (&self.jwt_secret, &self.jwks) {
+            (Some(_), Some(_)) => return Err("auth: set jwt_secret or jwks, not both".into()),
+            (Some(secret), None) if secret.chars().count() < 32 => {
+                return Err("auth.jwt_secret must be at least 32 characters".into());
+            }
+            _ => {}
+        }
+        crate::auth::claims::RolePath::parse(&self.role_claim)
+            .map_err(|e| format!("auth.role_claim {:?}: {e}", self.role_claim))?;
+        if let Some(function) = &self.pre_request {
+            crate::auth::pre_request_sql(function).map_err(|e| format!("auth.pre_request: {e}"))?;
+        }
+        if self.anon_role.as_deref() == Some("") {
+            return Err("auth.anon_role is empty".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for key in &self.api_keys {
+            if key.name.is_empty() || key.role.is_empty() {
+                return Err("every [[auth.api_keys]] needs a name and a role".into());
+            }
+            if !names.insert(&key.name) {
+                return Err(format!("auth.api_keys: {:?} is configured twice", key.name));
+            }
+            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "auth.api_keys {:?}: sha256 must be 64 hex digits (the SHA-256 of the key)",
+                    key.name
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -464,6 +549,9 @@ impl Settings {
             if !seen.insert(name) {
                 return invalid(format!("dataset {name:?} is configured twice"));
             }
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate().map_err(SettingsError::Invalid)?;
         }
         let mut seen = std::collections::HashSet::new();
         for schema in &self.schemas {

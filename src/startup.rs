@@ -29,6 +29,12 @@ pub enum StartupError {
     /// A replica is down, lagging or not a standby (`pgspout check` only; `serve` skips it).
     #[error("{0}")]
     Replicas(String),
+    /// `[auth]` keys could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthSetupError),
+    /// A role of `[auth]` is missing or out of reach.
+    #[error("{0}")]
+    Role(String),
     /// A dataset does not match the database.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -78,6 +84,19 @@ impl Application {
     /// Checks every dataset against the database, binds the listener and builds the server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let (connection, mut client, catalog) = connect_and_load(&settings).await?;
+        let auth = match &settings.auth {
+            Some(auth_settings) => {
+                let auth = crate::auth::Auth::new(auth_settings).await?;
+                check_roles(&client, &auth).await?;
+                Some(auth)
+            }
+            None => {
+                tracing::warn!(
+                    "serving without authentication: every client reads as pgspout's own role ([auth] is not set)"
+                );
+                None
+            }
+        };
         let replicas = db::replicas::ReplicaSet::new(&settings.database)?.map(Arc::new);
         if let Some(set) = &replicas {
             set.check_once(&connection, settings.database.connect_timeout).await;
@@ -140,6 +159,7 @@ impl Application {
             cut: exports_cut,
             metrics: metrics.clone(),
             replicas,
+            auth,
         });
         state.publish(catalog);
         // Kept for the job runner, which starts with the server; the originals move into the workers' factory.
@@ -291,6 +311,33 @@ async fn connect_and_load(
     let client = connection.connect().await.map_err(StartupError::Connect)?;
     let catalog = db::catalog::load(&client, &catalog_sources(settings)).await?;
     Ok((connection, client, catalog))
+}
+
+/// Checks that the anonymous role and every API key's role exist and that pgspout's login role may switch
+/// to them, naming the GRANT that is missing.
+async fn check_roles(client: &tokio_postgres::Client, auth: &crate::auth::Auth) -> Result<(), StartupError> {
+    for (key, role) in auth.fixed_roles() {
+        let row = client
+            .query_one(
+                "SELECT current_user::text, EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1), \
+                 EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1 AND pg_catalog.pg_has_role(current_user, oid, 'MEMBER'))",
+                &[&role],
+            )
+            .await
+            .map_err(StartupError::Connect)?;
+        let (login, exists, member): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        if !exists {
+            return Err(StartupError::Role(format!("{key}: role {role:?} does not exist")));
+        }
+        if !member {
+            return Err(StartupError::Role(format!(
+                "{key}: role {login:?} may not switch to role {role:?}; run: GRANT {} TO {}",
+                postgres_protocol::escape::escape_identifier(&role),
+                postgres_protocol::escape::escape_identifier(&login)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Where the catalog comes from, as `settings` say.

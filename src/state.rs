@@ -42,6 +42,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
     /// The read replicas, when configured.
     pub(crate) replicas: Option<Arc<ReplicaSet>>,
+    /// `[auth]`, when configured.
+    pub(crate) auth: Option<crate::auth::Auth>,
 }
 
 /// What the `/v1/exports` routes need.

@@ -36,6 +36,12 @@ pub(crate) enum OpenError {
     /// The database refused the query for lack of privileges.
     #[error("the database role may not read this dataset")]
     Forbidden(#[source] tokio_postgres::Error),
+    /// The connecting role may not switch to the request's role, or it does not exist.
+    #[error("{0}")]
+    RoleSwitch(String),
+    /// `auth.pre_request` refused the request (the message it raised).
+    #[error("{0}")]
+    Refused(String),
     /// Any other failure of the query.
     #[error("the query failed")]
     Query(#[source] tokio_postgres::Error),
@@ -75,6 +81,31 @@ impl From<tokio_postgres::Error> for OpenError {
 }
 
 impl OpenError {
+    /// Classifies a failure of the statements that open a transaction: switching to the request's role
+    /// (403 naming the missing GRANT) and `pre_request` raising (403 with its message, unless its SQLSTATE
+    /// has a meaning of its own) are told apart from other failures.
+    pub(crate) fn from_begin(error: tokio_postgres::Error) -> OpenError {
+        let Some(db) = error.as_db_error() else {
+            return OpenError::from(error);
+        };
+        let message = db.message();
+        if let Some(role) = message.strip_prefix("permission denied to set role ") {
+            return OpenError::RoleSwitch(format!(
+                "pgspout's login role may not switch to role {role}: run GRANT {role} TO <pgspout's login role>"
+            ));
+        }
+        if *db.code() == SqlState::INVALID_PARAMETER_VALUE
+            && message.starts_with("role \"")
+            && message.ends_with("does not exist")
+        {
+            return OpenError::RoleSwitch(format!("the request's {message}"));
+        }
+        if *db.code() == SqlState::RAISE_EXCEPTION || db.code().code().starts_with("28") {
+            return OpenError::Refused(message.to_owned());
+        }
+        OpenError::from(error)
+    }
+
     /// Classifies the failure of a value's type check: the value is the client's mistake (a bad number, a
     /// malformed array, a domain's CHECK, a tsquery syntax error) unless the database itself failed.
     pub(crate) fn from_check(parameter: &str, error: tokio_postgres::Error) -> OpenError {

@@ -250,12 +250,43 @@ pub(crate) fn begin_sql(settings: &DatabaseSettings) -> String {
     )
 }
 
-/// `begin_sql` and a transaction-local `application_name`, so `pg_stat_activity` shows whom a backend serves.
-pub(crate) fn begin_as(begin_sql: &str, application_name: &str) -> String {
-    format!(
+/// Who a transaction reads for, as PostgREST sets it: the role, the claims, the request's method and path,
+/// and the `pre_request` function to call after them.
+pub(crate) struct Session<'a> {
+    /// The role to switch to.
+    pub(crate) role: &'a str,
+    /// `request.jwt.claims`, JSON.
+    pub(crate) claims: &'a str,
+    /// `request.method`.
+    pub(crate) method: &'a str,
+    /// `request.path`.
+    pub(crate) path: &'a str,
+    /// `SELECT schema.function()`, when configured.
+    pub(crate) pre_request: Option<&'a str>,
+}
+
+/// `begin_sql` and a transaction-local `application_name`, so `pg_stat_activity` shows whom a backend serves;
+/// with a `session`, its role and settings and the `pre_request` call, all in the same round trip.
+pub(crate) fn begin_as(begin_sql: &str, application_name: &str, session: Option<&Session<'_>>) -> String {
+    let mut sql = format!(
         "{begin_sql}; SET LOCAL application_name = {}",
         escape_literal(application_name)
-    )
+    );
+    if let Some(session) = session {
+        sql.push_str(&format!(
+            "; SELECT pg_catalog.set_config('role', {}, true), pg_catalog.set_config('request.jwt.claims', {}, true), \
+             pg_catalog.set_config('request.method', {}, true), pg_catalog.set_config('request.path', {}, true)",
+            escape_literal(session.role),
+            escape_literal(session.claims),
+            escape_literal(session.method),
+            escape_literal(session.path),
+        ));
+        if let Some(call) = session.pre_request {
+            sql.push_str("; ");
+            sql.push_str(call);
+        }
+    }
+    sql
 }
 
 /// Whether `timezone` prints `timestamptz` with a zero offset at every instant, so pgspout can print it itself.

@@ -131,7 +131,7 @@ impl Rows {
         let lease = readers.lease().await?;
         let leased = started.elapsed();
         let client = lease.client();
-        client.batch_execute(begin_sql).await?;
+        client.batch_execute(begin_sql).await.map_err(OpenError::from_begin)?;
         for check in &plan.checks {
             if let Err(error) = client.query_typed(&check.sql, &[(&check.value, Type::TEXT)]).await {
                 return Err(OpenError::from_check(&check.parameter, error));
@@ -425,4 +425,47 @@ impl Cells for Row {
             .map(|raw| raw.map(|r| r.0))
             .map_err(|_| EncodeError::Unreadable(index))
     }
+}
+
+/// Which of `relations` (name, quoted relation) the transaction's role may SELECT from (any column), in a
+/// transaction opened with `begin_sql` (which switches to the request's role); with `estimate`, each with
+/// the planner's row estimate.
+pub(crate) async fn readable(
+    client: &tokio_postgres::Client,
+    begin_sql: &str,
+    relations: &[(String, String)],
+    estimate: bool,
+) -> Result<Vec<(String, Option<i64>)>, OpenError> {
+    let names: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+    let tables: Vec<&str> = relations.iter().map(|(_, r)| r.as_str()).collect();
+    let result = async {
+        client.batch_execute(begin_sql).await.map_err(OpenError::from_begin)?;
+        let rows = client
+            .query(
+                "SELECT d.name FROM unnest($1::text[], $2::text[]) AS d(name, relation) \
+                 WHERE pg_catalog.has_any_column_privilege(d.relation, 'SELECT')",
+                &[&names, &tables],
+            )
+            .await?;
+        let mut found = Vec::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let rows = match estimate {
+                true => {
+                    let relation = &relations.iter().find(|(n, _)| *n == name).expect("one of them").1;
+                    estimate_rows(client, relation).await?
+                }
+                false => None,
+            };
+            found.push((name, rows));
+        }
+        client.batch_execute("COMMIT").await?;
+        Ok(found)
+    }
+    .await;
+    if result.is_err() {
+        // Never hand a connection back inside a failed transaction.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
 }

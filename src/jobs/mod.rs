@@ -75,6 +75,8 @@ impl From<OpenError> for JobError {
             OpenError::StatementTimeout(_)
             | OpenError::InvalidValue { .. }
             | OpenError::Forbidden(_)
+            | OpenError::RoleSwitch(_)
+            | OpenError::Refused(_)
             | OpenError::Query(_) => JobError::Permanent(message),
         }
     }

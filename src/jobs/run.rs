@@ -88,7 +88,15 @@ impl Context {
         // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
         let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
         // `pg_stat_activity` shows which job a backend serves.
-        let begin = db::begin_as(&state.begin_sql, &format!("pgspout job:{}", job.id));
+        // Under the role and claims of the job's creator, as its request was (the token itself is not kept).
+        let session = job.role.as_ref().map(|(role, claims)| db::Session {
+            role,
+            claims,
+            method: "POST",
+            path: "/v1/exports",
+            pre_request: state.auth.as_ref().and_then(|a| a.pre_request()),
+        });
+        let begin = db::begin_as(&state.begin_sql, &format!("pgspout job:{}", job.id), session.as_ref());
         let opened = Rows::open(&self.readers, &begin, source, None);
         let (mut rows, _) = tokio::time::timeout_at(deadline, opened)
             .await

@@ -7,9 +7,9 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, post, route, web};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::caller::Caller;
 use crate::compress::Encoding;
-use crate::db;
-use crate::db::jobs::{JobStatus, NewJob};
+use crate::db::jobs::{JobStatus, NewJob, Requester};
 use crate::db::rows::{Next, Rows, Source};
 use crate::encode::Format;
 use crate::error::ApiError;
@@ -52,10 +52,12 @@ fn job_id(text: &str) -> Result<Uuid, ApiError> {
 /// the database's type checks of the values included, so a bad request is a 400 and nothing is queued.
 #[post("/v1/exports")]
 pub(super) async fn create(
+    request: HttpRequest,
     body: web::Bytes,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
     context: RequestContext,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let bad_body = |error: &dyn std::fmt::Display| {
@@ -99,12 +101,13 @@ pub(super) async fn create(
     parsed.limit = Some(0);
     let (mut rows, _) = Rows::open(
         &pools.readers,
-        &db::begin_as(&state.begin_sql, &context.application_name()),
+        &caller.begin(&state, &context, &request),
         Source::Statement(query::plan_rows(dataset, &parsed, format, None)),
         None,
     )
-    .await?;
-    while !matches!(rows.next().await?, Next::End) {}
+    .await
+    .map_err(|e| caller.refine(e.into()))?;
+    while !matches!(rows.next().await.map_err(|e| caller.refine(e.into()))?, Next::End) {}
     rows.finish().await?;
 
     let mut client = pools.exports.get().await?;
@@ -115,6 +118,11 @@ pub(super) async fn create(
         query: &query,
         // A keyless dataset has no position to continue after: its job restarts from the first row.
         resumable: dataset.key.is_some(),
+        requester: caller.identity().map(|identity| Requester {
+            owner: &identity.owner,
+            role: &identity.role,
+            claims: &identity.claims,
+        }),
     };
     let id = jobs
         .store
@@ -128,11 +136,16 @@ pub(super) async fn create(
 }
 
 /// The job's status document, and its status.
-async fn status_of(jobs: &JobsState, pools: &Pools, id: Uuid) -> Result<(serde_json::Value, JobStatus), ApiError> {
+async fn status_of(
+    jobs: &JobsState,
+    pools: &Pools,
+    id: Uuid,
+    caller: &Caller,
+) -> Result<(serde_json::Value, JobStatus), ApiError> {
     let client = pools.exports.get().await?;
     let (document, state) = jobs
         .store
-        .status(&**client, id)
+        .status(&**client, id, caller.owner())
         .await?
         .ok_or_else(|| ApiError::UnknownJob(id.to_string()))?;
     let mut document: serde_json::Value =
@@ -151,9 +164,10 @@ pub(super) async fn show(
     id: web::Path<String>,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
-    let (document, _) = status_of(jobs, &pools, job_id(&id)?).await?;
+    let (document, _) = status_of(jobs, &pools, job_id(&id)?, &caller).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(document))
@@ -167,10 +181,11 @@ pub(super) async fn download(
     id: web::Path<String>,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
-    let (document, status) = status_of(jobs, &pools, id).await?;
+    let (document, status) = status_of(jobs, &pools, id, &caller).await?;
     if status != JobStatus::Completed {
         return Err(ApiError::JobNotCompleted(status));
     }
@@ -207,18 +222,23 @@ pub(super) async fn remove(
     id: web::Path<String>,
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
     let client = pools.exports.get().await?;
-    if jobs.store.cancel(&**client, id, jobs.settings.retention).await? {
+    if jobs
+        .store
+        .cancel(&**client, id, caller.owner(), jobs.settings.retention)
+        .await?
+    {
         drop(client);
         // The runner notices at its next lease renewal and stops; its file goes with it.
         remove_job_files(jobs, id).await?;
-        let (document, _) = status_of(jobs, &pools, id).await?;
+        let (document, _) = status_of(jobs, &pools, id, &caller).await?;
         return Ok(HttpResponse::Ok().json(document));
     }
-    if jobs.store.delete(&**client, id).await? {
+    if jobs.store.delete(&**client, id, caller.owner()).await? {
         remove_job_files(jobs, id).await?;
         return Ok(HttpResponse::NoContent().finish());
     }

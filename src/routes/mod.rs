@@ -1,5 +1,6 @@
 //! HTTP routes, one file per resource; with `startup`, `body` and `error`, the only code that touches actix types.
 
+mod caller;
 mod datasets;
 mod exports;
 mod health;

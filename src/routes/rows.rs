@@ -4,11 +4,11 @@ use actix_web::http::Method;
 use actix_web::http::header::{self, ContentDisposition, DispositionParam, DispositionType};
 use actix_web::{HttpRequest, HttpResponse, route, web};
 
+use super::caller::Caller;
 use super::{count_preference, header_value, server_timing, total_count_headers};
 use crate::body;
 use crate::compress::Encoding;
 use crate::dataset::Consistency;
-use crate::db;
 use crate::db::error::OpenError;
 use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
@@ -30,59 +30,64 @@ pub(super) async fn rows(
     state: web::Data<AppState>,
     pools: web::Data<Pools>,
     context: RequestContext,
+    caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
-    let dataset = state.dataset(&name)?;
-    let dataset = &*dataset;
-    let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
-    let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
-    let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;
-    let label = format!("{}.{}", dataset.name, format.extension());
-    let mut response = HttpResponse::Ok();
-    response
-        .content_type(format.media_type())
-        .insert_header((header::VARY, "Accept, Accept-Encoding"))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header(ContentDisposition {
-            disposition: DispositionType::Attachment,
-            parameters: vec![DispositionParam::Filename(label.clone())],
-        });
-    if let Some(coding) = encoding.content_encoding() {
-        response.insert_header((header::CONTENT_ENCODING, coding));
-    }
-    if request.method() == Method::HEAD {
-        return Ok(response.streaming(futures::stream::empty::<Result<bytes::Bytes, ApiError>>()));
-    }
+    let response: Result<HttpResponse, ApiError> = async {
+        let dataset = state.dataset(&name)?;
+        let dataset = &*dataset;
+        let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
+        let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
+        let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;
+        let label = format!("{}.{}", dataset.name, format.extension());
+        let mut response = HttpResponse::Ok();
+        response
+            .content_type(format.media_type())
+            .insert_header((header::VARY, "Accept, Accept-Encoding"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header(ContentDisposition {
+                disposition: DispositionType::Attachment,
+                parameters: vec![DispositionParam::Filename(label.clone())],
+            });
+        if let Some(coding) = encoding.content_encoding() {
+            response.insert_header((header::CONTENT_ENCODING, coding));
+        }
+        if request.method() == Method::HEAD {
+            return Ok(response.streaming(futures::stream::empty::<Result<bytes::Bytes, ApiError>>()));
+        }
 
-    let count = count_preference(&request);
-    let slot = tokio::time::timeout(state.acquire_timeout, pools.export_slots.clone().acquire_owned())
-        .await
-        .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
-        .expect("the semaphore is never closed");
-    let (source, columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
-        Consistency::Snapshot => {
-            let plan = query::plan_rows(dataset, &parsed, format, count);
-            let columns = plan.columns.clone();
-            (Source::Statement(plan), columns)
-        }
-        Consistency::Chunked => {
-            let scan = KeysetScan::new(dataset, &parsed, format, state.batch_rows);
-            let columns = scan.columns();
-            (Source::Batches(scan), columns)
-        }
-    };
-    let begin = db::begin_as(&state.begin_sql, &context.application_name());
-    let (rows, total) = Rows::open(&pools.readers, &begin, source, count).await?;
-    total_count_headers(&mut response, count, total);
-    server_timing(&mut response, rows.timings());
-    let encoder = RowEncoder::new(format, &columns);
-    let pipeline = Pipeline::new(rows, encoder, encoding, &state.levels, state.chunking.size, true)
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let meter = context.metrics().export(
-        context.clone(),
-        &dataset.name,
-        format.extension(),
-        encoding.content_encoding().unwrap_or("identity"),
-    );
-    let body = body::stream(pipeline, slot, state.chunking, label, state.cut.clone(), meter);
-    Ok(response.streaming(body))
+        let count = count_preference(&request);
+        let slot = tokio::time::timeout(state.acquire_timeout, pools.export_slots.clone().acquire_owned())
+            .await
+            .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
+            .expect("the semaphore is never closed");
+        let (source, columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
+            Consistency::Snapshot => {
+                let plan = query::plan_rows(dataset, &parsed, format, count);
+                let columns = plan.columns.clone();
+                (Source::Statement(plan), columns)
+            }
+            Consistency::Chunked => {
+                let scan = KeysetScan::new(dataset, &parsed, format, state.batch_rows);
+                let columns = scan.columns();
+                (Source::Batches(scan), columns)
+            }
+        };
+        let begin = caller.begin(&state, &context, &request);
+        let (rows, total) = Rows::open(&pools.readers, &begin, source, count).await?;
+        total_count_headers(&mut response, count, total);
+        server_timing(&mut response, rows.timings());
+        let encoder = RowEncoder::new(format, &columns);
+        let pipeline = Pipeline::new(rows, encoder, encoding, &state.levels, state.chunking.size, true)
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let meter = context.metrics().export(
+            context.clone(),
+            &dataset.name,
+            format.extension(),
+            encoding.content_encoding().unwrap_or("identity"),
+        );
+        let body = body::stream(pipeline, slot, state.chunking, label, state.cut.clone(), meter);
+        Ok(response.streaming(body))
+    }
+    .await;
+    response.map_err(|error| caller.refine(error))
 }

@@ -1,5 +1,6 @@
 //! Integration tests: pgspout against a real PostgreSQL, with real HTTP clients.
 
+mod auth;
 mod clients;
 mod config;
 mod consistency;

@@ -27,6 +27,18 @@ pub(crate) struct NewJob<'a> {
     pub(crate) query: &'a str,
     /// Whether it resumes from checkpoints (its dataset has a key) or restarts from its first row.
     pub(crate) resumable: bool,
+    /// Under `[auth]`: who asked, and the role and claims it runs with (never the token).
+    pub(crate) requester: Option<Requester<'a>>,
+}
+
+/// Who created a job, under `[auth]`.
+pub(crate) struct Requester<'a> {
+    /// Its owner: only they see the job.
+    pub(crate) owner: &'a str,
+    /// The role its batches run as.
+    pub(crate) role: &'a str,
+    /// The claims its batches see, JSON.
+    pub(crate) claims: &'a str,
 }
 
 /// A job as its runner sees it when it claims it.
@@ -52,6 +64,8 @@ pub(crate) struct ClaimedJob {
     pub(crate) attempts: i32,
     /// Whether it resumes from checkpoints or restarts from its first row.
     pub(crate) resumable: bool,
+    /// The role and claims it runs with, when created under `[auth]`.
+    pub(crate) role: Option<(String, String)>,
 }
 
 /// How far a job's file has got: durable on disk when recorded.
@@ -107,8 +121,9 @@ impl JobStore {
         let row = transaction
             .query_opt(
                 &format!(
-                    "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query, resumable) \
-                     SELECT $1, $2, $3, $4, $5, $7 \
+                    "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query, resumable, \
+                       requested_by, run_role, claims) \
+                     SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10 \
                      WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = 'queued') < $6 RETURNING id",
                     s = self.schema
                 ),
@@ -120,6 +135,9 @@ impl JobStore {
                     &job.query,
                     &max_queued,
                     &job.resumable,
+                    &job.requester.as_ref().map(|r| r.owner),
+                    &job.requester.as_ref().map(|r| r.role),
+                    &job.requester.as_ref().map(|r| r.claims),
                 ],
             )
             .await?;
@@ -127,11 +145,13 @@ impl JobStore {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// The job's status document (JSON text) and its status; `None` if there is no such job.
+    /// The job's status document (JSON text) and its status; `None` if there is no such job, or (with
+    /// `owner`) it is someone else's.
     pub(crate) async fn status(
         &self,
         client: &impl GenericClient,
         id: Uuid,
+        owner: Option<&str>,
     ) -> Result<Option<(String, JobStatus)>, tokio_postgres::Error> {
         let row = client
             .query_opt(
@@ -142,10 +162,10 @@ impl JobStore {
                      'error', error, 'attempts', attempts, 'resumable', resumable, 'created_at', created_at, \
                      'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
                      'expires_at', expires_at)::text, status \
-                     FROM {}.export_jobs WHERE id = $1",
+                     FROM {}.export_jobs WHERE id = $1 AND ($2::text IS NULL OR requested_by = $2)",
                     self.schema
                 ),
-                &[&id],
+                &[&id, &owner],
             )
             .await?;
         Ok(row.map(|r| {
@@ -178,7 +198,7 @@ impl JobStore {
                        started_at = coalesce(j.started_at, now()), updated_at = now() \
                      FROM next WHERE j.id = next.id \
                      RETURNING j.id, j.dataset, j.format, j.compression, j.query, j.rows_written, j.bytes_written, \
-                       j.position::text, j.attempts, j.resumable",
+                       j.position::text, j.attempts, j.resumable, j.run_role, j.claims",
                     s = self.schema
                 ),
                 &[&owner, &interval(lease), &datasets],
@@ -198,6 +218,9 @@ impl JobStore {
             position: row.get(7),
             attempts: row.get(8),
             resumable: row.get(9),
+            role: row
+                .get::<_, Option<String>>(10)
+                .map(|role| (role, row.get::<_, Option<String>>(11).unwrap_or_else(|| "{}".into()))),
         };
         transaction
             .execute(
@@ -408,6 +431,7 @@ impl JobStore {
         &self,
         client: &impl GenericClient,
         id: Uuid,
+        owner: Option<&str>,
         retention: Duration,
     ) -> Result<bool, tokio_postgres::Error> {
         let row = client
@@ -415,27 +439,34 @@ impl JobStore {
                 &format!(
                     "WITH job AS (UPDATE {s}.export_jobs SET status = 'cancelled', finished_at = now(), \
                        updated_at = now(), expires_at = now() + $2::text::interval, lease_owner = NULL, \
-                       lease_expires_at = NULL WHERE id = $1 AND status IN ('queued', 'running') RETURNING id), \
+                       lease_expires_at = NULL WHERE id = $1 AND status IN ('queued', 'running') \
+                       AND ($4::text IS NULL OR requested_by = $4) RETURNING id), \
                      run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $3 \
                        WHERE job_id IN (SELECT id FROM job) AND ended_at IS NULL) \
                      SELECT count(*) FROM job",
                     s = self.schema
                 ),
-                &[&id, &interval(retention), &RunOutcome::Cancelled.as_str()],
+                &[&id, &interval(retention), &RunOutcome::Cancelled.as_str(), &owner],
             )
             .await?;
         Ok(row.get::<_, i64>(0) == 1)
     }
 
     /// Deletes a finished (completed, failed or cancelled) job; `true` if there was one.
-    pub(crate) async fn delete(&self, client: &impl GenericClient, id: Uuid) -> Result<bool, tokio_postgres::Error> {
+    pub(crate) async fn delete(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<bool, tokio_postgres::Error> {
         let deleted = client
             .execute(
                 &format!(
-                    "DELETE FROM {}.export_jobs WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled')",
+                    "DELETE FROM {}.export_jobs WHERE id = $1 AND status IN ('completed', 'failed', 'cancelled') \
+                     AND ($2::text IS NULL OR requested_by = $2)",
                     self.schema
                 ),
-                &[&id],
+                &[&id, &owner],
             )
             .await?;
         Ok(deleted == 1)

@@ -40,6 +40,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: whether a job resumes from its checkpoints (a dataset with a key) or restarts from its first row
     // (a keyless dataset, read in one statement).
     "ALTER TABLE {schema}.export_jobs ADD COLUMN resumable boolean NOT NULL DEFAULT true",
+    // 3: under [auth], who asked (`sub:…`, `key:…`), and the role and claims its batches run with.
+    "ALTER TABLE {schema}.export_jobs ADD COLUMN requested_by text, ADD COLUMN run_role text, ADD COLUMN claims text",
 ];
 
 /// Where a job stands.

@@ -1,0 +1,491 @@
+//! `[auth]`: tokens and API keys become Postgres roles and claims; GRANTs and row-level security decide what
+//! each caller sees, on every path (rows in both consistencies, pages, counts, the catalog, OpenAPI, jobs).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use pgspout::settings::{ApiKeySettings, AuthSettings, Settings};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{BIG_VIEW, TestDb, serve, settings, wait_for};
+
+const SECRET: &str = "a-test-secret-of-at-least-32-characters!";
+const API_KEY: &str = "etl-key-0123456789";
+
+/// The roles of one test (roles are cluster-wide): a NOINHERIT login role that may switch to `anon` and
+/// `member`, and `stranger`, which it may not.
+struct Roles {
+    login: String,
+    anon: String,
+    member: String,
+    stranger: String,
+}
+
+impl Roles {
+    fn new(db: &TestDb) -> Roles {
+        let suffix = &db.name[db.name.len() - 8..];
+        Roles {
+            login: format!("authenticator_{suffix}"),
+            anon: format!("web_anon_{suffix}"),
+            member: format!("member_{suffix}"),
+            stranger: format!("stranger_{suffix}"),
+        }
+    }
+
+    async fn drop_all(&self) {
+        let admin = TestDb::new().await;
+        for role in [&self.login, &self.anon, &self.member, &self.stranger] {
+            let _ = admin.client.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await;
+        }
+    }
+}
+
+/// Tenants `a` (ids 1–10) and `b` (11–25) in `docs` under a policy on the `tenant` claim; `notice` for
+/// everyone; `secret` for no one; a `pre_request` that refuses tokens with `"blocked": true`.
+async fn multi_tenant() -> (TestDb, Roles) {
+    let db = TestDb::new().await;
+    let roles = Roles::new(&db);
+    let Roles {
+        login,
+        anon,
+        member,
+        stranger,
+    } = &roles;
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN NOINHERIT PASSWORD 'login-password';
+             CREATE ROLE {anon} NOLOGIN; CREATE ROLE {member} NOLOGIN; CREATE ROLE {stranger} NOLOGIN;
+             GRANT {anon}, {member} TO {login};
+             CREATE TABLE docs (id int PRIMARY KEY, tenant text NOT NULL, body text);
+             INSERT INTO docs SELECT g, CASE WHEN g <= 10 THEN 'a' ELSE 'b' END, 'doc ' || g
+               FROM generate_series(1, 25) g;
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON docs
+               USING (tenant = current_setting('request.jwt.claims', true)::json ->> 'tenant');
+             CREATE TABLE notice (id int PRIMARY KEY, text text);
+             INSERT INTO notice VALUES (1, 'hello');
+             CREATE TABLE secret (id int PRIMARY KEY);
+             {BIG_VIEW};
+             GRANT SELECT ON docs, big TO {member};
+             GRANT SELECT ON notice TO {anon}, {member};
+             CREATE FUNCTION check_request() RETURNS void LANGUAGE plpgsql AS $$
+             BEGIN
+               IF current_setting('request.jwt.claims', true)::json ->> 'blocked' = 'true' THEN
+                 RAISE EXCEPTION 'blocked by pre_request';
+               END IF;
+             END $$;"
+        ))
+        .await
+        .unwrap();
+    (db, roles)
+}
+
+fn auth_settings(db: &TestDb, roles: &Roles) -> Settings {
+    let mut settings = settings(
+        db,
+        &[
+            ("docs", "docs", Some("id")),
+            ("notice", "notice", Some("id")),
+            ("secret", "secret", Some("id")),
+            ("big", "big", Some("id")),
+        ],
+    );
+    let url = settings.database.url.take().unwrap();
+    let user = std::env::var("PGUSER").unwrap_or_else(|_| "postgres".into());
+    let password = std::env::var("PGPASSWORD").unwrap_or_default();
+    settings.database.url = Some(
+        url.replace(&format!("user={user}"), &format!("user={}", roles.login))
+            .replace(&format!("password={password}"), "password=login-password"),
+    );
+    settings.auth = Some(AuthSettings {
+        jwt_secret: Some(SECRET.into()),
+        jwks: None,
+        jwt_audience: Some("pgspout".into()),
+        role_claim: "$.role".into(),
+        anon_role: Some(roles.anon.clone()),
+        leeway: Duration::from_secs(1),
+        cookie: Some("access_token".into()),
+        pre_request: Some("public.check_request".into()),
+        api_keys: vec![ApiKeySettings {
+            name: "nightly-etl".into(),
+            sha256: format!("{:x}", Sha256::digest(API_KEY.as_bytes())),
+            role: roles.member.clone(),
+        }],
+    });
+    settings
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn tenant_token(roles: &Roles, tenant: &str) -> String {
+    token(json!({"role": roles.member, "tenant": tenant, "sub": format!("user-{tenant}"), "exp": now() + 600}))
+}
+
+async fn get(address: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// `(status, ids)` of an NDJSON `/rows` export.
+async fn ids(address: &str, path: &str, headers: &[(&str, &str)]) -> (u16, Vec<i64>) {
+    let response = get(address, path, headers).await;
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    if status != 200 {
+        return (status, Vec::new());
+    }
+    let ids = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_i64().unwrap())
+        .collect();
+    (status, ids)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test]
+async fn row_level_security_decides_what_each_caller_sees_on_every_path() {
+    let (db, roles) = multi_tenant().await;
+    let address = serve(auth_settings(&db, &roles)).await;
+    let (a, b) = (bearer(&tenant_token(&roles, "a")), bearer(&tenant_token(&roles, "b")));
+    let tenant_a: Vec<i64> = (1..=10).collect();
+    let tenant_b: Vec<i64> = (11..=25).collect();
+
+    for consistency in ["snapshot", "chunked"] {
+        let path = format!("/v1/datasets/docs/rows?consistency={consistency}");
+        assert_eq!(
+            ids(&address, &path, &[("Authorization", &a)]).await,
+            (200, tenant_a.clone())
+        );
+        assert_eq!(
+            ids(&address, &path, &[("Authorization", &b)]).await,
+            (200, tenant_b.clone())
+        );
+    }
+    let page: Value = get(&address, "/v1/datasets/docs/page?limit=100", &[("Authorization", &b)])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["rows"].as_array().unwrap().len(), 15);
+    let counted = get(
+        &address,
+        "/v1/datasets/docs/rows?limit=0",
+        &[("Authorization", &a), ("Prefer", "count=exact")],
+    )
+    .await;
+    assert_eq!(counted.headers()["x-total-count"], "10");
+    // The cookie carries a token too (for EventSource).
+    let cookie = format!("access_token={}", tenant_token(&roles, "a"));
+    assert_eq!(
+        ids(&address, "/v1/datasets/docs/rows", &[("Cookie", &cookie)]).await,
+        (200, tenant_a)
+    );
+
+    // Anonymous: what the anonymous role is granted, and a 401 (send a token) for the rest.
+    assert_eq!(ids(&address, "/v1/datasets/notice/rows", &[]).await, (200, vec![1]));
+    let refused = get(&address, "/v1/datasets/docs/rows", &[]).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    // Authenticated without the grant: 403.
+    assert_eq!(
+        get(&address, "/v1/datasets/secret/rows", &[("Authorization", &a)])
+            .await
+            .status(),
+        403
+    );
+
+    // The catalog and OpenAPI list what the caller's role may read.
+    let names = |headers: Vec<(&'static str, String)>| {
+        let address = address.clone();
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let response = get(&address, "/v1/datasets", &headers).await;
+            let body: Value = response.json().await.unwrap();
+            assert!(body["datasets"].is_array(), "{body}");
+            let mut names: Vec<String> = body["datasets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(names(vec![]).await, ["notice"]);
+    assert_eq!(
+        names(vec![("Authorization", a.clone())]).await,
+        ["big", "docs", "notice"]
+    );
+    let openapi = get(&address, "/v1/openapi.json", &[]).await.text().await.unwrap();
+    assert!(openapi.contains("/v1/datasets/notice/rows") && !openapi.contains("/v1/datasets/docs/rows"));
+    assert_eq!(get(&address, "/v1/datasets/docs", &[]).await.status(), 401);
+    assert_eq!(
+        get(&address, "/v1/datasets/secret", &[("Authorization", &a)])
+            .await
+            .status(),
+        403
+    );
+
+    // An API key runs as its role (no tenant claim: the policy shows it nothing of docs).
+    let key = bearer(API_KEY);
+    assert_eq!(
+        ids(&address, "/v1/datasets/notice/rows", &[("Authorization", &key)]).await,
+        (200, vec![1])
+    );
+    assert_eq!(
+        ids(&address, "/v1/datasets/docs/rows", &[("Authorization", &key)]).await,
+        (200, vec![])
+    );
+
+    // pre_request refuses; a role pgspout may not switch to is a 403 that names the GRANT.
+    let blocked = token(json!({"role": roles.member, "tenant": "a", "blocked": true}));
+    let response = get(
+        &address,
+        "/v1/datasets/docs/rows",
+        &[("Authorization", &bearer(&blocked))],
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    assert!(response.text().await.unwrap().contains("blocked by pre_request"));
+    let stranger = token(json!({"role": roles.stranger}));
+    let response = get(
+        &address,
+        "/v1/datasets/notice/rows",
+        &[("Authorization", &bearer(&stranger))],
+    )
+    .await;
+    assert_eq!(response.status(), 403);
+    let body = response.text().await.unwrap();
+    assert!(body.contains(&format!("GRANT \\\"{}\\\" TO", roles.stranger)), "{body}");
+
+    drop(db);
+    roles.drop_all().await;
+}
+
+#[tokio::test]
+async fn every_rejected_token_is_a_401_and_opens_no_connection() {
+    let (db, roles) = multi_tenant().await;
+    let address = serve(auth_settings(&db, &roles)).await;
+    let claims = |extra: Value| {
+        let mut claims = json!({"role": roles.member, "tenant": "a", "exp": now() + 600});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        claims
+    };
+    let wrong_secret = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(json!({})),
+        &EncodingKey::from_secret(b"another-secret-of-at-least-32-characters"),
+    )
+    .unwrap();
+    let b64 = |v: &Value| base64_url(v.to_string().as_bytes());
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(json!({})))
+    );
+    let rs256_header = format!(
+        "{}.{}.{}",
+        b64(&json!({"alg": "RS256", "typ": "JWT"})),
+        b64(&claims(json!({}))),
+        base64_url(b"not a signature")
+    );
+    let cases = [
+        ("expired", token(claims(json!({"exp": now() - 120})))),
+        ("not yet valid", token(claims(json!({"nbf": now() + 120})))),
+        ("issued in the future", token(claims(json!({"iat": now() + 120})))),
+        ("wrong audience", token(claims(json!({"aud": "someone-else"})))),
+        ("bad signature", wrong_secret),
+        ("alg none", alg_none),
+        ("an algorithm the key cannot verify", rs256_header),
+        ("garbage", "not-a-token-and-not-a-key".into()),
+        ("oversized", "x".repeat(20_000)),
+    ];
+    for (case, token) in &cases {
+        let response = get(
+            &address,
+            "/v1/datasets/notice/rows",
+            &[("Authorization", &bearer(token))],
+        )
+        .await;
+        assert_eq!(response.status(), 401, "{case}");
+        assert_eq!(
+            response.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\"",
+            "{case}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["status"], 401, "{case}");
+    }
+    let basic = get(
+        &address,
+        "/v1/datasets/notice/rows",
+        &[("Authorization", "Basic dXNlcjpwYXNz")],
+    )
+    .await;
+    assert_eq!(basic.status(), 401);
+    // The audience rule: a token naming ours, or none, is accepted.
+    let ours = token(claims(json!({"aud": ["other", "pgspout"]})));
+    assert_eq!(
+        get(
+            &address,
+            "/v1/datasets/notice/rows",
+            &[("Authorization", &bearer(&ours))]
+        )
+        .await
+        .status(),
+        200
+    );
+    // Only that last request ever opened a connection: the rejected ones ran no query.
+    let connections: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND application_name = 'pgspout'",
+            &[&roles.login],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(connections, 1, "one pooled connection, opened by the accepted request");
+
+    drop(db);
+    roles.drop_all().await;
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn jobs_belong_to_their_creator_and_keep_its_rows_after_its_token_expired() {
+    let (db, roles) = multi_tenant().await;
+    let directory = std::env::temp_dir().join(format!("pgspout-auth-jobs-{}", db.name));
+    // The job table is pgspout's own: its login role creates it.
+    db.client
+        .batch_execute(&format!("GRANT CREATE ON DATABASE {} TO {}", db.name, roles.login))
+        .await
+        .unwrap();
+    let mut settings = auth_settings(&db, &roles);
+    settings.jobs.directory = Some(directory.clone());
+    settings.jobs.max_running = 1;
+    settings.jobs.poll_interval = Duration::from_millis(100);
+    let address = serve(settings).await;
+    let a = bearer(&tenant_token(&roles, "a"));
+    let b = bearer(&tenant_token(&roles, "b"));
+    let post = |authorization: String, body: Value| {
+        let address = address.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("http://{address}/v1/exports"))
+                .header("Authorization", authorization)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let id_of = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 202);
+        let created: Value = response.json().await.unwrap();
+        created["id"].as_str().unwrap().to_owned()
+    };
+
+    // A long job holds the only runner slot, so the next one starts after its creator's token expired.
+    let blocker = id_of(post(a.clone(), json!({"dataset": "big", "format": "csv"})).await).await;
+    let short_lived = token(json!({"role": roles.member, "tenant": "a", "sub": "user-a", "exp": now() + 2}));
+    let job = id_of(post(bearer(&short_lived), json!({"dataset": "docs", "format": "csv"})).await).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let expired = get(
+        &address,
+        &format!("/v1/exports/{job}"),
+        &[("Authorization", &bearer(&short_lived))],
+    )
+    .await;
+    assert_eq!(expired.status(), 401, "the expired token itself is refused");
+    let cancelled = reqwest::Client::new()
+        .delete(format!("http://{address}/v1/exports/{blocker}"))
+        .header("Authorization", &a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+
+    // Same owner (sub), fresh token: the job completed with tenant a's rows only.
+    let status = wait_for(Duration::from_secs(20), || async {
+        let status: Value = get(&address, &format!("/v1/exports/{job}"), &[("Authorization", &a)])
+            .await
+            .json()
+            .await
+            .unwrap();
+        (status["status"] == "completed").then_some(status)
+    })
+    .await;
+    assert_eq!(status["rows_written"], 10, "{status}");
+    let file = get(
+        &address,
+        &format!("/v1/exports/{job}/download"),
+        &[("Authorization", &a)],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(file.lines().count(), 11, "a header and tenant a's ten rows");
+    assert!(file.lines().skip(1).all(|l| l.contains(",a,")), "{file}");
+
+    // Anyone else: 404 everywhere, as if it did not exist.
+    for path in [format!("/v1/exports/{job}"), format!("/v1/exports/{job}/download")] {
+        assert_eq!(
+            get(&address, &path, &[("Authorization", &b)]).await.status(),
+            404,
+            "{path}"
+        );
+        assert_eq!(
+            get(&address, &path, &[("Authorization", &bearer(API_KEY))])
+                .await
+                .status(),
+            404,
+            "{path}"
+        );
+    }
+    let delete = |authorization: String| {
+        let url = format!("http://{address}/v1/exports/{job}");
+        async move {
+            reqwest::Client::new()
+                .delete(url)
+                .header("Authorization", authorization)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(delete(b.clone()).await, 404);
+    assert_eq!(delete(a.clone()).await, 204);
+
+    let _ = std::fs::remove_dir_all(&directory);
+    drop(db);
+    roles.drop_all().await;
+}

@@ -347,15 +347,16 @@ async fn every_rejected_token_is_a_401_and_opens_no_connection() {
     assert_eq!(basic.status(), 401);
     // The audience rule: a token naming ours, or none, is accepted.
     let ours = token(claims(json!({"aud": ["other", "pgspout"]})));
+    let accepted = ids(
+        &address,
+        "/v1/datasets/notice/rows",
+        &[("Authorization", &bearer(&ours))],
+    )
+    .await;
     assert_eq!(
-        get(
-            &address,
-            "/v1/datasets/notice/rows",
-            &[("Authorization", &bearer(&ours))]
-        )
-        .await
-        .status(),
-        200
+        accepted,
+        (200, vec![1]),
+        "read to its end, so its connection goes back to the pool"
     );
     // Only that last request ever opened a connection: the rejected ones ran no query.
     let connections: i64 = db
@@ -486,6 +487,274 @@ async fn jobs_belong_to_their_creator_and_keep_its_rows_after_its_token_expired(
     assert_eq!(delete(a.clone()).await, 204);
 
     let _ = std::fs::remove_dir_all(&directory);
+    drop(db);
+    roles.drop_all().await;
+}
+
+/// A key pair made by `openssl genpkey` (PKCS#8), as a signing key and its public JWK under `kid`.
+fn key_pair(dir: &std::path::Path, name: &str, algorithm: &[&str], alg: Algorithm, kid: &str) -> (EncodingKey, Value) {
+    let file = format!("{name}.pem");
+    let mut args = vec!["genpkey", "-out", &file];
+    args.extend(algorithm);
+    crate::tls::openssl(&args, dir);
+    let pem = std::fs::read(dir.join(&file)).unwrap();
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem).unwrap(),
+        _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+    };
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).unwrap();
+    jwk.common.key_id = Some(kid.into());
+    (key, serde_json::to_value(jwk).unwrap())
+}
+
+fn signed(key: &EncodingKey, alg: Algorithm, kid: &str, claims: Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// An HTTPS server on loopback that answers every request with `body()`'s current value, with a certificate
+/// for 127.0.0.1 signed by a CA of the test's own (returned, for SSL_CERT_FILE).
+async fn jwks_server(
+    dir: &std::path::Path,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+) -> (String, std::path::PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    for args in [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=jwks test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ][..],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ],
+    ] {
+        crate::tls::openssl(args, dir);
+    }
+    let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls::pki_types::pem::PemObject::from_pem_file(dir.join("server.key")).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}/jwks.json", listener.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buffer = [0; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let body = body.lock().unwrap().clone();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (url, dir.join("ca.pem"))
+}
+
+#[tokio::test]
+async fn rs256_and_es256_verify_through_a_jwks_file_and_a_rotating_jwks_url() {
+    let (db, roles) = multi_tenant().await;
+    let dir = crate::jobs::temp_dir("jwks");
+    let (rsa, rsa_jwk) = key_pair(
+        &dir,
+        "rsa",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        Algorithm::RS256,
+        "rsa-1",
+    );
+    let (ec, ec_jwk) = key_pair(
+        &dir,
+        "ec",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        Algorithm::ES256,
+        "ec-1",
+    );
+    let (rotated, rotated_jwk) = key_pair(
+        &dir,
+        "rotated",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        Algorithm::ES256,
+        "ec-2",
+    );
+    let claims = json!({"role": roles.member, "tenant": "a", "exp": now() + 600});
+    let docs = |address: String, token: String| async move {
+        ids(
+            &address,
+            "/v1/datasets/docs/rows",
+            &[("Authorization", &bearer(&token))],
+        )
+        .await
+    };
+    let tenant_a: Vec<i64> = (1..=10).collect();
+
+    // From a file.
+    std::fs::write(dir.join("jwks.json"), json!({"keys": [rsa_jwk, ec_jwk]}).to_string()).unwrap();
+    let mut settings = auth_settings(&db, &roles);
+    let auth = settings.auth.as_mut().unwrap();
+    auth.jwt_secret = None;
+    auth.jwks = Some(format!("@{}", dir.join("jwks.json").display()));
+    let address = serve(settings).await;
+    for (key, alg, kid) in [(&rsa, Algorithm::RS256, "rsa-1"), (&ec, Algorithm::ES256, "ec-1")] {
+        assert_eq!(
+            docs(address.clone(), signed(key, alg, kid, claims.clone())).await,
+            (200, tenant_a.clone()),
+            "{kid}"
+        );
+    }
+    // HS256 with the RSA public key as its secret (the classic confusion) is refused, and so is an unknown kid.
+    let confused = jsonwebtoken::encode(
+        &Header {
+            kid: Some("rsa-1".into()),
+            ..Header::new(Algorithm::HS256)
+        },
+        &claims,
+        &EncodingKey::from_secret(rsa_jwk.to_string().as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(docs(address.clone(), confused).await.0, 401);
+    assert_eq!(
+        docs(
+            address.clone(),
+            signed(&rotated, Algorithm::ES256, "ec-2", claims.clone())
+        )
+        .await
+        .0,
+        401
+    );
+
+    // From an https URL, served by the test; the key set rotates and the new kid is picked up.
+    let body = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [ec_jwk]}).to_string()));
+    let (url, ca) = jwks_server(&dir, body.clone()).await;
+    let mut config = format!(
+        "[auth]\njwks = \"{url}\"\nanon_role = \"{}\"\n\n[[datasets]]\nname = \"docs\"\ntable = \"docs\"\nkey = \"id\"\n",
+        roles.anon
+    );
+    config.push_str("\n[database]\nurl = \"\"\n");
+    let login_url = auth_settings(&db, &roles).database.url.unwrap();
+    let config = config.replace("url = \"\"", &format!("url = {login_url:?}"));
+    let server = crate::helpers::ServerProcess::start_with(
+        &db,
+        &config,
+        &[
+            ("RUST_LOG", "warn"),
+            ("SSL_CERT_FILE", ca.to_str().unwrap()),
+            ("DATABASE_URL", &login_url),
+        ],
+        std::process::Stdio::inherit(),
+    )
+    .await;
+    assert_eq!(
+        docs(
+            server.base.clone(),
+            signed(&ec, Algorithm::ES256, "ec-1", claims.clone())
+        )
+        .await,
+        (200, tenant_a.clone())
+    );
+    let next = signed(&rotated, Algorithm::ES256, "ec-2", claims.clone());
+    *body.lock().unwrap() = json!({"keys": [ec_jwk, rotated_jwk]}).to_string();
+    // At most one fetch per interval: within a few seconds the new key verifies.
+    let accepted = wait_for(Duration::from_secs(15), || async {
+        let (status, rows) = docs(server.base.clone(), next.clone()).await;
+        (status == 200).then_some(rows)
+    })
+    .await;
+    assert_eq!(accepted, tenant_a);
+    drop(server);
+
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(db);
+    roles.drop_all().await;
+}
+
+#[tokio::test]
+async fn start_up_names_the_grant_a_fixed_role_lacks() {
+    let (db, roles) = multi_tenant().await;
+    let mut settings = auth_settings(&db, &roles);
+    settings.auth.as_mut().unwrap().anon_role = Some(roles.stranger.clone());
+    let error = match pgspout::startup::Application::build(settings).await {
+        Ok(_) => panic!("pgspout started with an anonymous role it cannot switch to"),
+        Err(error) => pgspout::error::chain(&error),
+    };
+    assert!(
+        error.contains(&format!("GRANT \"{}\" TO \"{}\"", roles.stranger, roles.login)),
+        "{error}"
+    );
+    let mut settings = auth_settings(&db, &roles);
+    settings.auth.as_mut().unwrap().api_keys[0].role = "no_such_role_at_all".into();
+    let error = match pgspout::startup::Application::build(settings).await {
+        Ok(_) => panic!("pgspout started with an API key for a missing role"),
+        Err(error) => pgspout::error::chain(&error),
+    };
+    assert!(
+        error.contains("nightly-etl") && error.contains("does not exist"),
+        "{error}"
+    );
     drop(db);
     roles.drop_all().await;
 }

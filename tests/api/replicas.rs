@@ -166,8 +166,11 @@ async fn with_no_healthy_replica_fallback_reads_the_primary_and_refuse_answers_5
     let refused = wait_for(Duration::from_secs(10), || async { count(refuse.clone()).await.err() }).await;
     assert_eq!((refused.0, refused.1), (503, true));
     assert!(refused.2.contains("urn:pgspout:problem:no-replica"), "{}", refused.2);
-    // The fallback reads the primary, which has the new row.
-    assert_eq!(count(fallback.clone()).await, Ok(101));
+    // The fallback reads the primary, which has the new row (once its own monitor saw the lag).
+    wait_until(Duration::from_secs(10), || async {
+        count(fallback.clone()).await == Ok(101)
+    })
+    .await;
     standby.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
     wait_until(Duration::from_secs(10), || async {
         count(refuse.clone()).await == Ok(101)
@@ -179,7 +182,10 @@ async fn with_no_healthy_replica_fallback_reads_the_primary_and_refuse_answers_5
     replica.stop().await;
     let refused = wait_for(Duration::from_secs(10), || async { count(refuse.clone()).await.err() }).await;
     assert_eq!((refused.0, refused.1), (503, true));
-    assert_eq!(count(fallback.clone()).await, Ok(101));
+    wait_until(Duration::from_secs(10), || async {
+        count(fallback.clone()).await == Ok(101)
+    })
+    .await;
 
     // `pgspout check` names the replica that is down.
     let dir = std::env::temp_dir().join(format!("pgspout-check-replica-{}", primary.port));

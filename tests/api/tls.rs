@@ -139,7 +139,7 @@ async fn require_encrypts_without_verifying_and_disable_does_not_encrypt() {
     assert_eq!(db.pgspout_ssl().await, Some(false));
 }
 
-fn openssl(args: &[&str], dir: &Path) {
+pub(crate) fn openssl(args: &[&str], dir: &Path) {
     let status = std::process::Command::new("openssl")
         .args(args)
         .current_dir(dir)

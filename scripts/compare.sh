@@ -6,6 +6,8 @@
 # COMPARE_SSLMODE / COMPARE_BASE_SSLMODE set each server's sslmode (verify-* with the cluster's snakeoil
 # certificate), e.g. the cost of TLS in one build:
 #   COMPARE_SSLMODE=verify-full COMPARE_BASE_SSLMODE=disable scripts/compare.sh HEAD
+# COMPARE_AUTH=1 runs this checkout's server with [auth] (HS256) and sends it a token for a role with SELECT
+# on the table, to measure what auth costs per request: COMPARE_AUTH=1 scripts/compare.sh HEAD.
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -37,7 +39,24 @@ tls() { # sslmode
 }
 new_port=$(port)
 base_port=$(port)
-DATABASE_URL="$DATABASE_URL$(tls "${COMPARE_SSLMODE:-}")" PGSPOUT_LISTEN=127.0.0.1:$new_port \
+new_auth=()
+auth_env=()
+if [ -n "${COMPARE_AUTH:-}" ]; then
+  secret=compare-secret-of-at-least-32-characters
+  psql -X -q -c "DO \$\$ BEGIN CREATE ROLE compare_reader NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$" \
+    -c "GRANT SELECT ON orders TO compare_reader" >/dev/null
+  token=$(python3 -c '
+import base64, hashlib, hmac, json, sys, time
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b64(json.dumps({"role": "compare_reader", "sub": "compare", "exp": int(time.time()) + 86400}).encode())
+sig = hmac.new(sys.argv[1].encode(), (head + "." + body).encode(), hashlib.sha256).digest()
+print(head + "." + body + "." + b64(sig))
+' "$secret")
+  new_auth=(-H "Authorization: Bearer $token")
+  auth_env=(PGSPOUT_AUTH__JWT_SECRET="$secret")
+fi
+env "${auth_env[@]}" DATABASE_URL="$DATABASE_URL$(tls "${COMPARE_SSLMODE:-}")" PGSPOUT_LISTEN=127.0.0.1:$new_port \
   target/release/pgspout serve --config config/pgspout.toml &
 new_pid=$!
 # Each revision with its own config file: keys come and go.
@@ -58,17 +77,19 @@ millis() {
   echo $((($(date +%s%N) - start) / 1000000))
 }
 export_once() { # port case
-  local query="" headers=()
+  local query="" headers=() resource=rows
+  [ "$1" = "$new_port" ] && headers=("${new_auth[@]}")
   case $2 in
     chunked) query="consistency=chunked" ;;
     csv) query="format=csv" ;;
-    gzip | zstd) headers=(-H "Accept-Encoding: $2") ;;
+    gzip | zstd) headers+=(-H "Accept-Encoding: $2") ;;
+    page) resource=page query="limit=100" ;;
   esac
-  millis curl -sS --fail -o /dev/null "${headers[@]}" "http://127.0.0.1:$1/v1/datasets/orders/rows?$query"
+  millis curl -sS --fail -o /dev/null "${headers[@]}" "http://127.0.0.1:$1/v1/datasets/orders/$resource?$query"
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-cases=(ndjson chunked csv gzip zstd)
+cases=(ndjson chunked csv gzip zstd page)
 declare -A times
 copy="\\copy (SELECT id, customer_name, email, amount, category, created_at, note FROM orders ORDER BY id) TO /dev/null CSV"
 # Round 0 warms the caches and is not counted.
@@ -92,6 +113,10 @@ echo "compare: this checkout vs $1, ${COMPARE_ROWS:-1000000} rows, medians of ${
 for c in "${cases[@]}"; do
   a=$(echo "${times[new_$c]}" | median)
   b=$(echo "${times[base_$c]}" | median)
+  if [ "$c" = page ]; then # one 100-row page: its latency (curl's start-up included), not a ratio
+    echo "  page     this $a ms   $1 $b ms"
+    continue
+  fi
   awk -v c="$c" -v a="$a" -v b="$b" -v p="$psql_median" \
     'BEGIN { printf "  %-8s this %.2fx psql   %s %.2fx psql\n", c, a / p, "'"$1"'", b / p }'
 done

@@ -88,6 +88,18 @@ impl Application {
             Some(auth_settings) => {
                 let auth = crate::auth::Auth::new(auth_settings).await?;
                 check_roles(&client, &auth).await?;
+                if let Some(function) = &auth_settings.pre_request {
+                    let found: bool = client
+                        .query_one("SELECT pg_catalog.to_regproc($1) IS NOT NULL", &[function])
+                        .await
+                        .map_err(StartupError::Connect)?
+                        .get(0);
+                    if !found {
+                        return Err(StartupError::Role(format!(
+                            "auth.pre_request: no function {function:?} (or more than one of that name)"
+                        )));
+                    }
+                }
                 Some(auth)
             }
             None => {

@@ -12,8 +12,13 @@ use crate::settings::LogFormat;
 
 /// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`). JSON lines carry the event's fields
 /// at the top level and the request's span (its `request_id`) under `span`.
+///
+/// tokio-postgres logs every statement at debug level, and pgspout's statements carry the request's claims
+/// (`request.jwt.claims`): its debug and trace output stays off whatever `RUST_LOG` says.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive("tokio_postgres=info".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

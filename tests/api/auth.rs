@@ -688,7 +688,7 @@ async fn rs256_and_es256_verify_through_a_jwks_file_and_a_rotating_jwks_url() {
     );
 
     // From an https URL, served by the test; the key set rotates and the new kid is picked up.
-    let body = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [ec_jwk]}).to_string()));
+    let body = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": [ec_jwk, rsa_jwk]}).to_string()));
     let (url, ca) = jwks_server(&dir, body.clone()).await;
     let mut config = format!(
         "[auth]\njwks = \"{url}\"\nanon_role = \"{}\"\n\n[[datasets]]\nname = \"docs\"\ntable = \"docs\"\nkey = \"id\"\n",
@@ -697,21 +697,30 @@ async fn rs256_and_es256_verify_through_a_jwks_file_and_a_rotating_jwks_url() {
     config.push_str("\n[database]\nurl = \"\"\n");
     let login_url = auth_settings(&db, &roles).database.url.unwrap();
     let config = config.replace("url = \"\"", &format!("url = {login_url:?}"));
+    let log = dir.join("pgspout.log");
     let server = crate::helpers::ServerProcess::start_with(
         &db,
         &config,
         &[
-            ("RUST_LOG", "warn"),
+            ("RUST_LOG", "debug"),
             ("SSL_CERT_FILE", ca.to_str().unwrap()),
             ("DATABASE_URL", &login_url),
         ],
-        std::process::Stdio::inherit(),
+        std::fs::File::create(&log).unwrap(),
     )
     .await;
     assert_eq!(
         docs(
             server.base.clone(),
             signed(&ec, Algorithm::ES256, "ec-1", claims.clone())
+        )
+        .await,
+        (200, tenant_a.clone())
+    );
+    assert_eq!(
+        docs(
+            server.base.clone(),
+            signed(&rsa, Algorithm::RS256, "rsa-1", claims.clone())
         )
         .await,
         (200, tenant_a.clone())
@@ -726,6 +735,12 @@ async fn rs256_and_es256_verify_through_a_jwks_file_and_a_rotating_jwks_url() {
     .await;
     assert_eq!(accepted, tenant_a);
     drop(server);
+    // Tokens and claims never reach the logs, even at debug level.
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("JWKS refreshed"), "{logged}");
+    for secret in [next.as_str(), "\"tenant\""] {
+        assert!(!logged.contains(secret), "the log holds {secret}");
+    }
 
     let _ = std::fs::remove_dir_all(&dir);
     drop(db);

@@ -520,59 +520,12 @@ async fn jwks_server(
     body: std::sync::Arc<std::sync::Mutex<String>>,
 ) -> (String, std::path::PathBuf) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    std::fs::write(
-        dir.join("server.ext"),
+    crate::tls::issue(
+        dir,
+        "server",
+        "/CN=127.0.0.1",
         "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n",
-    )
-    .unwrap();
-    for args in [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=jwks test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ][..],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.pem",
-        ],
-    ] {
-        crate::tls::openssl(args, dir);
-    }
+    );
     let certs: Vec<_> = rustls::pki_types::pem::PemObject::pem_file_iter(dir.join("server.pem"))
         .unwrap()
         .map(Result::unwrap)

@@ -23,15 +23,20 @@ async fn primary_and_replica(replica_options: &[&str]) -> (PrivateCluster, Priva
         .await
         .unwrap();
     let replica = PrivateCluster::replica_of(&primary, replica_options).await;
-    let client = replica.client().await;
+    replayed(&replica.client().await, "items", 100).await;
+    (primary, replica)
+}
+
+/// Waits until `table` has `rows` rows on the replica `client` is connected to.
+async fn replayed(client: &tokio_postgres::Client, table: &str, rows: i64) {
+    let query = format!("SELECT count(*) FROM {table}");
     wait_until(Duration::from_secs(20), || async {
         client
-            .query_one("SELECT count(*) FROM items", &[])
+            .query_one(&query, &[])
             .await
-            .is_ok_and(|r| r.get::<_, i64>(0) == 100)
+            .is_ok_and(|r| r.get::<_, i64>(0) == rows)
     })
     .await;
-    (primary, replica)
 }
 
 fn replica_settings(primary: &PrivateCluster, replica: &PrivateCluster, fallback: ReplicaFallback) -> Settings {
@@ -249,13 +254,7 @@ async fn a_recovery_conflict_mid_export_aborts_the_transfer() {
         .await
         .unwrap();
     let standby = replica.client().await;
-    wait_until(Duration::from_secs(20), || async {
-        standby
-            .query_one("SELECT count(*) FROM wide", &[])
-            .await
-            .is_ok_and(|r| r.get::<_, i64>(0) == 100_000)
-    })
-    .await;
+    replayed(&standby, "wide", 100_000).await;
     let mut settings = replica_settings(&primary, &replica, ReplicaFallback::Refuse);
     settings.datasets = settings_for(String::new(), &[("wide", "wide", Some("id"))]).datasets;
     let address = serve(settings).await;

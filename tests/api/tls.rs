@@ -139,6 +139,56 @@ async fn require_encrypts_without_verifying_and_disable_does_not_encrypt() {
     assert_eq!(db.pgspout_ssl().await, Some(false));
 }
 
+/// In `dir`: a CA of its own (`ca.pem`, `ca.key`) and `<name>.pem`/`<name>.key`, a certificate for
+/// `subject` that the CA signed, with the v3 `extensions` (rustls refuses v1 certificates).
+pub(crate) fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) {
+    let (key, csr, pem, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+        format!("{name}.ext"),
+    );
+    std::fs::write(dir.join(&ext), extensions).unwrap();
+    let ca = [
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=pgspout test CA",
+    ];
+    openssl(&[&ca[..], &["-keyout", "ca.key", "-out", "ca.pem"]].concat(), dir);
+    openssl(
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ],
+        dir,
+    );
+}
+
 pub(crate) fn openssl(args: &[&str], dir: &Path) {
     let status = std::process::Command::new("openssl")
         .args(args)
@@ -153,60 +203,12 @@ pub(crate) fn openssl(args: &[&str], dir: &Path) {
 async fn a_hostssl_only_server_refuses_disable_and_accepts_a_client_certificate() {
     let dir = temp_dir("tls-cert");
     // A CA the server trusts for client certificates, and a certificate for the user `postgres`.
-    // v3 (with extensions): rustls refuses v1 certificates.
-    std::fs::write(
-        dir.join("client.ext"),
+    issue(
+        &dir,
+        "client",
+        "/CN=postgres",
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
-    )
-    .unwrap();
-    for args in [
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=pgspout test client CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ][..],
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=postgres",
-            "-keyout",
-            "client.key",
-            "-out",
-            "client.csr",
-        ],
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "client.pem",
-        ],
-    ] {
-        openssl(args, &dir);
-    }
+    );
     let ca_option = format!("ssl_ca_file={}", dir.join("ca.pem").display());
     let cluster = PrivateCluster::create_with(&[&ca_option]).await;
     let admin = cluster.client().await;

@@ -4,7 +4,7 @@
 //! # Layout
 //! A request flows route → negotiate → plan → rows → encode → compress → sink:
 //! - [`auth`]: who is asking (JWT, API key, anonymous) as a Postgres role and claims.
-//! - `routes`: the HTTP resources; with `startup`, `body` and `error`, the only code that touches actix.
+//! - `routes`: the HTTP resources; with `startup`, `body`, `cors` and `error`, the only code that touches actix.
 //! - `negotiate`, [`compress`]: `Accept`/`Accept-Encoding` and the compressors.
 //! - `dataset`: what a dataset is (relation, columns, types and their operators, key); a leaf module.
 //! - `query`: the query string (PostgREST syntax) → validated SQL, bind parameters, positions, cursors.
@@ -26,6 +26,7 @@
 pub mod auth;
 mod body;
 pub mod compress;
+mod cors;
 mod dataset;
 mod db;
 pub mod encode;

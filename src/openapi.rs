@@ -156,8 +156,9 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
     } else {
         parameters.push(parameter(
             "format",
-            "Output format (else the Accept header)",
-            json!({ "type": "string", "enum": ["ndjson", "csv"] }),
+            "Output format (else the Accept header): ndjson, csv, json (one array, streamed) or sse (server-sent \
+             events; see the text/event-stream response)",
+            json!({ "type": "string", "enum": ["ndjson", "csv", "json", "sse"] }),
         ));
         if dataset.key.is_some() {
             parameters.push(parameter(
@@ -299,6 +300,13 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
     );
 }
 
+/// The event grammar of `format=sse`.
+const SSE_GRAMMAR: &str = "`retry: 1000`, then events. Rows travel in unnamed (message) events, one `data:` line \
+    per row holding its JSON object; a key-ordered export's event has `id: <key of its last row>`, and a \
+    reconnect with `Last-Event-ID` resumes right after it. After every rows event, `event: progress` with \
+    `data: {\"rows\": <sent>, \"total\": <estimate or null>}`. After the last row, `event: end` with \
+    `data: {\"rows\": <n>}`: a stream that stops without `end` is incomplete.";
+
 /// The whole document; `max_limit` is the largest page; `jobs` adds the background export endpoints.
 pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
     let mut paths = Map::new();
@@ -366,7 +374,9 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
             "description": "The rows, streamed; gzip, zstd or br when Accept-Encoding asks",
             "content": {
                 "application/x-ndjson": { "schema": { "$ref": row_schema } },
-                "text/csv": { "schema": { "type": "string" } }
+                "text/csv": { "schema": { "type": "string" } },
+                "application/json": { "schema": { "type": "array", "items": { "$ref": row_schema } } },
+                "text/event-stream": { "schema": { "type": "string", "description": SSE_GRAMMAR } }
             }
         });
         paths.insert(

@@ -151,6 +151,7 @@ impl Pipeline {
         if self.plain.len() < self.chunk_size {
             return Ok(None);
         }
+        self.close_event();
         let Some(compressor) = self.compressor.as_mut() else {
             return Ok(Some(self.take_plain()));
         };
@@ -164,8 +165,20 @@ impl Pipeline {
         Ok(Some(Bytes::from(chunk)))
     }
 
+    /// Ends an event stream's open event before its bytes leave: with the last row's key as its id.
+    fn close_event(&mut self) {
+        let rows = self.rows();
+        let last = self.position();
+        let key = last.as_ref().and_then(|p| match p.0.as_slice() {
+            [Some(key)] => Some(key.as_str()),
+            _ => None,
+        });
+        self.encoder.close_event(key, rows, &mut self.plain);
+    }
+
     /// Everything buffered, made decodable by the reader.
     fn flush(&mut self) -> Result<Bytes, PipelineError> {
+        self.close_event();
         let Some(compressor) = self.compressor.as_mut() else {
             return Ok(self.take_plain());
         };
@@ -180,6 +193,7 @@ impl Pipeline {
     /// Everything buffered, ending the compressed frame (a gzip member, a zstd frame); the next bytes start
     /// a new one.
     fn end_frame(&mut self) -> Result<Bytes, PipelineError> {
+        self.close_event();
         let next = Compressor::new(self.encoding, &self.levels)?;
         let last = self.close_compressor(next)?;
         Ok(Bytes::from(last))
@@ -197,7 +211,9 @@ impl Pipeline {
 
     /// The rows are complete: write the trailer, end the compressed stream, commit.
     async fn finish(&mut self) -> Result<Bytes, PipelineError> {
-        self.encoder.write_trailer(&mut self.plain);
+        self.close_event();
+        let read = self.rows();
+        self.encoder.write_trailer(read, &mut self.plain);
         let last = self.close_compressor(None)?;
         let rows = self.rows.take().expect("finish runs once, while the rows are open");
         self.end = Some((rows.read(), rows.position(), rows.has_more()));

@@ -84,6 +84,26 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Serve `/metrics` only on this address, not on `listen`; unset: on `listen`.
     pub metrics_listen: Option<String>,
+    /// CORS for pages on other origins; off when absent.
+    pub cors: Option<CorsSettings>,
+}
+
+/// `[server.cors]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins (`https://app.example`) allowed to call the API, or `["*"]`.
+    pub allowed_origins: Vec<String>,
+    /// Whether browsers may send cookies and `Authorization` (not with `*`).
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(default = "default_cors_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+fn default_cors_max_age() -> Duration {
+    Duration::from_secs(3600)
 }
 
 impl Default for ServerSettings {
@@ -93,6 +113,7 @@ impl Default for ServerSettings {
             workers: None,
             shutdown_grace: Duration::from_secs(30),
             metrics_listen: None,
+            cors: None,
         }
     }
 }
@@ -552,6 +573,24 @@ impl Settings {
         }
         if let Some(auth) = &self.auth {
             auth.validate().map_err(SettingsError::Invalid)?;
+        }
+        if let Some(cors) = &self.server.cors {
+            if cors.allowed_origins.is_empty() {
+                return invalid("server.cors.allowed_origins is empty (list origins, or [\"*\"])".into());
+            }
+            for origin in &cors.allowed_origins {
+                let plain = origin.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+                });
+                if origin != "*" && !plain {
+                    return invalid(format!(
+                        "server.cors.allowed_origins: {origin:?} is not an origin (scheme://host[:port], no path)"
+                    ));
+                }
+                if origin == "*" && cors.allow_credentials {
+                    return invalid("server.cors: browsers refuse credentials with allowed_origins = [\"*\"]".into());
+                }
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for schema in &self.schemas {

@@ -181,6 +181,7 @@ impl Application {
         let export_slots = settings.export_slots();
         let stall_timeout = settings.export.stall_timeout;
         let metrics_apart = settings.server.metrics_listen.is_some();
+        let cors_settings = settings.server.cors.clone();
         let app_metrics = metrics.clone();
         let server = HttpServer::new(move || {
             let exports = db::pool(&connection, &database, database.pool_size);
@@ -199,7 +200,13 @@ impl Application {
             let mut watched = vec![pools.exports.clone()];
             watched.extend(pools.readers.replica_pools().iter().cloned());
             app_metrics.watch_pool(watched, pools.export_slots.clone());
+            let cors = cors_settings
+                .as_ref()
+                .map(|c| std::rc::Rc::new(crate::cors::Cors::new(c)));
             App::new()
+                .wrap(actix_web::middleware::from_fn(move |request, next| {
+                    crate::cors::cors(cors.clone(), request, next)
+                }))
                 .wrap(Telemetry::new(app_metrics.clone()))
                 .app_data(web::Data::from(state.clone()))
                 .app_data(web::Data::from(app_metrics.clone()))

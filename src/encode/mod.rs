@@ -5,12 +5,14 @@
 
 mod csv;
 mod ndjson;
+mod sse;
 mod value;
 
 use crate::negotiate;
 
 pub use self::csv::CsvEncoder;
 pub use self::ndjson::NdjsonEncoder;
+pub use self::sse::SseEncoder;
 pub use crate::dataset::ValueKind;
 
 /// An output format of `/rows`.
@@ -20,16 +22,22 @@ pub enum Format {
     Ndjson,
     /// RFC 4180 CSV with a header, byte-identical to `COPY … (FORMAT csv, HEADER)`.
     Csv,
+    /// One JSON array of the `row_to_json` objects, streamed: `[`, objects separated by `,`, `]`.
+    Json,
+    /// Server-sent events for `EventSource` (see [`SseEncoder`]).
+    Sse,
 }
 
 /// Why no format could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
     /// `?format=` named a format pgspout does not have.
-    #[error("unknown format {0:?}; expected ndjson or csv")]
+    #[error("unknown format {0:?}; expected ndjson, csv, json or sse")]
     Unknown(String),
     /// The `Accept` header allows none of the formats.
-    #[error("Accept allows none of application/x-ndjson, application/jsonl, text/csv")]
+    #[error(
+        "Accept allows none of application/x-ndjson, application/jsonl, text/csv, application/json, text/event-stream"
+    )]
     NotAcceptable,
 }
 
@@ -39,6 +47,8 @@ impl Format {
         match self {
             Format::Ndjson => "application/x-ndjson",
             Format::Csv => "text/csv; charset=utf-8; header=present",
+            Format::Json => "application/json",
+            Format::Sse => "text/event-stream",
         }
     }
 
@@ -47,6 +57,8 @@ impl Format {
         match self {
             Format::Ndjson => "ndjson",
             Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Sse => "sse",
         }
     }
 
@@ -56,16 +68,20 @@ impl Format {
             return match name {
                 "ndjson" | "jsonl" => Ok(Format::Ndjson),
                 "csv" => Ok(Format::Csv),
+                "json" => Ok(Format::Json),
+                "sse" => Ok(Format::Sse),
                 other => Err(FormatError::Unknown(other.to_owned())),
             };
         }
         let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
             return Ok(Format::Ndjson);
         };
-        const OFFERS: [(&str, Format); 3] = [
+        const OFFERS: [(&str, Format); 5] = [
             ("application/x-ndjson", Format::Ndjson),
             ("application/jsonl", Format::Ndjson),
             ("text/csv", Format::Csv),
+            ("application/json", Format::Json),
+            ("text/event-stream", Format::Sse),
         ];
         negotiate::best(
             accept,
@@ -120,7 +136,10 @@ pub enum RowEncoder {
     Ndjson(NdjsonEncoder),
     /// See [`CsvEncoder`].
     Csv(CsvEncoder),
-    /// One JSON array of `row_to_json` objects (a page's rows): `[`, objects separated by `,`, `]`.
+    /// See [`SseEncoder`].
+    Sse(SseEncoder),
+    /// One JSON array of `row_to_json` objects (a page's rows, `format=json`): `[`, objects separated by
+    /// `,`, `]`.
     JsonArray {
         /// The objects' encoder.
         objects: NdjsonEncoder,
@@ -131,11 +150,27 @@ pub enum RowEncoder {
 }
 
 impl RowEncoder {
-    /// An encoder of `format` for rows with these columns, in order.
+    /// An encoder of `format` for rows with these columns, in order (SSE events without ids or a total;
+    /// see [`RowEncoder::sse`]).
     pub fn new(format: Format, columns: &[EncodedColumn]) -> Self {
         match format {
             Format::Ndjson => RowEncoder::Ndjson(NdjsonEncoder::new(columns)),
             Format::Csv => RowEncoder::Csv(CsvEncoder::new(columns)),
+            Format::Json => RowEncoder::json_array(columns),
+            Format::Sse => RowEncoder::Sse(SseEncoder::new(columns, false, None)),
+        }
+    }
+
+    /// An SSE encoder whose events carry the last row's key (`ids`) and progress against `total`.
+    pub fn sse(columns: &[EncodedColumn], ids: bool, total: Option<i64>) -> Self {
+        RowEncoder::Sse(SseEncoder::new(columns, ids, total))
+    }
+
+    /// Ends the open event of an event stream (a no-op for other formats): the pipeline calls it before
+    /// every chunk leaves, with the last row's key and the rows sent so far.
+    pub fn close_event(&self, last_key: Option<&str>, rows: u64, out: &mut Vec<u8>) {
+        if let RowEncoder::Sse(sse) = self {
+            sse.close_event(last_key, rows, out);
         }
     }
 
@@ -152,6 +187,7 @@ impl RowEncoder {
         match self {
             RowEncoder::Csv(csv) => csv.write_header(out),
             RowEncoder::JsonArray { .. } => out.push(b'['),
+            RowEncoder::Sse(sse) => sse.write_header(out),
             RowEncoder::Ndjson(_) => {}
         }
     }
@@ -162,6 +198,7 @@ impl RowEncoder {
         match self {
             RowEncoder::Ndjson(e) => e.write_row(row, out),
             RowEncoder::Csv(e) => e.write_row(row, out),
+            RowEncoder::Sse(e) => e.write_row(row, out),
             RowEncoder::JsonArray { objects, started } => {
                 if started.replace(true) {
                     out.push(b',');
@@ -171,10 +208,13 @@ impl RowEncoder {
         }
     }
 
-    /// Appends what follows the last row (the array's `]`); written only when every row was.
-    pub fn write_trailer(&self, out: &mut Vec<u8>) {
-        if let RowEncoder::JsonArray { .. } = self {
-            out.push(b']');
+    /// Appends what follows the last row (the array's `]`, the event stream's `end` event after `rows`
+    /// rows); written only when every row was.
+    pub fn write_trailer(&self, rows: u64, out: &mut Vec<u8>) {
+        match self {
+            RowEncoder::JsonArray { .. } => out.push(b']'),
+            RowEncoder::Sse(sse) => sse.write_trailer(rows, out),
+            RowEncoder::Ndjson(_) | RowEncoder::Csv(_) => {}
         }
     }
 }
@@ -209,8 +249,11 @@ mod tests {
             Format::negotiate(None, Some("text/csv;q=0.2, application/jsonl")),
             Ok(Format::Ndjson)
         );
+        assert_eq!(Format::negotiate(None, Some("application/json")), Ok(Format::Json));
+        assert_eq!(Format::negotiate(None, Some("text/event-stream")), Ok(Format::Sse));
+        assert_eq!(Format::negotiate(Some("sse"), None), Ok(Format::Sse));
         assert_eq!(
-            Format::negotiate(None, Some("application/json")),
+            Format::negotiate(None, Some("application/xml")),
             Err(FormatError::NotAcceptable)
         );
         assert_eq!(

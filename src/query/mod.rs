@@ -210,7 +210,7 @@ fn select_list(dataset: &Dataset, columns: &[usize], format: Format) -> (Vec<Str
             let expression = match (column.kind.is_native(), format) {
                 (true, _) => format!("t.{ident}"),
                 (false, Format::Csv) => format!("{}(t.{ident})::text", column.output_function),
-                (false, Format::Ndjson) => format!("pg_catalog.to_json(t.{ident})::text"),
+                (false, Format::Ndjson | Format::Json | Format::Sse) => format!("pg_catalog.to_json(t.{ident})::text"),
             };
             (
                 expression,
@@ -308,6 +308,25 @@ pub(crate) fn plan_rows(dataset: &Dataset, request: &Request, format: Format, co
         count,
         columns,
         false,
+    )
+}
+
+/// As [`plan_rows`], each row followed by its sort values (its position: for key order, its key).
+pub(crate) fn plan_rows_with_keys(
+    dataset: &Dataset,
+    request: &Request,
+    format: Format,
+    count: Option<CountMethod>,
+) -> Plan {
+    let (sql, count) = filtered(dataset, request, count);
+    let (expressions, columns) = select_list(dataset, &request.select, format);
+    sql.into_plan(
+        expressions,
+        effective_order(dataset, request),
+        request.limit,
+        count,
+        columns,
+        true,
     )
 }
 

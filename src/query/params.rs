@@ -138,21 +138,30 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
             _ => request.filters.push(parse_filter(dataset, name, value)?),
         }
     }
-    if let Some(after) = &request.after {
-        let Some(key) = dataset.key else {
+    if request.after.is_some() {
+        if dataset.key.is_none() {
             return Err(reject("after", "this dataset has no key to resume by"));
+        }
+        if !request.is_key_ordered(dataset) {
+            return Err(reject("after", "can only be combined with the key's ascending order"));
+        }
+    }
+    Ok(request)
+}
+
+impl Request {
+    /// Whether rows come in the key's ascending order (the default order): the order `after` resumes in.
+    pub(crate) fn is_key_ordered(&self, dataset: &Dataset) -> bool {
+        let Some(key) = dataset.key else {
+            return false;
         };
         let key_order = [OrderTerm {
             column: key,
             descending: false,
             nulls_first: false,
         }];
-        if !request.order.is_empty() && request.order != key_order {
-            return Err(reject("after", "can only be combined with the key's ascending order"));
-        }
-        let _ = after;
+        self.order.is_empty() || self.order == key_order
     }
-    Ok(request)
 }
 
 /// The largest `limit`: Postgres's `LIMIT` is a bigint.

@@ -79,6 +79,11 @@ pub(super) async fn create(
         .ok_or_else(|| ApiError::BadRequest(format!("no dataset is named {:?}", create.dataset)))?;
     let dataset = &*dataset;
     let format = Format::negotiate(Some(&create.format), None)?;
+    if !matches!(format, Format::Ndjson | Format::Csv) {
+        return Err(ApiError::BadRequest(
+            "a background export's format is ndjson or csv (files resume by appending rows)".into(),
+        ));
+    }
     let compression = create.compression.as_str();
     match Encoding::from_name(compression) {
         Some(encoding) if encoding.concatenates() => {}

@@ -14,7 +14,10 @@ use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
 use crate::error::ApiError;
 use crate::pipeline::Pipeline;
-use crate::query::{self, Endpoint, KeysetScan};
+use crate::query::{self, CountMethod, Endpoint, KeysetScan};
+
+/// The header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
 use crate::state::{AppState, Pools};
 use crate::telemetry::request::RequestContext;
 
@@ -35,8 +38,15 @@ pub(super) async fn rows(
     let response: Result<HttpResponse, ApiError> = async {
         let dataset = state.dataset(&name)?;
         let dataset = &*dataset;
-        let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
+        let mut parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
         let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
+        // A reconnecting EventSource resumes after the last event it received, as `after` would.
+        if let (Format::Sse, Some(last)) = (format, header_value(&request, LAST_EVENT_ID)) {
+            let mut resumed: Vec<(String, String)> = params.iter().filter(|(n, _)| n != "after").cloned().collect();
+            resumed.push(("after".into(), last.to_owned()));
+            parsed = query::params::parse(dataset, Endpoint::Rows, &resumed)?;
+        }
+        let key_ordered = parsed.is_key_ordered(dataset);
         let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;
         let label = format!("{}.{}", dataset.name, format.extension());
         let mut response = HttpResponse::Ok();
@@ -56,13 +66,22 @@ pub(super) async fn rows(
         }
 
         let count = count_preference(&request);
+        // Event streams report progress against the planner's estimate unless an exact count was asked for.
+        let counted = match format {
+            Format::Sse => count.or(Some(CountMethod::Estimated)),
+            _ => count,
+        };
         let slot = tokio::time::timeout(state.acquire_timeout, pools.export_slots.clone().acquire_owned())
             .await
             .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
             .expect("the semaphore is never closed");
         let (source, columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
             Consistency::Snapshot => {
-                let plan = query::plan_rows(dataset, &parsed, format, count);
+                // Key-ordered event streams carry each row's key, for their events' ids.
+                let plan = match format {
+                    Format::Sse if key_ordered => query::plan_rows_with_keys(dataset, &parsed, format, counted),
+                    _ => query::plan_rows(dataset, &parsed, format, counted),
+                };
                 let columns = plan.columns.clone();
                 (Source::Statement(plan), columns)
             }
@@ -73,10 +92,13 @@ pub(super) async fn rows(
             }
         };
         let begin = caller.begin(&state, &context, &request);
-        let (rows, total) = Rows::open(&pools.readers, &begin, source, count).await?;
+        let (rows, total) = Rows::open(&pools.readers, &begin, source, counted).await?;
         total_count_headers(&mut response, count, total);
         server_timing(&mut response, rows.timings());
-        let encoder = RowEncoder::new(format, &columns);
+        let encoder = match format {
+            Format::Sse => RowEncoder::sse(&columns, key_ordered, total),
+            _ => RowEncoder::new(format, &columns),
+        };
         let pipeline = Pipeline::new(rows, encoder, encoding, &state.levels, state.chunking.size, true)
             .map_err(|e| ApiError::Internal(Box::new(e)))?;
         let meter = context.metrics().export(

@@ -20,3 +20,4 @@ mod streaming;
 mod telemetry;
 mod tls;
 mod types;
+mod web;

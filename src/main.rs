@@ -21,7 +21,7 @@ Endpoints:
   GET  /v1/datasets/{name}/rows   the matching rows, streamed, ordered by the dataset's key
          ?select=a,b  ?col=[not.]op.value (eq neq gt gte lt lte like ilike in.(..) is.null|true|false;
          an operator or order the column's type lacks is a 400)
-         ?order=col.desc.nullslast  ?limit=N  ?after=<key>  ?format=ndjson|csv (else Accept; else NDJSON)
+         ?order=col.desc.nullslast  ?limit=N  ?after=<key>  ?format=ndjson|csv|json|sse (else Accept; else NDJSON)
          ?consistency=snapshot|chunked (one snapshot, or keyset batches in short transactions)
          Accept-Encoding: zstd, gzip, br (q-values honoured; none sent = uncompressed)
          Prefer: count=exact|estimated adds X-Total-Count

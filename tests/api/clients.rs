@@ -1,4 +1,5 @@
-//! Real data-pipeline clients reading pgspout: DuckDB over HTTP, as NDJSON and as CSV.
+//! Real data-pipeline clients reading pgspout: DuckDB over HTTP, as NDJSON and as CSV; pandas and polars as
+//! their users call them.
 
 use crate::helpers::{ServerProcess, TestDb, spawn_app};
 
@@ -96,4 +97,89 @@ async fn schemathesis_finds_no_server_error_or_contract_violation() {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn pandas_and_polars_read_rows_and_job_files_as_their_users_do() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_name text, amount numeric(12,2), note text); \
+             INSERT INTO orders SELECT g, 'Customer, \"' || g || '\"', round((g * 7.31)::numeric % 1000, 2), \
+               CASE WHEN g % 10 = 0 THEN E'gift\\nwrap' END FROM generate_series(1, 3000) g",
+        )
+        .await
+        .unwrap();
+    let expected_sum: f64 = db
+        .client
+        .query_one("SELECT sum(amount)::float8 FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let directory = crate::jobs::temp_dir("dataframes");
+    let mut settings = crate::helpers::settings(&db, &[("orders", "orders", Some("id"))]);
+    settings.jobs.directory = Some(directory.clone());
+    settings.jobs.poll_interval = std::time::Duration::from_millis(100);
+    let address = crate::helpers::serve(settings).await;
+    let id = crate::jobs::create_ok(&address, serde_json::json!({"dataset": "orders", "format": "csv"})).await;
+    crate::helpers::wait_for(std::time::Duration::from_secs(20), || async {
+        (crate::jobs::status(&address, &id).await["status"] == "completed").then_some(())
+    })
+    .await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/dataframes.py");
+    let base = format!("http://{address}");
+    let download = format!("{base}/v1/exports/{id}/download");
+    let output = tokio::process::Command::new(python())
+        .args([script, &base, "orders", &download])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dataframes: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let expected = serde_json::json!([3000, 1, 3000, (expected_sum * 100.0).round() / 100.0, 300]);
+    for reader in [
+        "pandas_ndjson",
+        "pandas_csv",
+        "pandas_json",
+        "polars_job_csv",
+        "polars_file_object",
+    ] {
+        assert_eq!(result[reader], expected, "{reader}");
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+    drop(db);
+}
+
+#[tokio::test]
+async fn jq_filters_rows_as_they_stream_from_curl() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, note text); \
+             INSERT INTO orders SELECT g, CASE WHEN g % 10 = 0 THEN 'gift' END FROM generate_series(1, 2000) g",
+        )
+        .await
+        .unwrap();
+    let app = spawn_app(db, &[("orders", "orders", Some("id"))]).await;
+    let url = format!("http://{}/v1/datasets/orders/rows", app.address);
+    let output = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; curl -sS --fail \"$0\" | jq -c 'select(.note != null) | .id'",
+            &url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let ids: Vec<i64> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=200).map(|i| i * 10).collect::<Vec<_>>());
 }

@@ -96,6 +96,8 @@ fn main() {
         ("pgspout csv", curl(format!("{base}?format=csv"), None)),
         ("pgspout ndjson+gzip", curl(base.clone(), Some("gzip"))),
         ("pgspout ndjson+zstd", curl(base.clone(), Some("zstd"))),
+        ("pgspout json", curl(format!("{base}?format=json"), None)),
+        ("pgspout sse", curl(format!("{base}?format=sse"), None)),
     ];
     // One warm-up round fills caches for everyone alike.
     for (_, (program, args)) in &cases {

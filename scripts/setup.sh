@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgspout's demo, tests and benchmarks need on Debian: PostgreSQL (with pg_virtualenv), curl,
-# jq, Prometheus (with promtool) for the metrics tests, Python for the DuckDB client test, and make and a C
+# jq, Prometheus (with promtool) for the metrics tests, Python for the DuckDB, pandas and polars tests, Node.js for
+# the JavaScript client's test, and make and a C
 # compiler for jemalloc's build. Sourced by the other scripts; safe to run again.
 set -euo pipefail
 
@@ -14,6 +15,7 @@ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || 
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2

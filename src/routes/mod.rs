@@ -1,6 +1,7 @@
 //! HTTP routes, one file per resource; with `startup`, `body` and `error`, the only code that touches actix types.
 
 mod caller;
+mod client;
 mod datasets;
 mod exports;
 mod health;
@@ -27,6 +28,8 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, with_metrics: bool) {
         .service(health::healthz)
         .service(health::readyz)
         .service(openapi::openapi)
+        .service(client::client)
+        .service(client::types)
         .service(datasets::list)
         .service(datasets::one)
         .service(rows::rows)
@@ -44,9 +47,11 @@ async fn fallback(request: HttpRequest, with_metrics: bool) -> Result<actix_web:
     Err(match segments.as_slice() {
         ["v1", "datasets", _, "rows"] => ApiError::MethodNotAllowed("GET, HEAD"),
         ["metrics"] if with_metrics => ApiError::MethodNotAllowed("GET"),
-        ["healthz"] | ["readyz"] | ["v1", "openapi.json"] | ["v1", "datasets"] | ["v1", "datasets", _] => {
-            ApiError::MethodNotAllowed("GET")
-        }
+        ["healthz"]
+        | ["readyz"]
+        | ["v1", "openapi.json" | "client.js" | "client.d.ts"]
+        | ["v1", "datasets"]
+        | ["v1", "datasets", _] => ApiError::MethodNotAllowed("GET"),
         ["v1", "datasets", _, "page"] => ApiError::MethodNotAllowed("GET"),
         ["v1", "exports"] => ApiError::MethodNotAllowed("POST"),
         ["v1", "exports", _] => ApiError::MethodNotAllowed("GET, DELETE"),

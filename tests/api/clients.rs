@@ -183,3 +183,37 @@ async fn jq_filters_rows_as_they_stream_from_curl() {
         .collect();
     assert_eq!(ids, (1..=200).map(|i| i * 10).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn the_javascript_client_streams_resumes_after_a_cut_pages_and_runs_exports() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE TABLE numbers (id int PRIMARY KEY, label text); \
+             INSERT INTO numbers SELECT g, 'number ' || g FROM generate_series(1, 3000) g",
+        )
+        .await
+        .unwrap();
+    let directory = crate::jobs::temp_dir("js-client");
+    let mut settings = crate::helpers::settings(&db, &[("numbers", "numbers", Some("id"))]);
+    settings.jobs.directory = Some(directory.clone());
+    settings.jobs.poll_interval = std::time::Duration::from_millis(100);
+    settings.export.chunk_size = 4096;
+    let address = crate::helpers::serve(settings).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/client_test.mjs");
+    let output = tokio::process::Command::new("node")
+        .args([script, &format!("http://{address}")])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "node ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+    let _ = std::fs::remove_dir_all(&directory);
+    drop(db);
+}

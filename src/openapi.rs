@@ -376,7 +376,16 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
                 "application/x-ndjson": { "schema": { "$ref": row_schema } },
                 "text/csv": { "schema": { "type": "string" } },
                 "application/json": { "schema": { "type": "array", "items": { "$ref": row_schema } } },
-                "text/event-stream": { "schema": { "type": "string", "description": SSE_GRAMMAR } }
+                "text/event-stream": { "schema": {
+                    "description": SSE_GRAMMAR,
+                    "type": "object",
+                    "properties": {
+                        "event": { "type": "string", "enum": ["message", "progress", "end"] },
+                        "data": { "type": "string" },
+                        "id": { "type": "string" },
+                        "retry": { "type": "integer" }
+                    }
+                } }
             }
         });
         paths.insert(

@@ -299,16 +299,7 @@ fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
 
 /// The plan for `/rows`: the selected columns of every matching row, in order.
 pub(crate) fn plan_rows(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>) -> Plan {
-    let (sql, count) = filtered(dataset, request, count);
-    let (expressions, columns) = select_list(dataset, &request.select, format);
-    sql.into_plan(
-        expressions,
-        effective_order(dataset, request),
-        request.limit,
-        count,
-        columns,
-        false,
-    )
+    rows_plan(dataset, request, format, count, false)
 }
 
 /// As [`plan_rows`], each row followed by its sort values (its position: for key order, its key).
@@ -318,6 +309,10 @@ pub(crate) fn plan_rows_with_keys(
     format: Format,
     count: Option<CountMethod>,
 ) -> Plan {
+    rows_plan(dataset, request, format, count, true)
+}
+
+fn rows_plan(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>, keys: bool) -> Plan {
     let (sql, count) = filtered(dataset, request, count);
     let (expressions, columns) = select_list(dataset, &request.select, format);
     sql.into_plan(
@@ -326,7 +321,7 @@ pub(crate) fn plan_rows_with_keys(
         request.limit,
         count,
         columns,
-        true,
+        keys,
     )
 }
 

@@ -39,6 +39,20 @@ async fn replayed(client: &tokio_postgres::Client, table: &str, rows: i64) {
     .await;
 }
 
+/// Pauses replay on the replica, then inserts item 101 on the primary; returns the replica's client (to
+/// resume replay with).
+async fn pause_and_insert(primary: &PrivateCluster, replica: &PrivateCluster) -> tokio_postgres::Client {
+    let standby = replica.client().await;
+    standby.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
+    primary
+        .client()
+        .await
+        .batch_execute("INSERT INTO items VALUES (101, 'late')")
+        .await
+        .unwrap();
+    standby
+}
+
 fn replica_settings(primary: &PrivateCluster, replica: &PrivateCluster, fallback: ReplicaFallback) -> Settings {
     let mut settings = settings_for(
         primary.url(),
@@ -106,14 +120,7 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
     drop(running);
 
     // With replay paused, a row inserted on the primary is not seen; once replayed, it is, by all three.
-    let standby = replica.client().await;
-    standby.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
-    primary
-        .client()
-        .await
-        .batch_execute("INSERT INTO items VALUES (101, 'late')")
-        .await
-        .unwrap();
+    let standby = pause_and_insert(&primary, &replica).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(items_seen(&address).await, [100, 100, 100]);
     // A background export's batches read the replica too (its job row lives on the primary).
@@ -160,14 +167,7 @@ async fn with_no_healthy_replica_fallback_reads_the_primary_and_refuse_answers_5
     assert_eq!(count(refuse.clone()).await, Ok(100));
 
     // Lagging: replay paused while the primary moves on.
-    let standby = replica.client().await;
-    standby.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
-    primary
-        .client()
-        .await
-        .batch_execute("INSERT INTO items VALUES (101, 'late')")
-        .await
-        .unwrap();
+    let standby = pause_and_insert(&primary, &replica).await;
     let refused = wait_for(Duration::from_secs(10), || async { count(refuse.clone()).await.err() }).await;
     assert_eq!((refused.0, refused.1), (503, true));
     assert!(refused.2.contains("urn:pgspout:problem:no-replica"), "{}", refused.2);

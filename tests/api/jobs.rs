@@ -458,7 +458,8 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
 
     // SIGTERM: the running job goes back to the queue at once, not after its lease.
     let long = create_ok(&base, json!({ "dataset": "big" })).await;
-    wait_for(Duration::from_secs(10), || async {
+    // Each batch of `big` in key order sorts its ten million rows: seconds, and more on a loaded machine.
+    wait_for(Duration::from_secs(60), || async {
         (status(&base, &long).await["rows_written"].as_i64() > Some(0)).then_some(())
     })
     .await;

@@ -136,7 +136,8 @@ async fn format_json_is_one_array_of_row_to_json_objects_and_a_cut_one_is_never_
     numbers(&db, 500).await;
     // `big` without a key streams at once (in key order it would sort ten million rows first).
     let mut settings = settings(&db, &[("numbers", "numbers", Some("id")), ("big", "big", None)]);
-    settings.export.max_duration = Some(Duration::from_millis(500));
+    // Long enough for the first chunks to leave, even on a loaded machine; the view takes far longer.
+    settings.export.max_duration = Some(Duration::from_secs(3));
     let address = serve(settings).await;
     db.client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
     let expected: Vec<Value> = db

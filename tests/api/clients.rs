@@ -201,10 +201,14 @@ async fn the_javascript_client_streams_resumes_after_a_cut_pages_and_runs_export
     settings.export.chunk_size = 4096;
     let address = crate::helpers::serve(settings).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/client_test.mjs");
-    let output = tokio::process::Command::new("node")
+    // Bounded: a promise that never settles must fail the test, not hang it.
+    let node = tokio::process::Command::new("node")
         .args([script, &format!("http://{address}")])
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), node)
         .await
+        .expect("the client test finishes within two minutes")
         .unwrap();
     assert!(
         output.status.success(),

@@ -27,11 +27,12 @@ Endpoints:
          Prefer: count=exact|estimated adds X-Total-Count
   HEAD /v1/datasets/{name}/rows   the same headers, without running the query
   GET  /v1/datasets/{name}/page   one keyset page: {rows: [...], next: cursor or null}, Link rel=next
-  GET  /v1/datasets[/{name}]      columns, key and row estimate
+  GET  /v1/datasets[/{name}]      columns, key and row estimate (under [auth]: those the caller may read)
   POST /v1/exports                a background export to a file: {dataset, format, compression, query}
   GET  /v1/exports/{id}           its status; DELETE cancels it or deletes its file
   GET  /v1/exports/{id}/download  the finished file (byte ranges supported)
   GET  /v1/openapi.json           the OpenAPI 3.1 document
+  GET  /v1/client.js              the JavaScript client (ES module; client.d.ts: its types)
   GET  /metrics                   Prometheus metrics (or only on server.metrics_listen)
   GET  /healthz                   200 while the process runs
   GET  /readyz                    200 when PostgreSQL answers, else 503
@@ -47,6 +48,8 @@ DATABASE_URL, libpq's PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE,
 are used, as by psql. Every config key is listed, with its default, in config/pgspout.toml and the
 README.
 
+With [auth], requests run as the role of their token (Authorization: Bearer <JWT or API key>, or
+auth.cookie), and Postgres (GRANTs, row-level security) decides what they see.
 With no [[datasets]] and no [[schemas]], the public schema is served whole. SIGHUP, or
 NOTIFY pgspout, 'reload' on the database, reads the catalog again. database.replicas: /rows, /page
 and counts read from a healthy read replica.";
@@ -118,7 +121,7 @@ fn main() -> ExitCode {
         let reloader = application.reloader();
         actix_web::rt::spawn(async move {
             while hangup.recv().await.is_some() {
-                let _ = reloader.reload("SIGHUP").await;
+                reloader.reload("SIGHUP").await;
             }
         });
         application.run_until_stopped(shutdown).await.map_err(|e| chain(&e))

@@ -167,6 +167,9 @@ impl Pipeline {
 
     /// Ends an event stream's open event before its bytes leave: with the last row's key as its id.
     fn close_event(&mut self) {
+        if !self.encoder.writes_events() {
+            return;
+        }
         let rows = self.rows();
         let last = self.position();
         let key = last.as_ref().and_then(|p| match p.0.as_slice() {

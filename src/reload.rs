@@ -35,8 +35,8 @@ impl Reloader {
     }
 
     /// Reads the catalog and serves it; `why` is logged. On failure the old catalog stays and the error is
-    /// logged (and returned).
-    pub async fn reload(&self, why: &str) -> Result<(), String> {
+    /// logged.
+    pub async fn reload(&self, why: &str) {
         let _one_at_a_time = self.running.lock().await;
         let loaded = async {
             let client = self.connection.connect().await.map_err(|e| chain(&e))?;
@@ -51,11 +51,9 @@ impl Reloader {
                 let removed: Vec<&String> = old.iter().filter(|n| !new.contains(n)).collect();
                 self.state.publish(catalog);
                 tracing::info!(why, datasets = new.len(), ?added, ?removed, "catalog reloaded");
-                Ok(())
             }
             Err(error) => {
-                tracing::error!(why, %error, "catalog reload failed; still serving the previous catalog");
-                Err(error)
+                tracing::error!(why, %error, "catalog reload failed; still serving the previous catalog")
             }
         }
     }
@@ -72,12 +70,12 @@ impl Reloader {
                     tracing::debug!(channel = CHANNEL, "listening for reload notifications");
                     backoff = Duration::from_millis(500);
                     if reconnected {
-                        let _ = self.reload("the notification listener reconnected").await;
+                        self.reload("the notification listener reconnected").await;
                     }
                     while let Some(notification) = notifications.next().await {
                         match notification.payload() {
                             "reload" | "" => {
-                                let _ = self.reload("NOTIFY").await;
+                                self.reload("NOTIFY").await;
                             }
                             other => tracing::warn!(payload = other, "ignoring a notification on pgspout's channel"),
                         }

@@ -166,6 +166,11 @@ impl RowEncoder {
         RowEncoder::Sse(SseEncoder::new(columns, ids, total))
     }
 
+    /// Whether rows travel in events that [`RowEncoder::close_event`] must end (SSE).
+    pub fn writes_events(&self) -> bool {
+        matches!(self, RowEncoder::Sse(_))
+    }
+
     /// Ends the open event of an event stream (a no-op for other formats): the pipeline calls it before
     /// every chunk leaves, with the last row's key and the rows sent so far.
     pub fn close_event(&self, last_key: Option<&str>, rows: u64, out: &mut Vec<u8>) {

@@ -9,17 +9,23 @@ fn python() -> String {
         .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
 }
 
+/// `n` orders whose names hold commas and quotes, whose amounts are exact decimals, and whose notes (every
+/// tenth, else NULL) hold a line break: what trips CSV and JSON readers.
+async fn orders(db: &TestDb, n: i32) {
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_name text, amount numeric(12,2), note text); \
+             INSERT INTO orders SELECT g, 'Customer, \"' || g || '\"', round((g * 7.31)::numeric % 1000, 2), \
+               CASE WHEN g % 10 = 0 THEN E'gift\\nwrap' END FROM generate_series(1, {n}) g"
+        ))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn duckdb_reads_ndjson_and_csv_from_the_url() {
     let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_name text, amount numeric(12,2), note text); \
-             INSERT INTO orders SELECT g, 'Customer, \"' || g || '\"', round((g * 7.31)::numeric % 1000, 2), \
-               CASE WHEN g % 10 = 0 THEN E'gift\\nwrap' END FROM generate_series(1, 5000) g",
-        )
-        .await
-        .unwrap();
+    orders(&db, 5000).await;
     let expected_sum: String = db
         .client
         .query_one("SELECT sum(amount)::text FROM orders", &[])
@@ -102,14 +108,7 @@ async fn schemathesis_finds_no_server_error_or_contract_violation() {
 #[tokio::test]
 async fn pandas_and_polars_read_rows_and_job_files_as_their_users_do() {
     let db = TestDb::new().await;
-    db.client
-        .batch_execute(
-            "CREATE TABLE orders (id bigint PRIMARY KEY, customer_name text, amount numeric(12,2), note text); \
-             INSERT INTO orders SELECT g, 'Customer, \"' || g || '\"', round((g * 7.31)::numeric % 1000, 2), \
-               CASE WHEN g % 10 = 0 THEN E'gift\\nwrap' END FROM generate_series(1, 3000) g",
-        )
-        .await
-        .unwrap();
+    orders(&db, 3000).await;
     let expected_sum: f64 = db
         .client
         .query_one("SELECT sum(amount)::float8 FROM orders", &[])

@@ -66,12 +66,12 @@ impl TestDb {
         )
     }
 
-    /// The backends pgspout holds in this database for requests and jobs: (pid, state, wait_event). Its
-    /// catalog-reload listener is not one of them.
-    pub(crate) async fn pgspout_backends(&self) -> Vec<(i32, String, Option<String>)> {
+    /// The backends pgspout holds in this database for requests and jobs: (pid, state, wait_event,
+    /// application_name). Its catalog-reload listener is not one of them.
+    pub(crate) async fn pgspout_backends(&self) -> Vec<(i32, String, Option<String>, String)> {
         self.client
             .query(
-                "SELECT pid, coalesce(state, ''), wait_event FROM pg_stat_activity \
+                "SELECT pid, coalesce(state, ''), wait_event, application_name FROM pg_stat_activity \
                  WHERE datname = current_database() AND application_name LIKE 'pgspout%' \
                    AND application_name <> 'pgspout listener'",
                 &[],
@@ -79,7 +79,7 @@ impl TestDb {
             .await
             .unwrap()
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect()
     }
 

@@ -39,7 +39,7 @@ async fn a_slow_reader_makes_postgres_wait() {
     let pid = app.db.active_export().await;
     wait_until(Duration::from_secs(20), || async {
         let backend = app.db.pgspout_backends().await.into_iter().find(|b| b.0 == pid);
-        matches!(backend, Some((_, state, Some(wait))) if state == "active" && wait == "ClientWrite")
+        matches!(backend, Some((_, state, Some(wait), _)) if state == "active" && wait == "ClientWrite")
     })
     .await;
     // And it stays blocked: it is not producing rows into pgspout's memory.

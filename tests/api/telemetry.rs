@@ -194,19 +194,7 @@ async fn pool_gauges_follow_a_held_connection_and_a_timeout_is_counted() {
 
 /// The `application_name`s of pgspout's request backends in the test database (not its reload listener).
 async fn application_names(app: &TestApp) -> Vec<String> {
-    app.db
-        .client
-        .query(
-            "SELECT application_name FROM pg_stat_activity \
-             WHERE datname = current_database() AND application_name LIKE 'pgspout%' \
-               AND application_name <> 'pgspout listener'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    app.db.pgspout_backends().await.into_iter().map(|b| b.3).collect()
 }
 
 #[tokio::test]

@@ -14,25 +14,20 @@ const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
 /// A CA of the test's own, which signed nothing the server has.
 fn other_ca(dir: &Path) -> PathBuf {
+    make_ca(dir, "other-ca", "/CN=other test CA");
+    dir.join("other-ca.pem")
+}
+
+/// `<stem>.pem` and `<stem>.key` in `dir`: a self-signed CA called `subject`.
+fn make_ca(dir: &Path, stem: &str, subject: &str) {
+    let (key, pem) = (format!("{stem}.key"), format!("{stem}.pem"));
     openssl(
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other test CA",
-            "-keyout",
-            "other-ca.key",
-            "-out",
-            "other-ca.pem",
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", subject, "-keyout", &key, "-out",
+            &pem,
         ],
         dir,
     );
-    dir.join("other-ca.pem")
 }
 
 async fn export_over(db: &TestDb, tls: &str) -> Result<String, String> {
@@ -149,18 +144,7 @@ pub(crate) fn issue(dir: &Path, name: &str, subject: &str, extensions: &str) {
         format!("{name}.ext"),
     );
     std::fs::write(dir.join(&ext), extensions).unwrap();
-    let ca = [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=pgspout test CA",
-    ];
-    openssl(&[&ca[..], &["-keyout", "ca.key", "-out", "ca.pem"]].concat(), dir);
+    make_ca(dir, "ca", "/CN=pgspout test CA");
     openssl(
         &[
             "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", &key, "-out", &csr,

@@ -78,6 +78,16 @@ impl Encoding {
         }
     }
 
+    /// The media type of a file compressed this way, if compressed.
+    pub fn file_media_type(self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some("application/gzip"),
+            Encoding::Zstd => Some("application/zstd"),
+            Encoding::Brotli => Some("application/x-brotli"),
+        }
+    }
+
     /// The `Content-Encoding` header value, if any.
     pub fn content_encoding(self) -> Option<&'static str> {
         match self {

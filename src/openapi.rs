@@ -6,7 +6,16 @@ use crate::dataset::{Catalog, Column, Dataset};
 use crate::encode::ValueKind;
 
 /// Query parameter names that are not filters.
-const RESERVED: [&str; 7] = ["select", "order", "limit", "after", "cursor", "format", "consistency"];
+const RESERVED: [&str; 8] = [
+    "select",
+    "order",
+    "limit",
+    "after",
+    "cursor",
+    "format",
+    "compression",
+    "consistency",
+];
 
 /// The JSON Schema of a column's values as pgspout writes them in NDJSON (as `to_json()` does).
 fn value_schema(column: &Column) -> Value {
@@ -159,6 +168,12 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
             "Output format (else the Accept header): ndjson, csv, json (one array, streamed) or sse (server-sent \
              events; see the text/event-stream response)",
             json!({ "type": "string", "enum": ["ndjson", "csv", "json", "sse"] }),
+        ));
+        parameters.push(parameter(
+            "compression",
+            "Download a compressed file (application/gzip, application/zstd or application/x-brotli, no \
+             Content-Encoding, named like orders.csv.gz) whatever Accept-Encoding says; identity: never compress",
+            json!({ "type": "string", "enum": ["identity", "gzip", "zstd", "br"] }),
         ));
         if dataset.key.is_some() {
             parameters.push(parameter(
@@ -371,7 +386,8 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
         );
         let mut rows_responses = problem_responses();
         rows_responses["200"] = json!({
-            "description": "The rows, streamed; gzip, zstd or br when Accept-Encoding asks",
+            "description": "The rows, streamed; gzip, zstd or br when Accept-Encoding asks, or a compressed file \
+                with `compression`",
             "content": {
                 "application/x-ndjson": { "schema": { "$ref": row_schema } },
                 "text/csv": { "schema": { "type": "string" } },
@@ -385,7 +401,10 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
                         "id": { "type": "string" },
                         "retry": { "type": "integer" }
                     }
-                } }
+                } },
+                "application/gzip": { "schema": { "type": "string" } },
+                "application/zstd": { "schema": { "type": "string" } },
+                "application/x-brotli": { "schema": { "type": "string" } }
             }
         });
         paths.insert(

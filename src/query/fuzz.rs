@@ -20,6 +20,7 @@ fn token() -> impl Strategy<Value = String> {
         Just("cursor".to_owned()),
         Just("consistency".to_owned()),
         Just("format".to_owned()),
+        Just("compression".to_owned()),
         "[a-z.,()\"\\\\*%_ -]{0,12}",
         "(not\\.)?(eq|neq|gt|gte|lt|lte|like|ilike|in|is)\\.[a-z0-9.,()\"\\\\*]{0,10}",
         "[a-z]{1,6}(\\.(asc|desc|nullsfirst|nullslast)){0,3}(,[a-z]{1,6}){0,2}",

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::compress::Encoding;
 use crate::dataset::{Consistency, Dataset, ValueKind};
 
 /// What went wrong with one query parameter.
@@ -97,6 +98,8 @@ pub(crate) struct Request {
     pub(crate) cursor: Option<String>,
     /// `format` (rows).
     pub(crate) format: Option<String>,
+    /// `compression` (rows): a compressed file, whatever `Accept-Encoding` says.
+    pub(crate) compression: Option<Encoding>,
     /// `consistency` (rows): overrides the dataset's.
     pub(crate) consistency: Option<Consistency>,
 }
@@ -114,7 +117,7 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
         }
         let reserved = matches!(
             name.as_str(),
-            "select" | "order" | "limit" | "after" | "cursor" | "format" | "consistency"
+            "select" | "order" | "limit" | "after" | "cursor" | "format" | "compression" | "consistency"
         );
         if reserved && !seen.insert(name.as_str()) {
             return Err(reject(name, "given more than once"));
@@ -125,6 +128,10 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
             ("limit", _) => request.limit = Some(parse_limit(name, value)?),
             ("after", Endpoint::Rows | Endpoint::Job) => request.after = Some(value.clone()),
             ("format", Endpoint::Rows) => request.format = Some(value.clone()),
+            ("compression", Endpoint::Rows) => {
+                request.compression =
+                    Some(Encoding::from_name(value).ok_or_else(|| reject(name, "must be identity, gzip, zstd or br"))?)
+            }
             ("consistency", Endpoint::Rows) => {
                 request.consistency = Some(match value.as_str() {
                     "snapshot" => Consistency::Snapshot,

@@ -202,11 +202,7 @@ pub(super) async fn download(
     let file = NamedFile::open_async(&path)
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))?;
-    let media_type = match encoding {
-        Encoding::Gzip => "application/gzip",
-        Encoding::Zstd => "application/zstd",
-        _ => format.media_type(),
-    };
+    let media_type = encoding.file_media_type().unwrap_or(format.media_type());
     let name = format!("{}-{id}.{}{}", text("dataset"), format.extension(), encoding.suffix());
     let file = file
         .set_content_type(

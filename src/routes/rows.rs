@@ -47,18 +47,30 @@ pub(super) async fn rows(
             parsed = query::params::parse(dataset, Endpoint::Rows, &resumed)?;
         }
         let key_ordered = parsed.is_key_ordered(dataset);
-        let encoding = Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?;
+        // `compression=` asks for a compressed file (a download link), else Accept-Encoding picks a coding the
+        // client undoes on the fly.
+        let (encoding, file) = match parsed.compression {
+            Some(encoding) => (encoding, true),
+            None => (
+                Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?,
+                false,
+            ),
+        };
         let label = format!("{}.{}", dataset.name, format.extension());
+        let (media_type, filename) = match encoding.file_media_type() {
+            Some(media_type) if file => (media_type, format!("{label}{}", encoding.suffix())),
+            _ => (format.media_type(), label.clone()),
+        };
         let mut response = HttpResponse::Ok();
         response
-            .content_type(format.media_type())
+            .content_type(media_type)
             .insert_header((header::VARY, "Accept, Accept-Encoding"))
             .insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header(ContentDisposition {
                 disposition: DispositionType::Attachment,
-                parameters: vec![DispositionParam::Filename(label.clone())],
+                parameters: vec![DispositionParam::Filename(filename)],
             });
-        if let Some(coding) = encoding.content_encoding() {
+        if let Some(coding) = encoding.content_encoding().filter(|_| !file) {
             response.insert_header((header::CONTENT_ENCODING, coding));
         }
         if request.method() == Method::HEAD {

@@ -127,6 +127,56 @@ async fn every_coding_decodes_to_the_identity_body() {
 }
 
 #[tokio::test]
+async fn the_compression_parameter_makes_a_compressed_file_whatever_accept_encoding_says() {
+    let app = app().await;
+    let plain = app
+        .get("/v1/datasets/small/rows?format=csv", &[])
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    for (coding, media_type, name) in [
+        ("gzip", "application/gzip", "small.csv.gz"),
+        ("zstd", "application/zstd", "small.csv.zst"),
+        ("br", "application/x-brotli", "small.csv.br"),
+    ] {
+        let response = app
+            .get(
+                &format!("/v1/datasets/small/rows?format=csv&compression={coding}"),
+                &[("accept-encoding", "identity")],
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], media_type);
+        assert!(
+            headers.get("content-encoding").is_none(),
+            "{coding}: a file, not a coding"
+        );
+        assert_eq!(
+            headers["content-disposition"],
+            format!("attachment; filename=\"{name}\"")
+        );
+        assert_eq!(decode(coding, &response.bytes().await.unwrap()), plain, "{coding}");
+    }
+    // identity: plain, even when the client offers a coding.
+    let response = app
+        .get(
+            "/v1/datasets/small/rows?format=csv&compression=identity",
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert!(response.headers().get("content-encoding").is_none());
+    assert_eq!(response.bytes().await.unwrap(), plain);
+    assert_problem(
+        app.get("/v1/datasets/small/rows?compression=rar", &[]).await,
+        400,
+        "compression",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn curl_downloads_compressed_and_plain_exports() {
     let app = app().await;
     async fn run(args: &[&str]) -> Vec<u8> {

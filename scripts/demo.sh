@@ -19,7 +19,8 @@ export PGSPOUT_LISTEN="$listen"
 base="http://$listen/v1/datasets/orders/rows"
 cat <<EOT
 
-pgspout is starting on http://$listen — try, from another terminal:
+pgspout is starting on http://$listen — open http://$listen/ in a browser for the live page, or try, from
+another terminal:
 
   curl -s $base > orders.ndjson
   curl -s --compressed '$base?format=csv' -o orders.csv

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pgspout's demo, tests and benchmarks need on Debian: PostgreSQL (with pg_virtualenv), curl,
-# jq, Prometheus (with promtool) for the metrics tests, Python for the DuckDB, pandas and polars tests, Node.js for
-# the JavaScript client's test, and make and a C
-# compiler for jemalloc's build. Sourced by the other scripts; safe to run again.
+# jq, Prometheus (with promtool) for the metrics tests, Python for the DuckDB, pandas and polars tests,
+# Node.js, npm and Chromium for the JavaScript client's and the browser tests, and make and a C compiler for
+# jemalloc's build. Sourced by the other scripts; safe to run again.
 set -euo pipefail
 
 need=()
@@ -16,6 +16,8 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, and integration tests (real curl and DuckDB clients)
-# against a throwaway PostgreSQL cluster that pg_virtualenv creates and removes. Fails loudly if no Postgres
-# can be had.
+# The whole test suite: formatting, lints, unit tests, and integration tests (real curl, jq, DuckDB, pandas,
+# polars, Node.js and Chromium clients) against a throwaway PostgreSQL cluster that pg_virtualenv creates and
+# removes. Fails loudly if no Postgres can be had.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -16,6 +16,13 @@ if ! "$venv/bin/python" -c 'import duckdb, duckdb_extension_httpfs, duckdb_exten
     pandas==2.3.3 polars==1.35.2
 fi
 export PGSPOUT_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# playwright-core (pinned in tests/browser/package-lock.json) drives Debian's chromium; it downloads no browser.
+locked=$(node -p 'require("./tests/browser/package-lock.json").packages["node_modules/playwright-core"].version')
+installed=$(node -p 'try { require("./tests/browser/node_modules/playwright-core/package.json").version } catch { "" }')
+if [ "$locked" != "$installed" ]; then
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

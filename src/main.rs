@@ -24,6 +24,7 @@ Endpoints:
          ?order=col.desc.nullslast  ?limit=N  ?after=<key>  ?format=ndjson|csv|json|sse (else Accept; else NDJSON)
          ?consistency=snapshot|chunked (one snapshot, or keyset batches in short transactions)
          Accept-Encoding: zstd, gzip, br (q-values honoured; none sent = uncompressed)
+         ?compression=gzip|zstd|br|identity: a compressed file instead (a download link)
          Prefer: count=exact|estimated adds X-Total-Count
   HEAD /v1/datasets/{name}/rows   the same headers, without running the query
   GET  /v1/datasets/{name}/page   one keyset page: {rows: [...], next: cursor or null}, Link rel=next
@@ -33,6 +34,7 @@ Endpoints:
   GET  /v1/exports/{id}/download  the finished file (byte ranges supported)
   GET  /v1/openapi.json           the OpenAPI 3.1 document
   GET  /v1/client.js              the JavaScript client (ES module; client.d.ts: its types)
+  GET  /                          the live page: build a query, watch rows stream in, download, export
   GET  /metrics                   Prometheus metrics (or only on server.metrics_listen)
   GET  /healthz                   200 while the process runs
   GET  /readyz                    200 when PostgreSQL answers, else 503

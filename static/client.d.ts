@@ -20,6 +20,8 @@ export interface Progress {
 export interface RowsOptions {
   signal?: AbortSignal;
   onProgress?: (progress: Progress) => void;
+  /** Called before each reconnection, with the key it resumes after (undefined: starts over). */
+  onResume?: (resume: { after: unknown; attempt: number }) => void;
   /** Reconnect after a network failure with `after=<last key>` (key-ordered exports). Default true. */
   resume?: boolean;
   /** Reconnections allowed. Default 5. */

@@ -79,10 +79,11 @@ function withParam(url, name, value) {
  * - `resume` (default true): after a network failure mid-stream, reconnect with `after=<key of the last row>`
  *   (`key` names the key column, default `id`), up to `retries` times, so every row comes exactly once. Only
  *   for exports in key order (no `order`, or the key ascending).
+ * - `onResume({ after, attempt })`: before each reconnection.
  * - `headers`: sent with every request (e.g. `Authorization`).
  */
 export async function* rows(url, options = {}) {
-  const { signal, onProgress, resume = true, retries = 5, key = "id", prefer, headers = {} } = options;
+  const { signal, onProgress, onResume, resume = true, retries = 5, key = "id", prefer, headers = {} } = options;
   const sent = { ...headers, Accept: "application/x-ndjson" };
   if (prefer) sent.Prefer = prefer;
   let count = 0;
@@ -117,6 +118,7 @@ export async function* rows(url, options = {}) {
       }
       attempts += 1;
       await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempts, 5000)));
+      onResume?.({ after: last, attempt: attempts });
     }
   }
 }

@@ -1,7 +1,7 @@
 //! HTTP routes, one file per resource; with `startup`, `body` and `error`, the only code that touches actix types.
 
+mod assets;
 mod caller;
-mod client;
 mod datasets;
 mod exports;
 mod health;
@@ -28,8 +28,11 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, with_metrics: bool) {
         .service(health::healthz)
         .service(health::readyz)
         .service(openapi::openapi)
-        .service(client::client)
-        .service(client::types)
+        .service(assets::page)
+        .service(assets::page_script)
+        .service(assets::page_style)
+        .service(assets::client)
+        .service(assets::types)
         .service(datasets::list)
         .service(datasets::one)
         .service(rows::rows)

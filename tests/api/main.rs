@@ -1,6 +1,7 @@
 //! Integration tests: pgspout against a real PostgreSQL, with real HTTP clients.
 
 mod auth;
+mod browser;
 mod clients;
 mod config;
 mod consistency;

@@ -1,5 +1,5 @@
 //! What browsers need: CORS, `format=json` (one streamed array) and `format=sse` (events that resume with
-//! `Last-Event-ID` and end with `end`).
+//! `Last-Event-ID` and end with `end`), and the live page served from the binary.
 
 use std::time::Duration;
 
@@ -276,4 +276,35 @@ async fn sse_events_carry_rows_and_progress_resume_after_last_event_id_and_end_w
     .await;
     assert_eq!(ids, (2951..=3000).rev().collect::<Vec<_>>());
     assert!(events.iter().all(|e| e.1.is_none()));
+}
+
+#[tokio::test]
+async fn the_live_page_and_its_assets_are_served_from_the_binary_under_a_strict_policy() {
+    let db = TestDb::new().await;
+    numbers(&db, 3).await;
+    let address = serve(settings(&db, &[("numbers", "numbers", Some("id"))])).await;
+    let page = request(&address, reqwest::Method::GET, "/", &[]).await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.starts_with("default-src 'self'"), "{policy}");
+    let html = page.text().await.unwrap();
+    // Everything the page loads comes from pgspout itself.
+    for (path, media_type) in [
+        ("/assets/app.js", "text/javascript; charset=utf-8"),
+        ("/assets/app.css", "text/css; charset=utf-8"),
+        ("/v1/client.js", "text/javascript; charset=utf-8"),
+    ] {
+        if path.starts_with("/assets/") {
+            assert!(html.contains(path), "the page links {path}");
+        }
+        let asset = request(&address, reqwest::Method::GET, path, &[]).await;
+        assert_eq!(asset.status(), 200, "{path}");
+        assert_eq!(asset.headers()["content-type"], media_type, "{path}");
+        assert_eq!(asset.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "no external asset"
+    );
 }

@@ -98,6 +98,10 @@ function addFilter() {
     element("input", { type: "text", placeholder: "value", className: "value" }),
     remove,
   );
+  const [, operator] = clause.querySelectorAll("select");
+  operator.addEventListener("change", () => {
+    clause.querySelector(".value").placeholder = { in: "a,b,\"c,d\"", is: "null, true or false" }[operator.value] ?? "value";
+  });
   remove.addEventListener("click", update);
   clause.addEventListener("input", update);
   clause.addEventListener("change", update);
@@ -241,7 +245,7 @@ async function stream() {
   $("grid").style.setProperty("--columns", `repeat(${columns.length}, minmax(110px, 1fr))`);
   $("grid-head").replaceChildren(...columns.map((name) => element("div", { textContent: name, role: "columnheader" })));
   $("window").replaceChildren();
-  performance.clearMarks("pgspout:first-row");
+  for (const mark of ["pgspout:start", "pgspout:first-row", "pgspout:end"]) performance.clearMarks(mark);
   performance.mark("pgspout:start");
   let slice = performance.now();
   try {

@@ -37,12 +37,19 @@ impl Reloader {
     /// Reads the catalog and serves it; `why` is logged. On failure the old catalog stays and the error is
     /// logged.
     pub async fn reload(&self, why: &str) {
-        let _one_at_a_time = self.running.lock().await;
-        let loaded = async {
-            let client = self.connection.connect().await.map_err(|e| chain(&e))?;
-            db::catalog::load(&client, &self.sources).await.map_err(|e| chain(&e))
+        match self.connection.connect().await {
+            Ok(client) => self.reload_on(&client, why).await,
+            Err(error) => {
+                let error = chain(&error);
+                tracing::error!(why, %error, "catalog reload failed; still serving the previous catalog")
+            }
         }
-        .await;
+    }
+
+    /// [`Reloader::reload`] over a connection already open (the listener's).
+    async fn reload_on(&self, client: &tokio_postgres::Client, why: &str) {
+        let _one_at_a_time = self.running.lock().await;
+        let loaded = db::catalog::load(client, &self.sources).await.map_err(|e| chain(&e));
         match loaded {
             Ok(catalog) => {
                 let old = self.state.published().catalog.names();
@@ -59,24 +66,29 @@ impl Reloader {
     }
 
     /// Listens for `NOTIFY pgspout, 'reload'` on its own connection until dropped, reconnecting with a
-    /// backoff when the connection is lost, and reloading after every reconnect (a notification may have
-    /// been missed while it was down).
+    /// backoff when the connection is lost. It reloads once listening, every time: a notification sent
+    /// before (between startup's catalog read and the first LISTEN, or while the connection was down) was
+    /// missed.
     pub(crate) async fn listen(self) {
         let mut backoff = Duration::from_millis(500);
         let mut reconnected = false;
         loop {
             match self.connection.named("pgspout listener").listen(CHANNEL).await {
-                Ok((_client, mut notifications)) => {
+                Ok((client, mut notifications)) => {
                     tracing::debug!(channel = CHANNEL, "listening for reload notifications");
                     backoff = Duration::from_millis(500);
-                    if reconnected {
-                        self.reload("the notification listener reconnected").await;
-                    }
+                    self.reload_on(
+                        &client,
+                        if reconnected {
+                            "the notification listener reconnected"
+                        } else {
+                            "the notification listener started (changes since startup)"
+                        },
+                    )
+                    .await;
                     while let Some(notification) = notifications.next().await {
                         match notification.payload() {
-                            "reload" | "" => {
-                                self.reload("NOTIFY").await;
-                            }
+                            "reload" | "" => self.reload_on(&client, "NOTIFY").await,
                             other => tracing::warn!(payload = other, "ignoring a notification on pgspout's channel"),
                         }
                     }

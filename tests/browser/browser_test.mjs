@@ -275,12 +275,16 @@ assert.deepEqual(await crossOrigin(blockedPort), {
   assert.equal(result.count, TOTAL);
   assert.ok(result.inOrder);
   const mib = (bytes) => Math.round((bytes / 2 ** 20) * 100) / 100;
-  const growth = Math.max(...result.heap) - result.heap[0];
-  assert.ok(growth < 2 * 2 ** 20, `the heap grew ${mib(growth)} MiB: ${result.heap}`);
+  // Flat, not constant: what sits in the body's stream queue when a sample is taken varies (by up to ~15 MiB
+  // on a loaded machine), but nothing accumulates. Keeping even one row object in two over the 900,000 rows
+  // between the first sample and the last would add over 40 MiB.
+  const spread = Math.max(...result.heap) - Math.min(...result.heap);
+  assert.ok(spread < 24 * 2 ** 20, `the heap moved ${mib(spread)} MiB: ${result.heap}`);
   Object.assign(figures, {
     heap_at_100k_mib: mib(result.heap[0]),
     heap_at_1m_mib: mib(result.heap.at(-1)),
-    heap_max_growth_mib: mib(growth),
+    heap_spread_mib: mib(spread),
+    heap_samples_mib: result.heap.map(mib),
   });
   await page.close();
 }

@@ -96,6 +96,25 @@ impl TestDb {
             .get(0)
     }
 
+    /// Waits until pgspout's reload listener is listening and has done the reload it does on starting:
+    /// its last statement no longer the `LISTEN`, and idle for 200 ms (the reload's statements follow each
+    /// other closely). Only then does a change wait for a notification.
+    pub(crate) async fn listener_caught_up(&self) {
+        wait_for(Duration::from_secs(10), || async {
+            self.client
+                .query_opt(
+                    "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
+                       AND application_name = 'pgspout listener' AND state = 'idle' AND query NOT LIKE 'LISTEN%' \
+                       AND state_change < clock_timestamp() - interval '200 milliseconds'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .map(|_| ())
+        })
+        .await
+    }
+
     /// The pid of pgspout's one active export, waiting for it to appear.
     pub(crate) async fn active_export(&self) -> i32 {
         wait_for(Duration::from_secs(5), || async {

@@ -204,6 +204,7 @@ async fn notify_reloads_the_catalog_while_a_running_export_goes_on() {
         .unwrap();
     let address = serve(settings(&db, &[])).await;
     assert!(served(&address).await.contains_key("doomed"));
+    db.listener_caught_up().await;
 
     // An export under the old catalog, read slowly.
     let mut running = RawResponse::get(&address, "/v1/datasets/big/rows?limit=200000", &[]).await;
@@ -276,10 +277,15 @@ async fn sighup_reloads_and_a_failed_reload_keeps_the_old_catalog() {
         .await
         .unwrap();
     hangup();
+    // The SIGHUP's own reload, not the one the listener does when it starts.
     wait_until(Duration::from_secs(10), || async {
-        names(server.base.clone()).await == ["fixed", "one"]
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .any(|line| line.contains("catalog reloaded") && line.contains("SIGHUP"))
     })
     .await;
+    assert_eq!(names(server.base.clone()).await, ["fixed", "one"]);
 
     // The configured table is renamed away: the reload fails, says why, and the old catalog stays.
     db.client

@@ -4,18 +4,7 @@ use serde_json::{Map, Value, json};
 
 use crate::dataset::{Catalog, Column, Dataset};
 use crate::encode::ValueKind;
-
-/// Query parameter names that are not filters.
-const RESERVED: [&str; 8] = [
-    "select",
-    "order",
-    "limit",
-    "after",
-    "cursor",
-    "format",
-    "compression",
-    "consistency",
-];
+use crate::query::params::RESERVED;
 
 /// The JSON Schema of a column's values as pgspout writes them in NDJSON (as `to_json()` does).
 fn value_schema(column: &Column) -> Value {

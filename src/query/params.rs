@@ -104,6 +104,18 @@ pub(crate) struct Request {
     pub(crate) consistency: Option<Consistency>,
 }
 
+/// Query parameter names that are not filters (on any endpoint; each takes some of them).
+pub(crate) const RESERVED: [&str; 8] = [
+    "select",
+    "order",
+    "limit",
+    "after",
+    "cursor",
+    "format",
+    "compression",
+    "consistency",
+];
+
 /// Parses the decoded query pairs of a request for `dataset`.
 pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, String)]) -> Result<Request, ParamError> {
     let mut request = Request {
@@ -115,10 +127,7 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
         if name.contains('\0') || value.contains('\0') {
             return Err(reject(name, "contains a NUL byte, which PostgreSQL text cannot hold"));
         }
-        let reserved = matches!(
-            name.as_str(),
-            "select" | "order" | "limit" | "after" | "cursor" | "format" | "compression" | "consistency"
-        );
+        let reserved = RESERVED.contains(&name.as_str());
         if reserved && !seen.insert(name.as_str()) {
             return Err(reject(name, "given more than once"));
         }

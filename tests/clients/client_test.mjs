@@ -2,9 +2,9 @@
 // Usage: node client_test.mjs BASE_URL. Prints "ok" or throws.
 import assert from "node:assert/strict";
 import { writeFile, mkdtemp } from "node:fs/promises";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cuttingProxy } from "./cutting_proxy.mjs";
 
 const base = process.argv[2];
 const source = await (await fetch(`${base}/v1/client.js`)).text();
@@ -23,46 +23,21 @@ assert.deepEqual(seen, expected);
 assert.deepEqual(progress, { rows: 3000, total: 3000 });
 
 // A proxy whose first connection drops mid-body: the client resumes after the last key, every row once.
-const target = new URL(base);
-async function cuttingProxy() {
-  let connections = 0;
-  const server = net.createServer((client) => {
-    connections += 1;
-    const first = connections === 1;
-    const upstream = net.connect(Number(target.port), target.hostname);
-    let forwarded = 0;
-    client.pipe(upstream);
-    upstream.on("data", (chunk) => {
-      if (first && forwarded + chunk.length > 3000) {
-        // Only the first 3000 bytes (headers and some compressed rows: fetch asks for gzip or br) get
-        // through, then the connection drops mid-body.
-        client.end(chunk.subarray(0, 3000 - forwarded), () => client.destroy());
-        upstream.destroy();
-        forwarded = 3000;
-        return;
-      }
-      forwarded += chunk.length;
-      client.write(chunk);
-    });
-    upstream.on("end", () => client.end());
-    upstream.on("error", () => client.destroy());
-    client.on("error", () => upstream.destroy());
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return { url: `http://127.0.0.1:${server.address().port}`, connections: () => connections, server };
-}
-const proxy = await cuttingProxy();
+// Only the first 3000 bytes (headers and some compressed rows: fetch asks for gzip or br) get through.
+const proxy = await cuttingProxy(base);
+proxy.cutNext(3000);
 const resumed = [];
 for await (const row of rows(`${proxy.url}/v1/datasets/numbers/rows`)) resumed.push(row.id);
-assert.ok(proxy.connections() >= 2, "the first connection was cut and the client reconnected");
+assert.equal(proxy.state.cuts, 1);
+assert.ok(proxy.state.requests.length >= 2, "the client reconnected after the cut");
 assert.deepEqual(resumed, expected);
-proxy.server.close();
 // Without resume, the cut is an error, never a short result.
-const strict = await cuttingProxy();
+proxy.cutNext(3000);
 await assert.rejects(async () => {
-  for await (const _ of rows(`${strict.url}/v1/datasets/numbers/rows`, { resume: false }));
+  for await (const _ of rows(`${proxy.url}/v1/datasets/numbers/rows`, { resume: false }));
 }, (error) => error instanceof PgspoutError && error.status === 0);
-strict.server.close();
+assert.equal(proxy.state.cuts, 2);
+proxy.close();
 
 // problem+json becomes a typed error.
 await assert.rejects(async () => {

@@ -18,7 +18,8 @@
 //! - [`reload`]: reading the catalog again on SIGHUP and `NOTIFY pgspout`.
 //! - `state`: what the workers share and own.
 //! - `telemetry`: logs, metrics and request ids (its middleware is actix code too).
-//! - [`error`]: problem+json before the first byte, aborted transfers after it.
+//! - [`error`]: problem+json before the first byte, aborted transfers after it; [`report`]: an error and its
+//!   causes on one line.
 //! - [`settings`], [`startup`]: configuration and wiring; [`telemetry`]'s logging set-up.
 //!
 //! Only what the binary, the tests and the benchmarks use is public.
@@ -37,6 +38,7 @@ mod openapi;
 mod pipeline;
 mod query;
 pub mod reload;
+pub mod report;
 mod routes;
 pub mod settings;
 pub mod startup;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use pgspout::error::chain;
+use pgspout::report::chain;
 use pgspout::settings::Settings;
 use pgspout::startup::{Application, shutdown_signal};
 

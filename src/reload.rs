@@ -9,7 +9,7 @@ use futures::StreamExt;
 
 use crate::db;
 use crate::db::catalog::Sources;
-use crate::error::chain;
+use crate::report::chain;
 use crate::state::AppState;
 
 /// The channel pgspout listens on, as PostgREST listens on `pgrst`.

@@ -182,7 +182,7 @@ async fn fetch(url: &str) -> Result<String, KeyError> {
         .get(url)
         .send()
         .await
-        .map_err(|e| failed(crate::error::chain(&e)))?;
+        .map_err(|e| failed(crate::report::chain(&e)))?;
     if !response.status().is_success() {
         return Err(failed(format!("HTTP {}", response.status())));
     }

@@ -707,7 +707,7 @@ async fn start_up_names_the_grant_a_fixed_role_lacks() {
     settings.auth.as_mut().unwrap().anon_role = Some(roles.stranger.clone());
     let error = match pgspout::startup::Application::build(settings).await {
         Ok(_) => panic!("pgspout started with an anonymous role it cannot switch to"),
-        Err(error) => pgspout::error::chain(&error),
+        Err(error) => pgspout::report::chain(&error),
     };
     assert!(
         error.contains(&format!("GRANT \"{}\" TO \"{}\"", roles.stranger, roles.login)),
@@ -717,7 +717,7 @@ async fn start_up_names_the_grant_a_fixed_role_lacks() {
     settings.auth.as_mut().unwrap().api_keys[0].role = "no_such_role_at_all".into();
     let error = match pgspout::startup::Application::build(settings).await {
         Ok(_) => panic!("pgspout started with an API key for a missing role"),
-        Err(error) => pgspout::error::chain(&error),
+        Err(error) => pgspout::report::chain(&error),
     };
     assert!(
         error.contains("nightly-etl") && error.contains("does not exist"),

@@ -73,7 +73,7 @@ async fn a_dataset_can_default_to_chunked_but_only_with_a_key() {
     let mut bad = settings(&db, &[("keyless", "keyless", None)]);
     bad.datasets[0].consistency = Consistency::Chunked;
     let error = Application::build(bad).await.err().expect("start-up must fail");
-    assert!(pgspout::error::chain(&error).contains("needs a key"));
+    assert!(pgspout::report::chain(&error).contains("needs a key"));
 
     let mut settings = settings(&db, &[("t", "t", Some("id"))]);
     settings.datasets[0].consistency = Consistency::Chunked;

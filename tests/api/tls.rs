@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pgspout::error::chain;
+use pgspout::report::chain;
 use pgspout::startup::Application;
 
 use crate::faults::PrivateCluster;

@@ -110,5 +110,31 @@ fn compressors(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encoders, compressors);
+/// What one 64 KiB slice of input costs at each codec's highest allowed level: the longest a worker's other
+/// requests wait behind a streaming export (the pipeline yields between slices).
+fn slices_at_the_highest_levels(c: &mut Criterion) {
+    let (columns, rows) = orders(2_000);
+    let mut ndjson = Vec::new();
+    encode_all(&RowEncoder::new(Format::Ndjson, &columns), &rows, &mut ndjson);
+    let highest = Levels::highest();
+    let mut group = c.benchmark_group("compress_64k_slice_at_highest_levels");
+    group.throughput(Throughput::Bytes(64 * 1024));
+    for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Brotli] {
+        let mut compressor = Compressor::new(encoding, &highest).unwrap().unwrap();
+        // Warm: the window already full, as in a long export.
+        for chunk in ndjson.chunks(64 * 1024).take(8) {
+            compressor.write(chunk).unwrap();
+        }
+        let slice = &ndjson[..64 * 1024];
+        group.bench_function(format!("{encoding:?}"), |b| {
+            b.iter(|| {
+                compressor.write(slice).unwrap();
+                black_box(compressor.take(usize::MAX).len())
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encoders, compressors, slices_at_the_highest_levels);
 criterion_main!(benches);

@@ -12,15 +12,14 @@ use futures::Stream;
 
 use tracing::Instrument;
 
-use crate::error::{StreamError, chain};
+use crate::error::StreamError;
 use crate::pipeline::{Piece, Pipeline};
+use crate::report::chain;
 use crate::telemetry::metrics::{ExportMeter, ExportOutcome};
 
-/// Chunking limits for one export.
+/// The limits of one response body (the pipeline's chunk size is in [`crate::pipeline::Limits`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Chunking {
-    /// Emit a chunk once this many bytes are ready.
-    pub(crate) size: usize,
     /// Emit what is ready once it has waited this long for more rows.
     pub(crate) flush_interval: Duration,
     /// Give up on a client that has not taken a chunk for this long.

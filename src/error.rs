@@ -4,8 +4,6 @@
 //! This is the one place where error detail is stripped for clients: 5xx bodies are generic, and the cause
 //! chain goes to the log.
 
-use std::fmt::Write as _;
-
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
@@ -16,6 +14,7 @@ use crate::db::error::OpenError;
 use crate::db::rows::ReadError;
 use crate::encode::FormatError;
 use crate::pipeline::PipelineError;
+use crate::report::chain;
 
 /// Seconds a client should wait before retrying after a 503.
 const RETRY_AFTER_SECONDS: u32 = 1;
@@ -54,8 +53,8 @@ pub(crate) enum ApiError {
     #[error("no export job has the id {0:?}")]
     UnknownJob(String),
     /// The export job's file is not ready.
-    #[error("the export is {}; it can be downloaded once it is completed", .0.as_str())]
-    JobNotCompleted(crate::db::jobs::JobStatus),
+    #[error("the export is {0}; it can be downloaded once it is completed")]
+    JobNotCompleted(String),
     /// The job queue is full.
     #[error("the export queue is full; retry later")]
     QueueFull,
@@ -68,6 +67,9 @@ pub(crate) enum ApiError {
     /// An anonymous request for data the anonymous role may not read.
     #[error("anonymous requests may not read this; send a token (Authorization: Bearer …)")]
     AnonymousForbidden,
+    /// A page holds a value larger than `export.max_value_bytes`.
+    #[error(transparent)]
+    ValueTooLarge(PipelineError),
     /// The readiness check failed.
     #[error("the database does not answer")]
     NotReady(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -94,6 +96,7 @@ impl From<PipelineError> for ApiError {
     fn from(error: PipelineError) -> Self {
         match error {
             PipelineError::Read(error) => error.into(),
+            error @ PipelineError::TooLarge { .. } => ApiError::ValueTooLarge(error),
             other => ApiError::Internal(Box::new(other)),
         }
     }
@@ -139,6 +142,7 @@ impl ApiError {
             ApiError::UnknownJob(_) => ("urn:pgspout:problem:unknown-export", "Unknown export"),
             ApiError::JobNotCompleted(_) => ("urn:pgspout:problem:export-not-completed", "Export not completed"),
             ApiError::QueueFull => ("urn:pgspout:problem:queue-full", "Export queue full"),
+            ApiError::ValueTooLarge(_) => ("urn:pgspout:problem:value-too-large", "Value too large"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("urn:pgspout:problem:method-not-allowed", "Method not allowed"),
             ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. }) => {
@@ -176,6 +180,7 @@ impl ResponseError for ApiError {
             }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::JobNotCompleted(_) => StatusCode::CONFLICT,
+            ApiError::ValueTooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_)
@@ -272,15 +277,4 @@ pub(crate) enum StreamError {
     /// The client stopped reading for longer than `export.stall_timeout`, and the export was cut.
     #[error("the client stopped reading; the export was cut")]
     Stalled,
-}
-
-/// `error: cause: cause…`, for logs.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let _ = write!(text, ": {cause}");
-        source = cause.source();
-    }
-    text
 }

@@ -306,9 +306,10 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
 
 /// The event grammar of `format=sse`.
 const SSE_GRAMMAR: &str = "`retry: 1000`, then events. Rows travel in unnamed (message) events, one `data:` line \
-    per row holding its JSON object; a key-ordered export's event has `id: <key of its last row>`, and a \
-    reconnect with `Last-Event-ID` resumes right after it. After every rows event, `event: progress` with \
-    `data: {\"rows\": <sent>, \"total\": <estimate or null>}`. After the last row, `event: end` with \
+    per row holding its JSON object; on a keyed dataset each event has `id: <opaque resume token>`, and a \
+    reconnect with `Last-Event-ID` continues the same request (filters, order, what is left of limit) right \
+    after that event. After every rows event, `event: progress` with \
+    `data: {\"rows\": <sent, before a reconnect too>, \"total\": <estimate or null>}`. After the last row, `event: end` with \
     `data: {\"rows\": <n>}`: a stream that stops without `end` is incomplete.";
 
 /// The whole document; `max_limit` is the largest page; `jobs` adds the background export endpoints.

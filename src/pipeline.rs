@@ -12,8 +12,24 @@ use futures::FutureExt;
 
 use crate::compress::{Compressor, Encoding, Levels};
 use crate::db::rows::{Next, ReadError, Rows};
-use crate::encode::{EncodeError, RowEncoder};
+use crate::encode::{Cells, EncodeError, RowEncoder};
 use crate::query::Position;
+use crate::query::cursor::ResumeTokens;
+
+/// What shapes every export's pipeline, from `[export]` and `[compression]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Compression levels.
+    pub(crate) levels: Levels,
+    /// Bytes per piece, before compression.
+    pub(crate) chunk_size: usize,
+    /// The largest value (as Postgres sends it) an export encodes; a larger one aborts it.
+    pub(crate) max_value_bytes: usize,
+}
+
+/// The compressor takes at most this much at a time, and the export task yields between two such slices:
+/// however large a chunk and slow a level, other requests on the same worker wait for one slice at most.
+const COMPRESS_SLICE: usize = 64 * 1024;
 
 /// What the pipeline produced.
 pub(crate) enum Piece {
@@ -38,6 +54,16 @@ pub(crate) enum PipelineError {
     /// The compressor failed.
     #[error("compression failed")]
     Compress(#[from] io::Error),
+    /// A value is larger than `export.max_value_bytes`.
+    #[error("a value of column {column:?} has {bytes} bytes, more than export.max_value_bytes ({limit})")]
+    TooLarge {
+        /// The column.
+        column: String,
+        /// The value's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 /// Rows, their encoder and compressor, and the bytes between them.
@@ -46,29 +72,33 @@ pub(crate) struct Pipeline {
     rows: Option<Rows>,
     encoder: RowEncoder,
     encoding: Encoding,
-    levels: Levels,
+    limits: Limits,
     compressor: Option<Compressor>,
     /// Encoded, not yet compressed (or, uncompressed, not yet taken) bytes.
     plain: Vec<u8>,
+    /// How much of `plain` the compressor has taken (it takes it in slices).
+    fed: usize,
+    /// An event stream's event ids.
+    tokens: Option<ResumeTokens>,
+    /// Whether the trailer is in `plain` (a cancelled `finish` is resumed by the next call).
+    trailer_written: bool,
     /// Whether the compressor holds input that has not been flushed out.
     unflushed: bool,
-    chunk_size: usize,
     /// Set when finished: what the rows said at their end.
     end: Option<(u64, Option<Position>, bool)>,
 }
 
 impl Pipeline {
-    /// A pipeline of `rows` through `encoder` and `encoding`, in pieces of about `chunk_size` bytes; with
-    /// `header`, the format's header comes first (a resumed job's file has it already).
+    /// A pipeline of `rows` through `encoder` and `encoding`, in pieces of about `limits.chunk_size` bytes;
+    /// with `header`, the format's header comes first (a resumed job's file has it already).
     pub(crate) fn new(
         rows: Rows,
         encoder: RowEncoder,
         encoding: Encoding,
-        levels: &Levels,
-        chunk_size: usize,
+        limits: &Limits,
         header: bool,
     ) -> io::Result<Pipeline> {
-        let mut plain = Vec::with_capacity(chunk_size + chunk_size / 4);
+        let mut plain = Vec::with_capacity(limits.chunk_size + limits.chunk_size / 4);
         if header {
             encoder.write_header(&mut plain);
         }
@@ -76,13 +106,21 @@ impl Pipeline {
             rows: Some(rows),
             encoder,
             encoding,
-            levels: levels.clone(),
-            compressor: Compressor::new(encoding, levels)?,
+            compressor: Compressor::new(encoding, &limits.levels)?,
+            limits: limits.clone(),
             plain,
+            fed: 0,
+            tokens: None,
+            trailer_written: false,
             unflushed: false,
-            chunk_size,
             end: None,
         })
+    }
+
+    /// Gives an event stream's events resume tokens as ids (the rows must carry positions).
+    pub(crate) fn with_resume_tokens(mut self, tokens: ResumeTokens) -> Pipeline {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// The next piece; `None` after the end. With `flush_at`, bytes already encoded are handed out once that
@@ -102,22 +140,47 @@ impl Pipeline {
                 None => match flush_at.filter(|_| buffered) {
                     Some(at) => match tokio::time::timeout_at(at.into(), rows.next()).await {
                         Ok(next) => next,
-                        Err(_) => return self.flush().map(|b| Some(Piece::Chunk(b))),
+                        Err(_) => return self.flush().await.map(|b| Some(Piece::Chunk(b))),
                     },
                     None => rows.next().await,
                 },
             }?;
             match next {
                 Next::Row(row) => {
+                    let before = self.plain.len();
                     self.encoder.write_row(&row, &mut self.plain)?;
-                    if let Some(chunk) = self.chunk_if_full()? {
+                    // Only a row whose text is large can hold a value over the limit (text is never less
+                    // than half a large value's wire size), so most rows cost one comparison here.
+                    if self.plain.len() - before > self.limits.max_value_bytes / 2 {
+                        self.check_values(&row)?;
+                    }
+                    if self.plain.len() >= self.limits.chunk_size
+                        && let Some(chunk) = self.chunk().await?
+                    {
                         return Ok(Some(Piece::Chunk(chunk)));
                     }
                 }
-                Next::BatchEnd => return self.end_frame().map(|b| Some(Piece::Boundary(b))),
+                Next::BatchEnd => return self.end_frame().await.map(|b| Some(Piece::Boundary(b))),
                 Next::End => return self.finish().await.map(|b| Some(Piece::End(b))),
             }
         }
+    }
+
+    /// Refuses a row holding a value over `max_value_bytes`, naming its column.
+    fn check_values(&self, row: &impl Cells) -> Result<(), PipelineError> {
+        let limit = self.limits.max_value_bytes;
+        let rows = self.rows.as_ref().expect("rows are checked while open");
+        for (index, column) in rows.columns().iter().enumerate() {
+            let bytes = row.cell(index)?.map_or(0, <[u8]>::len);
+            if bytes > limit {
+                return Err(PipelineError::TooLarge {
+                    column: column.name.clone(),
+                    bytes,
+                    limit,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Rows encoded so far.
@@ -147,65 +210,82 @@ impl Pipeline {
         !self.plain.is_empty() || self.unflushed || self.compressor.as_mut().is_some_and(|c| c.pending() > 0)
     }
 
-    fn chunk_if_full(&mut self) -> io::Result<Option<Bytes>> {
-        if self.plain.len() < self.chunk_size {
-            return Ok(None);
+    /// A full chunk's bytes: plain, or compressed once the compressor has a chunk's worth of output.
+    async fn chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.compressor.is_none() {
+            self.close_event();
+            return Ok(Some(self.take_plain()));
         }
         self.close_event();
-        let Some(compressor) = self.compressor.as_mut() else {
-            return Ok(Some(self.take_plain()));
-        };
-        compressor.write(&self.plain)?;
-        self.plain.clear();
-        self.unflushed = true;
-        if compressor.pending() < self.chunk_size {
+        self.compress().await?;
+        let compressor = self.compressor.as_mut().expect("checked above");
+        if compressor.pending() < self.limits.chunk_size {
             return Ok(None);
         }
-        let chunk = compressor.take(self.chunk_size);
+        let chunk = compressor.take(self.limits.chunk_size);
         Ok(Some(Bytes::from(chunk)))
     }
 
-    /// Ends an event stream's open event before its bytes leave: with the last row's key as its id.
+    /// Hands `plain` to the compressor, a slice at a time, yielding between slices (see [`COMPRESS_SLICE`]).
+    /// Cancel-safe: `fed` records what the compressor took, and a dropped call goes on from there.
+    async fn compress(&mut self) -> io::Result<()> {
+        let Some(compressor) = self.compressor.as_mut() else {
+            return Ok(());
+        };
+        while self.fed < self.plain.len() {
+            if self.fed > 0 {
+                tokio::task::yield_now().await;
+            }
+            let end = self.plain.len().min(self.fed + COMPRESS_SLICE);
+            compressor.write(&self.plain[self.fed..end])?;
+            self.fed = end;
+            self.unflushed = true;
+        }
+        self.plain.clear();
+        self.fed = 0;
+        Ok(())
+    }
+
+    /// Ends an event stream's open event before its bytes leave: with a resume token after its last row.
     fn close_event(&mut self) {
         if !self.encoder.writes_events() {
             return;
         }
         let rows = self.rows();
-        let last = self.position();
-        let key = last.as_ref().and_then(|p| match p.0.as_slice() {
-            [Some(key)] => Some(key.as_str()),
-            _ => None,
-        });
-        self.encoder.close_event(key, rows, &mut self.plain);
+        let id = self.tokens.as_ref().zip(self.position()).map(|(t, p)| t.token(p, rows));
+        self.encoder.close_event(id.as_deref(), rows, &mut self.plain);
     }
 
     /// Everything buffered, made decodable by the reader.
-    fn flush(&mut self) -> Result<Bytes, PipelineError> {
-        self.close_event();
-        let Some(compressor) = self.compressor.as_mut() else {
+    async fn flush(&mut self) -> Result<Bytes, PipelineError> {
+        if self.compressor.is_none() {
+            self.close_event();
             return Ok(self.take_plain());
-        };
-        compressor.write(&self.plain)?;
-        self.plain.clear();
+        }
+        self.close_event();
+        self.compress().await?;
+        let compressor = self.compressor.as_mut().expect("checked above");
         compressor.flush()?;
         self.unflushed = false;
-        let chunk = compressor.take(self.chunk_size);
+        let chunk = compressor.take(self.limits.chunk_size);
         Ok(Bytes::from(chunk))
     }
 
     /// Everything buffered, ending the compressed frame (a gzip member, a zstd frame); the next bytes start
     /// a new one.
-    fn end_frame(&mut self) -> Result<Bytes, PipelineError> {
+    async fn end_frame(&mut self) -> Result<Bytes, PipelineError> {
         self.close_event();
-        let next = Compressor::new(self.encoding, &self.levels)?;
+        self.compress().await?;
+        let next = Compressor::new(self.encoding, &self.limits.levels)?;
         let last = self.close_compressor(next)?;
         Ok(Bytes::from(last))
     }
 
+    /// Ends the compressor (whatever `plain` holds has been fed to it, if there is one), replacing it with
+    /// `next`; its last bytes, or without a compressor the plain bytes.
     fn close_compressor(&mut self, next: Option<Compressor>) -> io::Result<Vec<u8>> {
         let mut last = std::mem::take(&mut self.plain);
-        if let Some(mut compressor) = std::mem::replace(&mut self.compressor, next) {
-            compressor.write(&last)?;
+        if let Some(compressor) = std::mem::replace(&mut self.compressor, next) {
             last = compressor.finish()?;
         }
         self.unflushed = false;
@@ -214,9 +294,13 @@ impl Pipeline {
 
     /// The rows are complete: write the trailer, end the compressed stream, commit.
     async fn finish(&mut self) -> Result<Bytes, PipelineError> {
-        self.close_event();
-        let read = self.rows();
-        self.encoder.write_trailer(read, &mut self.plain);
+        if !self.trailer_written {
+            self.close_event();
+            let read = self.rows();
+            self.encoder.write_trailer(read, &mut self.plain);
+            self.trailer_written = true;
+        }
+        self.compress().await?;
         let last = self.close_compressor(None)?;
         let rows = self.rows.take().expect("finish runs once, while the rows are open");
         self.end = Some((rows.read(), rows.position(), rows.has_more()));
@@ -225,10 +309,7 @@ impl Pipeline {
     }
 
     fn take_plain(&mut self) -> Bytes {
-        let chunk = std::mem::replace(
-            &mut self.plain,
-            Vec::with_capacity(self.chunk_size + self.chunk_size / 4),
-        );
-        Bytes::from(chunk)
+        let size = self.limits.chunk_size;
+        Bytes::from(std::mem::replace(&mut self.plain, Vec::with_capacity(size + size / 4)))
     }
 }

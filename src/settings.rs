@@ -209,6 +209,9 @@ pub struct ExportSettings {
     pub max_concurrent: Option<usize>,
     /// Rows per batch when an export reads in keyset batches (`consistency = "chunked"`).
     pub batch_rows: u64,
+    /// The largest value an export (or job) encodes, in bytes as Postgres sends it; a larger value aborts
+    /// the export visibly, naming its column, rather than sitting whole in pgspout's buffers.
+    pub max_value_bytes: usize,
 }
 
 impl Default for ExportSettings {
@@ -220,6 +223,7 @@ impl Default for ExportSettings {
             max_duration: None,
             max_concurrent: None,
             batch_rows: 10_000,
+            max_value_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -524,6 +528,12 @@ impl Settings {
             if duration == Some(Duration::ZERO) {
                 return invalid(format!("{key} must be longer than 0"));
             }
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.export.max_value_bytes) {
+            return invalid(format!(
+                "export.max_value_bytes = {} is not within 1 KiB..1 GiB",
+                self.export.max_value_bytes
+            ));
         }
         if self.export.batch_rows == 0 {
             return invalid("export.batch_rows must be at least 1".into());

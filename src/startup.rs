@@ -20,6 +20,9 @@ use crate::telemetry::request::Telemetry;
 /// Why pgspout could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// The settings are invalid (every way to start validates them, not only `Settings::load`).
+    #[error(transparent)]
+    Settings(#[from] crate::settings::SettingsError),
     /// `database.url` or the TLS settings are unusable.
     #[error(transparent)]
     Connection(#[from] db::ConnectionError),
@@ -81,7 +84,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Checks every dataset against the database, binds the listener and builds the server.
+    /// Validates `settings`, checks every dataset against the database, binds the listener and builds the
+    /// server.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let (connection, mut client, catalog) = connect_and_load(&settings).await?;
         let auth = match &settings.auth {
@@ -150,12 +154,15 @@ impl Application {
         let state = Arc::new(AppState {
             begin_sql: db::begin_sql(&settings.database),
             chunking: Chunking {
-                size: settings.export.chunk_size,
                 flush_interval: settings.export.flush_interval,
                 stall_timeout: settings.export.stall_timeout,
                 max_duration: settings.export.max_duration,
             },
-            levels: settings.compression.clone(),
+            limits: crate::pipeline::Limits {
+                levels: settings.compression.clone(),
+                chunk_size: settings.export.chunk_size,
+                max_value_bytes: settings.export.max_value_bytes,
+            },
             batch_rows: settings.export.batch_rows,
             pages: settings.pages.clone(),
             acquire_timeout: settings.database.acquire_timeout,
@@ -326,6 +333,7 @@ impl Application {
 async fn connect_and_load(
     settings: &Settings,
 ) -> Result<(db::Connection, tokio_postgres::Client, crate::dataset::Catalog), StartupError> {
+    settings.validate()?;
     let connection = db::connection(&settings.database)?;
     let client = connection.connect().await.map_err(StartupError::Connect)?;
     let catalog = db::catalog::load(&client, &catalog_sources(settings)).await?;

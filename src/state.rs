@@ -9,10 +9,10 @@ use crate::db::Pool;
 use crate::db::replicas::{Readers, ReplicaSet};
 
 use crate::body::Chunking;
-use crate::compress::Levels;
 use crate::dataset::{Catalog, Dataset};
 use crate::db::jobs::JobStore;
 use crate::error::ApiError;
+use crate::pipeline::Limits;
 use crate::query::cursor::CursorKey;
 use crate::settings::{JobSettings, PageSettings};
 
@@ -24,8 +24,8 @@ pub(crate) struct AppState {
     pub(crate) begin_sql: String,
     /// Body chunking.
     pub(crate) chunking: Chunking,
-    /// Compression levels.
-    pub(crate) levels: Levels,
+    /// Chunk size, compression levels and the largest value, for every export's pipeline.
+    pub(crate) limits: Limits,
     /// Rows per batch of a chunked export.
     pub(crate) batch_rows: u64,
     /// Page limits.

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - `catalog`: datasets resolved against the database at start-up (relation, columns, types, operators, key).
-//! - `lease`: a pooled connection that is discarded, never reused, unless its rows ended cleanly.
+//! - `lease`: a pooled connection that is discarded, never reused, unless released outside a transaction.
 //! - `rows`: reading rows (transaction, checks, count, one statement or keyset batches, positions).
 //! - `error`: why rows could not be opened.
 //! - `replicas`: read replicas, their health and lag, and choosing where rows are read.
@@ -19,7 +19,7 @@ pub(crate) mod tls;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime};
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
 use postgres_protocol::escape::{escape_identifier, escape_literal};
@@ -192,14 +192,35 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A pooled connection.
-    pub(crate) async fn get(&self) -> Result<Object, PoolError> {
-        self.pool.get().await
-    }
-
-    /// A pooled connection lent to one export (see [`Lease`]).
+    /// A pooled connection (see [`Lease`]): the only way to one.
     pub(crate) async fn lease(&self) -> Result<Lease, PoolError> {
         Ok(Lease::new(self.pool.get().await?, self.tls.clone()))
+    }
+
+    /// A pooled connection if one is free (or can be opened) now, without waiting for a busy pool;
+    /// a busy pool answers `PoolError::Timeout(TimeoutType::Wait)` at once.
+    pub(crate) async fn try_lease(&self) -> Result<Lease, PoolError> {
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(Duration::ZERO),
+            ..self.pool.timeouts()
+        };
+        Ok(Lease::new(self.pool.timeout_get(&timeouts).await?, self.tls.clone()))
+    }
+
+    /// Runs `work` on a pooled connection outside any transaction of pgspout's (tokio-postgres's own,
+    /// which roll back when dropped, may run inside it). The connection goes back to the pool only when
+    /// `work` succeeded; an error or a drop midway discards it.
+    pub(crate) async fn with<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&mut tokio_postgres::Client) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<PoolError>,
+    {
+        let mut lease = self.lease().await?;
+        let result = work(lease.client_mut()).await?;
+        lease.give_back();
+        Ok(result)
     }
 
     /// Its size, idle connections and limit.

@@ -261,10 +261,10 @@ async fn query_one(
 ) -> Result<tokio_postgres::Row, String> {
     let attempt = async {
         if client.as_ref().is_none_or(|c| c.is_closed()) {
-            *client = Some(connection.connect().await.map_err(|e| crate::error::chain(&e))?);
+            *client = Some(connection.connect().await.map_err(|e| crate::report::chain(&e))?);
         }
         let open = client.as_ref().expect("connected above");
-        open.query_one(query, &[]).await.map_err(|e| crate::error::chain(&e))
+        open.query_one(query, &[]).await.map_err(|e| crate::report::chain(&e))
     };
     let result = match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
@@ -306,17 +306,25 @@ impl Readers {
         self.replicas.as_ref().map_or(&[], |(_, pools)| pools)
     }
 
-    /// A connection to read from.
+    /// A connection to read from: the first healthy replica in turn with a connection free; when every
+    /// healthy replica's pool is busy, the first of them as soon as it has one (within the acquire timeout).
+    /// The fallback applies only when no replica is healthy.
     pub(crate) async fn lease(&self) -> Result<Lease, OpenError> {
         let Some((set, pools)) = &self.replicas else {
             return Ok(self.primary.lease().await?);
         };
+        let mut busy = None;
         for index in set.healthy_in_turn() {
-            match pools[index].lease().await {
+            match pools[index].try_lease().await {
                 Ok(lease) => return Ok(lease),
-                Err(PoolError::Timeout(TimeoutType::Wait)) => return Err(OpenError::PoolExhausted),
-                Err(error) => set.replicas[index].set(Health::Down(crate::error::chain(&error))),
+                Err(PoolError::Timeout(TimeoutType::Wait)) => {
+                    busy.get_or_insert(index);
+                }
+                Err(error) => set.replicas[index].set(Health::Down(crate::report::chain(&error))),
             }
+        }
+        if let Some(index) = busy {
+            return Ok(pools[index].lease().await?);
         }
         match set.fallback {
             ReplicaFallback::Primary => Ok(self.primary.lease().await?),

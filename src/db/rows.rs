@@ -13,8 +13,8 @@ use tokio_postgres::{Row, RowStream};
 use super::error::OpenError;
 use super::lease::Lease;
 use super::replicas::Readers;
-use crate::encode::{Cells, EncodeError};
-use crate::query::{CountMethod, KeysetScan, Plan, Position};
+use crate::encode::{Cells, EncodeError, EncodedColumn};
+use crate::query::{Check, CountMethod, KeysetScan, Plan, Position};
 
 /// Where rows come from.
 pub(crate) enum Source {
@@ -51,6 +51,8 @@ pub(crate) struct Rows {
     /// The connection; away in `next` while a new batch starts.
     lease: Option<Lease>,
     stream: Pin<Box<RowStream>>,
+    /// The encoded columns, in order (each row may carry hidden position columns after them).
+    columns: Vec<EncodedColumn>,
     first: Option<Row>,
     state: State,
     /// The last row's position, when the plan carries one.
@@ -128,15 +130,17 @@ impl Rows {
             }
         };
         let started = std::time::Instant::now();
-        let lease = readers.lease().await?;
+        let mut lease = readers.lease().await?;
         let leased = started.elapsed();
-        let client = lease.client();
-        client.batch_execute(begin_sql).await.map_err(OpenError::from_begin)?;
-        for check in &plan.checks {
-            if let Err(error) = client.query_typed(&check.sql, &[(&check.value, Type::TEXT)]).await {
-                return Err(OpenError::from_check(&check.parameter, error));
-            }
+        if plan.checks.is_empty() {
+            lease.begin(begin_sql).await
+        } else {
+            // A savepoint, in the same round trip, lets a failed check be narrowed down to its parameter.
+            lease.begin(&format!("{begin_sql}; SAVEPOINT {CHECKS}")).await
         }
+        .map_err(OpenError::from_begin)?;
+        let client = lease.client();
+        check_values(client, &plan.checks).await?;
         let total = match &plan.count {
             None => None,
             Some(count) => {
@@ -157,6 +161,7 @@ impl Rows {
         let mut rows = Rows {
             lease: Some(lease),
             stream,
+            columns: plan.columns.clone(),
             first: None,
             state: State::Reading,
             position: (!plan.keyset.is_empty()).then(|| PositionReader::new(&plan)),
@@ -291,6 +296,11 @@ impl Rows {
             .map(PositionReader::position)
     }
 
+    /// The encoded columns.
+    pub(crate) fn columns(&self) -> &[EncodedColumn] {
+        &self.columns
+    }
+
     /// How long opening took.
     pub(crate) fn timings(&self) -> OpenTimings {
         self.timings
@@ -318,6 +328,58 @@ impl Rows {
         let lease = lease.expect("complete rows have their connection home");
         Ok(lease.release().await?)
     }
+}
+
+/// The savepoint taken before the values are checked.
+const CHECKS: &str = "pgspout_checks";
+
+/// Checks every value against its type in one statement, whatever their number. Only when one is bad does it
+/// take more: halving the checks, back at the savepoint each time, until the bad value's parameter is found
+/// (about log2(n) more statements).
+async fn check_values(client: &tokio_postgres::Client, checks: &[Check]) -> Result<(), OpenError> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let Err(error) = run_checks(client, checks).await else {
+        return Ok(());
+    };
+    // Only a database's answer (not a lost connection) can name a value, and one check names itself.
+    if error.as_db_error().is_none() || checks.len() == 1 {
+        return Err(OpenError::from_check(&checks[0].parameter, error));
+    }
+    let mut suspects = checks;
+    while suspects.len() > 1 {
+        client.batch_execute(&format!("ROLLBACK TO SAVEPOINT {CHECKS}")).await?;
+        let (first, second) = suspects.split_at(suspects.len() / 2);
+        suspects = match run_checks(client, first).await {
+            Err(error) if error.as_db_error().is_none() => return Err(error.into()),
+            Err(_) => first,
+            Ok(()) => second,
+        };
+    }
+    client.batch_execute(&format!("ROLLBACK TO SAVEPOINT {CHECKS}")).await?;
+    match run_checks(client, suspects).await {
+        Err(error) => Err(OpenError::from_check(&suspects[0].parameter, error)),
+        // Each value passed alone: report the statement's own failure.
+        Ok(()) => Err(OpenError::from_check(&checks[0].parameter, error)),
+    }
+}
+
+/// `SELECT ARRAY[$1::text::<type> IS NULL, …]`: every cast is evaluated (an array has no column limit), and
+/// the result is a boolean array, whose type tokio-postgres knows without a lookup (a lookup would fail in
+/// the transaction a bad value just aborted).
+async fn run_checks(client: &tokio_postgres::Client, checks: &[Check]) -> Result<(), tokio_postgres::Error> {
+    let casts: Vec<String> = checks
+        .iter()
+        .enumerate()
+        .map(|(i, check)| format!("${}::text::{} IS NULL", i + 1, check.cast_type))
+        .collect();
+    let sql = format!("SELECT ARRAY[{}]", casts.join(", "));
+    let params: Vec<(&(dyn tokio_postgres::types::ToSql + Sync), Type)> = checks
+        .iter()
+        .map(|check| (&check.value as &(dyn tokio_postgres::types::ToSql + Sync), Type::TEXT))
+        .collect();
+    client.query_typed(&sql, &params).await.map(drop)
 }
 
 /// Opens a batch's transaction (after committing the last) when `begin` is given, then runs `plan`.
@@ -427,45 +489,34 @@ impl Cells for Row {
     }
 }
 
-/// Which of `relations` (name, quoted relation) the transaction's role may SELECT from (any column), in a
-/// transaction opened with `begin_sql` (which switches to the request's role); with `estimate`, each with
-/// the planner's row estimate.
+/// Which of `relations` (name, quoted relation) the role of `lease`'s transaction may SELECT from (any
+/// column); with `estimate`, each with the planner's row estimate. The caller opened the transaction (which
+/// switches to the request's role) and commits it.
 pub(crate) async fn readable(
     client: &tokio_postgres::Client,
-    begin_sql: &str,
     relations: &[(String, String)],
     estimate: bool,
 ) -> Result<Vec<(String, Option<i64>)>, OpenError> {
     let names: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
     let tables: Vec<&str> = relations.iter().map(|(_, r)| r.as_str()).collect();
-    let result = async {
-        client.batch_execute(begin_sql).await.map_err(OpenError::from_begin)?;
-        let rows = client
-            .query(
-                "SELECT d.name FROM unnest($1::text[], $2::text[]) AS d(name, relation) \
-                 WHERE pg_catalog.has_any_column_privilege(d.relation, 'SELECT')",
-                &[&names, &tables],
-            )
-            .await?;
-        let mut found = Vec::new();
-        for row in rows {
-            let name: String = row.get(0);
-            let rows = match estimate {
-                true => {
-                    let relation = &relations.iter().find(|(n, _)| *n == name).expect("one of them").1;
-                    estimate_rows(client, relation).await?
-                }
-                false => None,
-            };
-            found.push((name, rows));
-        }
-        client.batch_execute("COMMIT").await?;
-        Ok(found)
+    let rows = client
+        .query(
+            "SELECT d.name FROM unnest($1::text[], $2::text[]) AS d(name, relation) \
+             WHERE pg_catalog.has_any_column_privilege(d.relation, 'SELECT')",
+            &[&names, &tables],
+        )
+        .await?;
+    let mut found = Vec::new();
+    for row in rows {
+        let name: String = row.get(0);
+        let rows = match estimate {
+            true => {
+                let relation = &relations.iter().find(|(n, _)| *n == name).expect("one of them").1;
+                estimate_rows(client, relation).await?
+            }
+            false => None,
+        };
+        found.push((name, rows));
     }
-    .await;
-    if result.is_err() {
-        // Never hand a connection back inside a failed transaction.
-        let _ = client.batch_execute("ROLLBACK").await;
-    }
-    result
+    Ok(found)
 }

@@ -150,20 +150,20 @@ pub enum RowEncoder {
 }
 
 impl RowEncoder {
-    /// An encoder of `format` for rows with these columns, in order (SSE events without ids or a total;
-    /// see [`RowEncoder::sse`]).
+    /// An encoder of `format` for rows with these columns, in order (SSE events without a total or earlier
+    /// rows; see [`RowEncoder::sse`]).
     pub fn new(format: Format, columns: &[EncodedColumn]) -> Self {
         match format {
             Format::Ndjson => RowEncoder::Ndjson(NdjsonEncoder::new(columns)),
             Format::Csv => RowEncoder::Csv(CsvEncoder::new(columns)),
             Format::Json => RowEncoder::json_array(columns),
-            Format::Sse => RowEncoder::Sse(SseEncoder::new(columns, false, None)),
+            Format::Sse => RowEncoder::Sse(SseEncoder::new(columns, None, 0)),
         }
     }
 
-    /// An SSE encoder whose events carry the last row's key (`ids`) and progress against `total`.
-    pub fn sse(columns: &[EncodedColumn], ids: bool, total: Option<i64>) -> Self {
-        RowEncoder::Sse(SseEncoder::new(columns, ids, total))
+    /// An SSE encoder reporting progress against `total`, counting on after `sent_before` rows.
+    pub fn sse(columns: &[EncodedColumn], total: Option<i64>, sent_before: u64) -> Self {
+        RowEncoder::Sse(SseEncoder::new(columns, total, sent_before))
     }
 
     /// Whether rows travel in events that [`RowEncoder::close_event`] must end (SSE).
@@ -172,10 +172,10 @@ impl RowEncoder {
     }
 
     /// Ends the open event of an event stream (a no-op for other formats): the pipeline calls it before
-    /// every chunk leaves, with the last row's key and the rows sent so far.
-    pub fn close_event(&self, last_key: Option<&str>, rows: u64, out: &mut Vec<u8>) {
+    /// every chunk leaves, with the event's id and the rows sent so far.
+    pub fn close_event(&self, id: Option<&str>, rows: u64, out: &mut Vec<u8>) {
         if let RowEncoder::Sse(sse) = self {
-            sse.close_event(last_key, rows, out);
+            sse.close_event(id, rows, out);
         }
     }
 

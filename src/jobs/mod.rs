@@ -35,10 +35,13 @@ use crate::db::error::OpenError;
 use crate::db::jobs::{ClaimedJob, JobStore, RunOutcome};
 use crate::db::replicas::Readers;
 use crate::db::rows::ReadError;
-use crate::error::chain;
 use crate::pipeline::PipelineError;
+use crate::report::chain;
 use crate::settings::JobSettings;
 use crate::state::{AppState, JobsState};
+
+/// An error of the runner's bookkeeping, which is only logged.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How often `pgspout_jobs{status}` is refreshed from the job table.
 const JOB_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -82,6 +85,12 @@ impl From<OpenError> for JobError {
     }
 }
 
+impl From<deadpool_postgres::PoolError> for JobError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        OpenError::from(error).into()
+    }
+}
+
 impl From<tokio_postgres::Error> for JobError {
     fn from(error: tokio_postgres::Error) -> Self {
         OpenError::from(error).into()
@@ -92,7 +101,7 @@ impl From<PipelineError> for JobError {
     fn from(error: PipelineError) -> Self {
         match error {
             PipelineError::Read(ReadError::Database(error)) => error.into(),
-            PipelineError::Encode(_) => JobError::Permanent(chain(&error)),
+            PipelineError::Encode(_) | PipelineError::TooLarge { .. } => JobError::Permanent(chain(&error)),
             PipelineError::Read(ReadError::Failed) | PipelineError::Compress(_) => JobError::Transient(chain(&error)),
         }
     }
@@ -232,13 +241,15 @@ impl Context {
     }
 
     async fn claim(&self) -> Result<Option<ClaimedJob>, Box<dyn std::error::Error + Send + Sync>> {
-        let mut client = self.pool.get().await?;
-        let client: &mut tokio_postgres::Client = &mut client;
         let datasets = self.state.published().catalog.names();
-        Ok(self
-            .store
-            .claim(client, self.owner, self.settings.lease, &datasets)
-            .await?)
+        self.pool
+            .with(async |client| {
+                Ok(self
+                    .store
+                    .claim(client, self.owner, self.settings.lease, &datasets)
+                    .await?)
+            })
+            .await
     }
 
     /// Runs one claimed job to its end (or the end of this run) and records the outcome.
@@ -268,18 +279,15 @@ impl Context {
             }
             Err(JobError::LeaseLost) => {
                 tracing::warn!(job = %id, "lost the job's lease (taken over or cancelled); stopped writing");
-                let closed = async {
-                    let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                    self.store
-                        .lose_run(&**client, id, self.owner)
-                        .await
-                        .map_err(|e| chain(&e))
-                };
-                match closed.await {
+                let closed = self
+                    .pool
+                    .with(async |client| Ok::<_, BoxError>(self.store.lose_run(client, id, self.owner).await?))
+                    .await;
+                match closed {
                     Ok(outcome) => metrics.job_run(outcome.as_str()),
                     Err(error) => {
                         metrics.job_run(RunOutcome::LeaseLost.as_str());
-                        tracing::warn!(job = %id, %error, "cannot record the end of the job's run");
+                        tracing::warn!(job = %id, error = %chain(&*error), "cannot record the end of the job's run");
                     }
                 }
                 return;
@@ -298,16 +306,20 @@ impl Context {
             RunOutcome::Interrupted
         };
         metrics.job_run(outcome.as_str());
-        let released = async {
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            self.store
-                .release(&**client, id, self.owner, &error, failed, self.settings.retention)
-                .await
-                .map_err(|e| chain(&e))
-        };
-        if let Err(error) = released.await {
+        let released = self
+            .pool
+            .with(async |client| {
+                let retention = self.settings.retention;
+                Ok::<_, BoxError>(
+                    self.store
+                        .release(client, id, self.owner, &error, failed, retention)
+                        .await?,
+                )
+            })
+            .await;
+        if let Err(error) = released {
             // The lease will run out and another run will take the job over.
-            tracing::warn!(job = %id, %error, "cannot record the job's outcome");
+            tracing::warn!(job = %id, error = %chain(&*error), "cannot record the job's outcome");
         }
     }
 
@@ -316,21 +328,20 @@ impl Context {
         loop {
             tokio::time::sleep(self.settings.lease / 3).await;
             let asked = Instant::now();
-            let renewed = async {
-                let client = self.pool.get().await.map_err(|e| e.to_string())?;
-                self.store
-                    .renew(&**client, id, self.owner, self.settings.lease)
-                    .await
-                    .map_err(|e| chain(&e))
-            };
-            match renewed.await {
+            let renewed = self
+                .pool
+                .with(async |client| {
+                    Ok::<_, BoxError>(self.store.renew(client, id, self.owner, self.settings.lease).await?)
+                })
+                .await;
+            match renewed {
                 Ok(true) => lease.renewed(asked),
                 Ok(false) => {
                     lease.lose();
                     return;
                 }
                 // The database may be back before the lease runs out; the clock stops writes if not.
-                Err(error) => tracing::warn!(job = %id, %error, "cannot renew the job's lease"),
+                Err(error) => tracing::warn!(job = %id, error = %chain(&*error), "cannot renew the job's lease"),
             }
         }
     }
@@ -357,11 +368,11 @@ impl Context {
 
     /// Refreshes `pgspout_jobs{status}` from the job table.
     async fn count_jobs(&self) {
-        let counted = async {
-            let client = self.pool.get().await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(self.store.count_by_status(&**client).await?)
-        };
-        match counted.await {
+        let counted = self
+            .pool
+            .with(async |client| Ok::<_, BoxError>(self.store.count_by_status(client).await?))
+            .await;
+        match counted {
             Ok(counts) => self.state.metrics.jobs(&counts),
             Err(error) => tracing::warn!(%error, "cannot count export jobs"),
         }
@@ -369,22 +380,24 @@ impl Context {
 
     /// Deletes finished jobs past their retention and files that no job can use any more.
     async fn sweep(&self) {
-        let swept = async {
-            let client = self.pool.get().await?;
-            let expired = self.store.expire(&**client).await?;
-            let directory = self.directory.clone();
-            let age = self.settings.lease * 2;
-            let ids = tokio::task::spawn_blocking(move || {
-                remove_files(&directory, &expired);
-                files_older_than(&directory, age)
+        let swept = self
+            .pool
+            .with(async |client| {
+                let expired = self.store.expire(client).await?;
+                let directory = self.directory.clone();
+                let age = self.settings.lease * 2;
+                let ids = tokio::task::spawn_blocking(move || {
+                    remove_files(&directory, &expired);
+                    files_older_than(&directory, age)
+                })
+                .await?;
+                let unused = self.store.unused_files(client, &ids).await?;
+                let directory = self.directory.clone();
+                tokio::task::spawn_blocking(move || remove_files(&directory, &unused)).await?;
+                Ok::<_, BoxError>(())
             })
-            .await?;
-            let unused = self.store.unused_files(&**client, &ids).await?;
-            let directory = self.directory.clone();
-            tokio::task::spawn_blocking(move || remove_files(&directory, &unused)).await?;
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-        };
-        if let Err(error) = swept.await {
+            .await;
+        if let Err(error) = swept {
             tracing::warn!(%error, "cannot sweep export files");
         }
     }

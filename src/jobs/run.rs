@@ -103,14 +103,7 @@ impl Context {
             .map_err(|_| too_slow())??;
         rows.pause_between_batches();
         let encoder = RowEncoder::new(format, &columns);
-        let mut pipeline = Pipeline::new(
-            rows,
-            encoder,
-            encoding,
-            &state.levels,
-            state.chunking.size,
-            file.is_empty(),
-        )?;
+        let mut pipeline = Pipeline::new(rows, encoder, encoding, &state.limits, file.is_empty())?;
         let mut reported = 0;
         let mut counted = rows_before;
         loop {
@@ -169,17 +162,22 @@ impl Context {
         progress: &Progress<'_>,
         done: bool,
     ) -> Result<(), JobError> {
-        let client = self.pool.get().await.map_err(|e| JobError::Transient(e.to_string()))?;
-        if !lease.is_valid() {
-            return Err(JobError::LeaseLost);
-        }
-        let recorded = if done {
-            self.store
-                .complete(&**client, job.id, self.owner, progress, self.settings.retention)
-                .await?
-        } else {
-            self.store.checkpoint(&**client, job.id, self.owner, progress).await?
-        };
+        let recorded = self
+            .pool
+            .with(async |client| {
+                if !lease.is_valid() {
+                    return Err(JobError::LeaseLost);
+                }
+                Ok(if done {
+                    let retention = self.settings.retention;
+                    self.store
+                        .complete(client, job.id, self.owner, progress, retention)
+                        .await?
+                } else {
+                    self.store.checkpoint(client, job.id, self.owner, progress).await?
+                })
+            })
+            .await?;
         if recorded { Ok(()) } else { Err(JobError::LeaseLost) }
     }
 }

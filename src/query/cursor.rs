@@ -1,5 +1,6 @@
-//! Opaque page cursors: the sort values of a page's last row, bound to the dataset and order, signed with
-//! HMAC-SHA256 so a tampered or foreign cursor is refused rather than run.
+//! Opaque cursors: the sort values of a page's last row (page cursors) or of an event's last row (an event
+//! stream's resume tokens), bound to the dataset and order, signed with HMAC-SHA256 so a tampered or foreign
+//! cursor is refused rather than run.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,6 +20,65 @@ pub(crate) struct Cursor {
     /// The last row's position.
     #[serde(rename = "v")]
     pub(crate) values: super::Position,
+    /// Resume tokens: the rows the stream had sent up to that row (so `limit` counts on).
+    #[serde(rename = "n", default, skip_serializing_if = "is_zero")]
+    pub(crate) sent: u64,
+    /// Resume tokens: a digest of the request's query string, so a token resumes only its own request.
+    #[serde(rename = "q", default, skip_serializing_if = "String::is_empty")]
+    pub(crate) request: String,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A digest of a request's query parameters, in order, as resume tokens carry it.
+pub(crate) fn request_digest(params: &[(String, String)]) -> String {
+    use sha2::Digest as _;
+    let mut hash = Sha256::new();
+    for (name, value) in params {
+        for part in [name, value] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+    }
+    URL_SAFE_NO_PAD.encode(&hash.finalize()[..16])
+}
+
+/// Makes the resume tokens of one event stream: its events' ids.
+#[derive(Debug)]
+pub(crate) struct ResumeTokens {
+    key: CursorKey,
+    dataset: String,
+    order: String,
+    request: String,
+    /// Rows sent before this response (a resumed stream's).
+    sent_before: u64,
+}
+
+impl ResumeTokens {
+    /// Tokens for a stream of `dataset` in the order with `signature`, for the request with `digest`
+    /// (see [`request_digest`]), after `sent_before` rows.
+    pub(crate) fn new(key: &CursorKey, dataset: &str, signature: String, digest: String, sent_before: u64) -> Self {
+        ResumeTokens {
+            key: key.clone(),
+            dataset: dataset.to_owned(),
+            order: signature,
+            request: digest,
+            sent_before,
+        }
+    }
+
+    /// The token after a row at `position`, the `rows`th of this response.
+    pub(crate) fn token(&self, position: super::Position, rows: u64) -> String {
+        self.key.seal(&Cursor {
+            dataset: self.dataset.clone(),
+            order: self.order.clone(),
+            values: position,
+            sent: self.sent_before + rows,
+            request: self.request.clone(),
+        })
+    }
 }
 
 /// A cursor that cannot be used.
@@ -81,7 +141,30 @@ mod tests {
             dataset: "orders".into(),
             order: "0.asc.nullslast".into(),
             values: super::super::Position(vec![Some("41".into()), None]),
+            sent: 0,
+            request: String::new(),
         }
+    }
+
+    #[test]
+    fn a_resume_token_carries_the_rows_sent_and_its_request() {
+        let key = CursorKey::new(b"secret");
+        let params = |limit: &str| {
+            vec![
+                ("format".to_owned(), "sse".to_owned()),
+                ("limit".to_owned(), limit.to_owned()),
+            ]
+        };
+        let tokens = ResumeTokens::new(&key, "orders", "o".into(), request_digest(&params("10")), 4);
+        let opened = key
+            .open(&tokens.token(super::super::Position(vec![Some("7".into())]), 3))
+            .unwrap();
+        assert_eq!((opened.sent, opened.dataset.as_str()), (7, "orders"));
+        assert_eq!(opened.request, request_digest(&params("10")));
+        assert_ne!(opened.request, request_digest(&params("11")));
+        // Length-prefixed: moving a character from a name to its value changes the digest.
+        let split = |a: &str, b: &str| request_digest(&[(a.to_owned(), b.to_owned())]);
+        assert_ne!(split("ab", "c"), split("a", "bc"));
     }
 
     #[test]

@@ -73,18 +73,18 @@ impl KeysetScan {
     /// The plan of the batch after `after` (`None`: from the very beginning), of at most `limit` rows. Each
     /// row carries its position as hidden text columns after the encoded ones.
     pub(crate) fn batch(&self, after: Option<&Position>, limit: u64, count: Option<CountMethod>) -> Plan {
-        plan_keyset(&self.dataset, &self.request, self.format, after, limit, count)
+        plan_keyset(&self.dataset, &self.request, self.format, after, Some(limit), count)
     }
 }
 
-/// Up to `limit` matching rows after `after` in the request's order (with the key as tie-breaker), each
-/// followed by its position.
+/// The matching rows after `after` in the request's order (with the key as tie-breaker), up to `limit`,
+/// each followed by its position.
 pub(super) fn plan_keyset(
     dataset: &Dataset,
     request: &Request,
     format: Format,
     after: Option<&Position>,
-    limit: u64,
+    limit: Option<u64>,
     count: Option<CountMethod>,
 ) -> Plan {
     let (mut sql, count) = filtered(dataset, request, count);
@@ -94,7 +94,7 @@ pub(super) fn plan_keyset(
         sql.where_clauses.push(predicate);
     }
     let (expressions, columns) = select_list(dataset, &request.select, format);
-    sql.into_plan(expressions, keyset, Some(limit), count, columns, true)
+    sql.into_plan(expressions, keyset, limit, count, columns, true)
 }
 
 /// Rows strictly after `values` in the order `terms` (the last of which is the unique key):

@@ -20,13 +20,13 @@ pub(crate) use self::keyset::{KeysetScan, Position};
 pub(crate) use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
 
 /// A value that must be checked against its column's type before the query runs, so that a bad one is a 400
-/// naming its parameter rather than a failed export.
+/// naming its parameter rather than a failed export. All of a plan's checks run in one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Check {
     /// The query parameter it came from.
     pub(crate) parameter: String,
-    /// `SELECT $1::text::<type> IS NULL`.
-    pub(crate) sql: String,
+    /// The type it is cast to (from the catalog, quoted there).
+    pub(crate) cast_type: String,
     /// The value.
     pub(crate) value: String,
 }
@@ -73,15 +73,16 @@ impl Plan {
     pub(crate) fn position_columns(&self) -> std::ops::Range<usize> {
         self.columns.len()..self.columns.len() + self.keyset.len()
     }
+}
 
-    /// The signature of the plan's order, which a page cursor must match.
-    pub(crate) fn order_signature(&self) -> String {
-        self.keyset
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
+/// The signature of the order `request` reads `dataset` in (its own, with the key as tie-breaker), which a
+/// page cursor or resume token must match.
+pub(crate) fn order_signature(dataset: &Dataset, request: &Request) -> String {
+    effective_order(dataset, request)
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// SQL text under construction with its parameters.
@@ -116,9 +117,7 @@ impl<'a> Sql<'a> {
         if !accepts_any_text(column) {
             self.checks.push(Check {
                 parameter: parameter.to_owned(),
-                // A boolean result: a column of the cast type would make tokio-postgres look that type up with
-                // a second query, which fails inside the transaction the bad value just aborted.
-                sql: format!("SELECT $1::text::{} IS NULL", column.cast_type),
+                cast_type: column.cast_type.clone(),
                 value: value.to_owned(),
             });
         }
@@ -334,7 +333,20 @@ pub(crate) fn plan_page(
     limit: u64,
     count: Option<CountMethod>,
 ) -> Plan {
-    keyset::plan_keyset(dataset, request, Format::Ndjson, after, limit + 1, count)
+    keyset::plan_keyset(dataset, request, Format::Ndjson, after, Some(limit + 1), count)
+}
+
+/// The plan of a resumed stream: the rows after `after` in the request's order (with the key as
+/// tie-breaker), at most `limit`, each with its position.
+pub(crate) fn plan_after(
+    dataset: &Dataset,
+    request: &Request,
+    format: Format,
+    after: &Position,
+    limit: Option<u64>,
+    count: Option<CountMethod>,
+) -> Plan {
+    keyset::plan_keyset(dataset, request, format, Some(after), limit, count)
 }
 
 #[cfg(test)]
@@ -371,7 +383,7 @@ mod tests {
             plan.checks,
             vec![Check {
                 parameter: "amount".into(),
-                sql: "SELECT $1::text::numeric IS NULL".into(),
+                cast_type: "numeric".into(),
                 value: "10.5".into()
             }]
         );

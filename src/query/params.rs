@@ -304,7 +304,16 @@ fn parse_filter(dataset: &Dataset, parameter: &str, value: &str) -> Result<Filte
             Operator::Like(if op == "like" { "LIKE" } else { "ILIKE" }, argument.replace('*', "%"))
         }
         "in" if !described.operators.equal => return Err(lacks("an = operator")),
-        "in" => Operator::In(parse_list(parameter, argument)?),
+        "in" => {
+            let items = parse_list(parameter, argument)?;
+            if items.len() > MAX_IN_VALUES {
+                return Err(reject(
+                    parameter,
+                    format!("in lists hold at most {MAX_IN_VALUES} values ({} given)", items.len()),
+                ));
+            }
+            Operator::In(items)
+        }
         "is" => match argument {
             "null" => Operator::Is("NULL"),
             "true" | "false" if described.kind != ValueKind::Bool => {
@@ -333,6 +342,10 @@ fn parse_filter(dataset: &Dataset, parameter: &str, value: &str) -> Result<Filte
 }
 
 /// `(a,b,"c,d","say \"hi\"")` → its items; quotes protect commas, `\` escapes inside quotes.
+/// The most values one `in` list may hold. Every value is a bind parameter (Postgres takes at most 65,535
+/// per statement) and is type-checked before the query runs.
+pub(crate) const MAX_IN_VALUES: usize = 1000;
+
 fn parse_list(parameter: &str, argument: &str) -> Result<Vec<String>, ParamError> {
     let inner = argument
         .strip_prefix('(')

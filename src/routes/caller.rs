@@ -9,6 +9,7 @@ use futures::future::LocalBoxFuture;
 
 use crate::auth::{AuthError, Identity};
 use crate::dataset::Catalog;
+use crate::db::error::OpenError;
 use crate::db::rows::readable;
 use crate::db::{self, Session};
 use crate::error::ApiError;
@@ -94,10 +95,15 @@ impl Caller {
         estimate: bool,
     ) -> Result<Vec<(String, Option<i64>)>, ApiError> {
         let relations: Vec<(String, String)> = catalog.iter().map(|d| (d.name.clone(), d.relation.clone())).collect();
-        let client = pools.exports.get().await?;
-        readable(&client, &self.begin(state, context, request), &relations, estimate)
-            .await
-            .map_err(|e| self.refine(e.into()))
+        let found = async {
+            let mut lease = pools.exports.lease().await?;
+            let begin = self.begin(state, context, request);
+            lease.begin(&begin).await.map_err(OpenError::from_begin)?;
+            let found = readable(lease.client(), &relations, estimate).await?;
+            lease.release().await?;
+            Ok::<_, OpenError>(found)
+        };
+        found.await.map_err(|e| self.refine(e.into()))
     }
 
     /// The refusal of a dataset this caller's role may not read: 401 when anonymous, else 403.

@@ -115,7 +115,6 @@ pub(super) async fn create(
     while !matches!(rows.next().await.map_err(|e| caller.refine(e.into()))?, Next::End) {}
     rows.finish().await?;
 
-    let mut client = pools.exports.get().await?;
     let job = NewJob {
         dataset: &dataset.name,
         format: format.extension(),
@@ -129,9 +128,9 @@ pub(super) async fn create(
             claims: &identity.claims,
         }),
     };
-    let id = jobs
-        .store
-        .create(&mut client, &job, jobs.settings.max_queued)
+    let id = pools
+        .exports
+        .with(async |client| Ok::<_, ApiError>(jobs.store.create(client, &job, jobs.settings.max_queued).await?))
         .await?
         .ok_or(ApiError::QueueFull)?;
     let status_url = format!("/v1/exports/{id}");
@@ -146,17 +145,16 @@ async fn status_of(
     pools: &Pools,
     id: Uuid,
     caller: &Caller,
-) -> Result<(serde_json::Value, JobStatus), ApiError> {
-    let client = pools.exports.get().await?;
-    let (document, state) = jobs
-        .store
-        .status(&**client, id, caller.owner())
+) -> Result<(serde_json::Value, Option<JobStatus>), ApiError> {
+    let (document, state) = pools
+        .exports
+        .with(async |client| Ok::<_, ApiError>(jobs.store.status(client, id, caller.owner()).await?))
         .await?
         .ok_or_else(|| ApiError::UnknownJob(id.to_string()))?;
     let mut document: serde_json::Value =
         serde_json::from_str(&document).map_err(|e| ApiError::Internal(Box::new(e)))?;
     document["status_url"] = format!("/v1/exports/{id}").into();
-    if state == JobStatus::Completed {
+    if state == Some(JobStatus::Completed) {
         document["download_url"] = format!("/v1/exports/{id}/download").into();
     }
     Ok((document, state))
@@ -191,7 +189,8 @@ pub(super) async fn download(
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
     let (document, status) = status_of(jobs, &pools, id, &caller).await?;
-    if status != JobStatus::Completed {
+    if status != Some(JobStatus::Completed) {
+        let status = document["status"].as_str().unwrap_or_default().to_owned();
         return Err(ApiError::JobNotCompleted(status));
     }
     let text = |field: &str| document[field].as_str().unwrap_or_default().to_owned();
@@ -227,19 +226,24 @@ pub(super) async fn remove(
 ) -> Result<HttpResponse, ApiError> {
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
-    let client = pools.exports.get().await?;
-    if jobs
-        .store
-        .cancel(&**client, id, caller.owner(), jobs.settings.retention)
-        .await?
-    {
-        drop(client);
+    let owner = caller.owner();
+    let (cancelled, deleted) = pools
+        .exports
+        .with(async |client| {
+            let retention = jobs.settings.retention;
+            if jobs.store.cancel(client, id, owner, retention).await? {
+                return Ok::<_, ApiError>((true, false));
+            }
+            Ok((false, jobs.store.delete(client, id, owner).await?))
+        })
+        .await?;
+    if cancelled {
         // The runner notices at its next lease renewal and stops; its file goes with it.
         remove_job_files(jobs, id).await?;
         let (document, _) = status_of(jobs, &pools, id, &caller).await?;
         return Ok(HttpResponse::Ok().json(document));
     }
-    if jobs.store.delete(&**client, id, caller.owner()).await? {
+    if deleted {
         remove_job_files(jobs, id).await?;
         return Ok(HttpResponse::NoContent().finish());
     }

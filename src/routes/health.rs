@@ -16,11 +16,14 @@ pub(super) async fn healthz() -> HttpResponse {
 /// Uses a one-connection pool of its own, so a pool full of exports does not make pgspout look unready.
 #[get("/readyz")]
 pub(super) async fn readyz(pools: web::Data<Pools>) -> Result<HttpResponse, ApiError> {
-    let client = pools.health.get().await.map_err(|e| ApiError::NotReady(Box::new(e)))?;
-    if let Err(error) = client.simple_query("SELECT 1").await {
-        // A broken connection must not be handed out again.
-        let _ = deadpool_postgres::Object::take(client);
-        return Err(ApiError::NotReady(Box::new(error)));
-    }
+    // A connection that failed is discarded, never handed out again.
+    pools
+        .health
+        .with(async |client| {
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .await
+        .map_err(ApiError::NotReady)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
 }

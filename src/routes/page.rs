@@ -57,7 +57,7 @@ pub(super) async fn page(
         };
         let count = count_preference(&request);
         let plan = query::plan_page(dataset, &parsed, after.as_ref().map(|c| &c.values), limit, count);
-        let signature = plan.order_signature();
+        let signature = query::order_signature(dataset, &parsed);
         if let Some(cursor) = &after
             && (cursor.dataset != dataset.name
                 || cursor.order != signature
@@ -74,15 +74,8 @@ pub(super) async fn page(
         let timings = rows.timings();
         // The query asks for one row more than the page holds; seeing it means there is a next page.
         rows.cap(limit);
-        let mut pipeline = Pipeline::new(
-            rows,
-            encoder,
-            Encoding::Identity,
-            &state.levels,
-            state.chunking.size,
-            true,
-        )
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let mut pipeline = Pipeline::new(rows, encoder, Encoding::Identity, &state.limits, true)
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
         let mut body = Vec::from(&b"{\"rows\":"[..]);
         while let Some(piece) = pipeline.next(None).await? {
             let (Piece::Chunk(bytes) | Piece::Boundary(bytes) | Piece::End(bytes)) = piece;
@@ -93,6 +86,8 @@ pub(super) async fn page(
                 dataset: dataset.name.clone(),
                 order: signature,
                 values,
+                sent: 0,
+                request: String::new(),
             })
         });
 

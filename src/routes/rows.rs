@@ -16,10 +16,12 @@ use crate::error::ApiError;
 use crate::pipeline::Pipeline;
 use crate::query::{self, CountMethod, Endpoint, KeysetScan};
 
-/// The header a reconnecting `EventSource` sends.
-const LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
+use crate::query::cursor::{ResumeTokens, request_digest};
 use crate::state::{AppState, Pools};
 use crate::telemetry::request::RequestContext;
+
+/// The header a reconnecting `EventSource` sends.
+const LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("last-event-id");
 
 /// Streams the rows a request selects, filters and orders (by default: all, in key order).
 ///
@@ -38,15 +40,33 @@ pub(super) async fn rows(
     let response: Result<HttpResponse, ApiError> = async {
         let dataset = state.dataset(&name)?;
         let dataset = &*dataset;
-        let mut parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
+        let parsed = query::params::parse(dataset, Endpoint::Rows, &params)?;
         let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
-        // A reconnecting EventSource resumes after the last event it received, as `after` would.
-        if let (Format::Sse, Some(last)) = (format, header_value(&request, LAST_EVENT_ID)) {
-            let mut resumed: Vec<(String, String)> = params.iter().filter(|(n, _)| n != "after").cloned().collect();
-            resumed.push(("after".into(), last.to_owned()));
-            parsed = query::params::parse(dataset, Endpoint::Rows, &resumed)?;
-        }
-        let key_ordered = parsed.is_key_ordered(dataset);
+        // An event stream of a keyed dataset gives each event a resume token as its id; a reconnecting
+        // EventSource sends the last one back, and the stream goes on after it.
+        let tokens = (format == Format::Sse && dataset.key.is_some()).then(|| {
+            let signature = query::order_signature(dataset, &parsed);
+            (signature, request_digest(&params))
+        });
+        let resume = match (format, header_value(&request, LAST_EVENT_ID)) {
+            (Format::Sse, Some(token)) => {
+                let (signature, digest) = tokens.as_ref().ok_or_else(|| {
+                    ApiError::BadQuery("Last-Event-ID: this dataset has no key, so its streams cannot resume".into())
+                })?;
+                let cursor = state
+                    .cursor_key
+                    .open(token)
+                    .map_err(|e| ApiError::BadQuery(format!("Last-Event-ID: {e}")))?;
+                if cursor.dataset != dataset.name || &cursor.order != signature || &cursor.request != digest {
+                    return Err(ApiError::BadQuery(
+                        "Last-Event-ID belongs to another stream (dataset, order or query)".into(),
+                    ));
+                }
+                Some(cursor)
+            }
+            _ => None,
+        };
+        let sent_before = resume.as_ref().map_or(0, |cursor| cursor.sent);
         // `compression=` asks for a compressed file (a download link), else Accept-Encoding picks a coding the
         // client undoes on the fly.
         let (encoding, file) = match parsed.compression {
@@ -89,16 +109,23 @@ pub(super) async fn rows(
             .expect("the semaphore is never closed");
         let (source, columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
             Consistency::Snapshot => {
-                // Key-ordered event streams carry each row's key, for their events' ids.
-                let plan = match format {
-                    Format::Sse if key_ordered => query::plan_rows_with_keys(dataset, &parsed, format, counted),
-                    _ => query::plan_rows(dataset, &parsed, format, counted),
+                // Resumable event streams carry each row's position, for their events' ids.
+                let plan = match (&resume, &tokens) {
+                    (Some(cursor), _) => {
+                        let limit = parsed.limit.map(|limit| limit.saturating_sub(cursor.sent));
+                        query::plan_after(dataset, &parsed, format, &cursor.values, limit, counted)
+                    }
+                    (None, Some(_)) => query::plan_rows_with_keys(dataset, &parsed, format, counted),
+                    (None, None) => query::plan_rows(dataset, &parsed, format, counted),
                 };
                 let columns = plan.columns.clone();
                 (Source::Statement(plan), columns)
             }
             Consistency::Chunked => {
-                let scan = KeysetScan::new(dataset, &parsed, format, state.batch_rows);
+                let mut scan = KeysetScan::new(dataset, &parsed, format, state.batch_rows);
+                if let Some(cursor) = resume {
+                    scan = scan.resumed(Some(cursor.values), cursor.sent);
+                }
                 let columns = scan.columns();
                 (Source::Batches(scan), columns)
             }
@@ -108,11 +135,15 @@ pub(super) async fn rows(
         total_count_headers(&mut response, count, total);
         server_timing(&mut response, rows.timings());
         let encoder = match format {
-            Format::Sse => RowEncoder::sse(&columns, key_ordered, total),
+            Format::Sse => RowEncoder::sse(&columns, total, sent_before),
             _ => RowEncoder::new(format, &columns),
         };
-        let pipeline = Pipeline::new(rows, encoder, encoding, &state.levels, state.chunking.size, true)
-            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let mut pipeline =
+            Pipeline::new(rows, encoder, encoding, &state.limits, true).map_err(|e| ApiError::Internal(Box::new(e)))?;
+        if let Some((signature, digest)) = tokens {
+            let tokens = ResumeTokens::new(&state.cursor_key, &dataset.name, signature, digest, sent_before);
+            pipeline = pipeline.with_resume_tokens(tokens);
+        }
         let meter = context.metrics().export(
             context.clone(),
             &dataset.name,

@@ -345,7 +345,7 @@ impl Metrics {
             active: self.exports_active.clone(),
             dataset: dataset.to_owned(),
             context,
-            outcome: ExportOutcome::Failed,
+            outcome: None,
             sent_rows: 0,
             sent_bytes: 0,
         }
@@ -353,8 +353,8 @@ impl Metrics {
 }
 
 /// One streamed export's metrics. Dropping it ends the export's record, once: it counts the export with the
-/// outcome set last (`failed` unless another was set), observes its duration, logs its end line and hands
-/// rows and outcome to the request's access line.
+/// first outcome recorded (`failed` if none was), observes its duration, logs its end line and hands rows and
+/// outcome to the request's access line.
 pub(crate) struct ExportMeter {
     rows: IntCounter,
     bytes: IntCounter,
@@ -363,7 +363,7 @@ pub(crate) struct ExportMeter {
     active: IntGauge,
     dataset: String,
     context: RequestContext,
-    outcome: ExportOutcome,
+    outcome: Option<ExportOutcome>,
     sent_rows: u64,
     sent_bytes: u64,
 }
@@ -377,9 +377,10 @@ impl ExportMeter {
         self.sent_bytes += bytes as u64;
     }
 
-    /// How the export ended.
+    /// How the export ended. The first outcome recorded stands: a client that leaves an export that had
+    /// already failed (or run too long) does not turn it into a departure.
     pub(crate) fn end(&mut self, outcome: ExportOutcome) {
-        self.outcome = outcome;
+        self.outcome.get_or_insert(outcome);
     }
 
     /// When the export's request arrived.
@@ -393,7 +394,7 @@ impl Drop for ExportMeter {
         let elapsed = self.context.started().elapsed();
         self.active.dec();
         self.duration.observe(elapsed.as_secs_f64());
-        let outcome = self.outcome.as_str();
+        let outcome = self.outcome.unwrap_or(ExportOutcome::Failed).as_str();
         self.outcomes.with_label_values(&[self.dataset.as_str(), outcome]).inc();
         self.context.export_ended(self.sent_rows, outcome);
         tracing::info!(
@@ -404,5 +405,35 @@ impl Drop for ExportMeter {
             millis = elapsed.as_millis() as u64,
             "export ended"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exports_first_outcome_stands_when_a_later_one_is_recorded() {
+        let metrics = Arc::new(Metrics::new());
+        let count = |outcome: &str| metrics.exports.with_label_values(&["orders", outcome]).get();
+        let mut meter = metrics.export(
+            RequestContext::for_tests(metrics.clone()),
+            "orders",
+            "ndjson",
+            "identity",
+        );
+        // It ran too long; its client left while the abort waited to be sent.
+        meter.end(ExportOutcome::TooLong);
+        meter.end(ExportOutcome::ClientLeft);
+        drop(meter);
+        assert_eq!((count("too_long"), count("client_left")), (1, 0));
+        // No outcome recorded at all is a failure.
+        drop(metrics.export(
+            RequestContext::for_tests(metrics.clone()),
+            "orders",
+            "ndjson",
+            "identity",
+        ));
+        assert_eq!(count("failed"), 1);
     }
 }

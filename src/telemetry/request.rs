@@ -130,6 +130,24 @@ impl Drop for Exchange {
 #[derive(Clone)]
 pub(crate) struct RequestContext(pub(crate) Arc<Exchange>);
 
+#[cfg(test)]
+impl RequestContext {
+    /// A GET of `/test` that arrived now, for unit tests.
+    pub(crate) fn for_tests(metrics: Arc<Metrics>) -> RequestContext {
+        RequestContext(Arc::new(Exchange {
+            id: "test".into(),
+            method: "GET".into(),
+            route: "/test".into(),
+            started: Instant::now(),
+            status: AtomicU16::new(200),
+            bytes: AtomicU64::new(0),
+            export: Mutex::new(None),
+            body_done: AtomicBool::new(false),
+            metrics,
+        }))
+    }
+}
+
 impl std::ops::Deref for RequestContext {
     type Target = Exchange;
 

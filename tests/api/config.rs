@@ -198,3 +198,17 @@ async fn pgspout_check_lists_the_datasets_and_exits_non_zero_on_any_problem() {
     assert!(stderr.contains("cannot connect"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn every_way_to_build_the_application_validates_its_settings() {
+    let db = TestDb::new().await;
+    small_table(&db, 1).await;
+    let mut settings = crate::helpers::settings(&db, &[("small", "small", Some("id"))]);
+    settings.export.chunk_size = 0;
+    let Err(error) = pgspout::startup::Application::build(settings.clone()).await else {
+        panic!("a chunk size of 0 was accepted");
+    };
+    assert!(error.to_string().contains("export.chunk_size"), "{error}");
+    let error = pgspout::startup::check(&settings).await.unwrap_err();
+    assert!(error.to_string().contains("export.chunk_size"), "{error}");
+}

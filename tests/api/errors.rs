@@ -142,7 +142,7 @@ async fn config_that_does_not_match_the_database_fails_at_start_up_naming_the_pr
     ] {
         let settings = settings(&db, &[("ds", table, key)]);
         let error = Application::build(settings).await.err().expect("start-up must fail");
-        let message = pgspout::error::chain(&error);
+        let message = pgspout::report::chain(&error);
         assert!(
             message.contains(expected) && message.contains("\"ds\""),
             "{message:?} lacks {expected:?}"
@@ -192,4 +192,50 @@ async fn a_role_without_select_privilege_gets_403() {
     let response = app.get("/v1/datasets/secret/rows", &[]).await;
     assert_eq!(response.status(), 403);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn a_value_over_the_limit_aborts_the_export_page_and_job_naming_its_column() {
+    let db = TestDb::new().await;
+    // Row 3's blob is twice the limit; the others are small.
+    db.client
+        .batch_execute(
+            "CREATE TABLE blobs (id int PRIMARY KEY, blob bytea); \
+             INSERT INTO blobs SELECT g, CASE WHEN g = 3 THEN decode(repeat('ab', 2 * 1024 * 1024), 'hex') \
+               ELSE '\\x00'::bytea END FROM generate_series(1, 5) g",
+        )
+        .await
+        .unwrap();
+    let directory = crate::jobs::temp_dir("jobs-too-large");
+    let mut settings = settings(&db, &[("blobs", "blobs", Some("id"))]);
+    settings.export.max_value_bytes = 1024 * 1024;
+    settings.jobs.directory = Some(directory.clone());
+    let app = spawn_with(db, settings).await;
+
+    for coding in ["identity", "gzip"] {
+        let mut response = app.raw("/v1/datasets/blobs/rows", &[("Accept-Encoding", coding)]).await;
+        assert_eq!(response.status, 200);
+        let (_, terminated) = response.read_to_end().await;
+        assert!(!terminated, "{coding}: a refused value must abort the transfer");
+    }
+    let page = app.get("/v1/datasets/blobs/page?limit=5", &[]).await;
+    assert_eq!(page.status(), 422);
+    let problem: serde_json::Value = page.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("\"blob\"") && detail.contains("max_value_bytes"),
+        "{detail}"
+    );
+    // Below the limit, the same rows stream in full.
+    let small = app.get("/v1/datasets/blobs/rows?id=neq.3", &[]).await;
+    assert_eq!(small.text().await.unwrap().lines().count(), 4);
+
+    let id = crate::jobs::create_ok(&app.address, serde_json::json!({ "dataset": "blobs" })).await;
+    let failed = crate::helpers::wait_for(Duration::from_secs(60), || async {
+        let status = crate::jobs::status(&app.address, &id).await;
+        (status["status"] == "failed").then_some(status)
+    })
+    .await;
+    assert!(failed["error"].as_str().unwrap().contains("\"blob\""), "{failed}");
+    let _ = std::fs::remove_dir_all(&directory);
 }

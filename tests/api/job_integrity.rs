@@ -146,15 +146,29 @@ async fn a_job_ordered_by_non_unique_columns_neither_loses_nor_repeats_rows_at_b
 #[tokio::test]
 async fn a_checkpoint_that_cannot_be_read_back_fails_the_job_rather_than_restarting_it() {
     let db = TestDb::new().await;
-    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    // A keyed table, so each batch is an index range scan (a batch of the ten-million-row view sorts the whole
+    // view, which took over 20 s on a loaded machine); a thousand small batches, each a checkpoint, keep the
+    // job running well past the first one.
+    db.client
+        .batch_execute(
+            "CREATE TABLE steps (id int PRIMARY KEY, label text); \
+             INSERT INTO steps SELECT g, 'step ' || g FROM generate_series(1, 100000) g",
+        )
+        .await
+        .unwrap();
     let directory = temp_dir("jobs-checkpoint");
-    let config = config(&directory, "batch_rows = 1000", &[("big", "big", Some("id"))]);
+    let config = config(&directory, "batch_rows = 100", &[("steps", "steps", Some("id"))]);
     let server = ServerProcess::start(&db, &config).await;
-    let id = create(&server.base, json!({ "dataset": "big" })).await;
-    wait_for(Duration::from_secs(20), || async {
-        (status(&server.base, &id).await["rows_written"].as_i64().unwrap() > 0).then_some(())
+    let id = create(&server.base, json!({ "dataset": "steps" })).await;
+    let first = wait_for(Duration::from_secs(60), || async {
+        let status = status(&server.base, &id).await;
+        (status["rows_written"].as_i64().unwrap() > 0).then_some(status)
     })
     .await;
+    assert_eq!(
+        first["status"], "running",
+        "the job is still running at its first checkpoint: {first}"
+    );
     drop(server);
     db.client
         .execute(
@@ -164,7 +178,8 @@ async fn a_checkpoint_that_cannot_be_read_back_fails_the_job_rather_than_restart
         .await
         .unwrap();
     let server = ServerProcess::start(&db, &config).await;
-    let failed = wait_status(&server.base, &id, "failed", Duration::from_secs(20)).await;
+    // The killed run's lease (2 s) runs out first.
+    let failed = wait_status(&server.base, &id, "failed", Duration::from_secs(60)).await;
     assert!(
         failed["error"].as_str().unwrap().contains("cannot be read back"),
         "{failed}"

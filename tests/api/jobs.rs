@@ -580,3 +580,44 @@ async fn a_job_whose_batches_stall_is_retried_then_failed_never_left_running() {
     drop(server);
     std::fs::remove_dir_all(&directory).unwrap();
 }
+
+#[tokio::test]
+async fn a_status_a_newer_version_wrote_is_shown_as_it_is_and_breaks_nothing() {
+    let db = TestDb::new().await;
+    orders(&db, 10).await;
+    let directory = temp_dir("jobs-newer-status");
+    let server = ServerProcess::start(&db, &jobs_config(&directory, "")).await;
+    let done = create_ok(&server.base, json!({ "dataset": "orders" })).await;
+    wait_completed(&server.base, std::slice::from_ref(&done), Duration::from_secs(60)).await;
+    // A newer instance (a rolling upgrade) widened the statuses and wrote one this version does not know.
+    db.client
+        .batch_execute(&format!(
+            "ALTER TABLE pgspout.export_jobs DROP CONSTRAINT export_jobs_status_check; \
+             UPDATE pgspout.export_jobs SET status = 'uploading' WHERE id = '{done}'"
+        ))
+        .await
+        .unwrap();
+    let shown = status(&server.base, &done).await;
+    assert_eq!(shown["status"], "uploading");
+    assert!(shown.get("download_url").is_none(), "{shown}");
+    let download = reqwest::get(format!("http://{}/v1/exports/{done}/download", server.base))
+        .await
+        .unwrap();
+    assert_eq!(download.status(), 409);
+    let detail: Value = download.json().await.unwrap();
+    assert!(detail["detail"].as_str().unwrap().contains("uploading"), "{detail}");
+    // The runner, its counts and the other routes go on.
+    let next = create_ok(&server.base, json!({ "dataset": "orders" })).await;
+    wait_completed(&server.base, std::slice::from_ref(&next), Duration::from_secs(60)).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pgspout_jobs{status=\"completed\"}"),
+        "the job counts still refresh"
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}

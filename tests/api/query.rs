@@ -185,6 +185,65 @@ async fn malformed_values_and_names_are_400s_that_name_the_parameter() {
 }
 
 #[tokio::test]
+async fn long_in_lists_are_checked_in_one_statement_and_a_bad_value_among_them_is_named() {
+    let app = app().await;
+    let list = |n: usize, bad: Option<usize>| {
+        let values: Vec<String> = (1..=n)
+            .map(|i| {
+                if Some(i) == bad {
+                    "seven".to_owned()
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect();
+        format!("in.({})", values.join(","))
+    };
+    // The most an in list holds: every value checked, the rows those of SQL.
+    let started = std::time::Instant::now();
+    let found = ids(
+        &app,
+        &format!("id={}&price=in.({})", list(1000, None), "3.75,7.50,11.25"),
+    )
+    .await;
+    eprintln!(
+        "figure: 1000 id values and 3 price values checked and run in {:?}",
+        started.elapsed()
+    );
+    let expected: Vec<i64> = app
+        .db
+        .client
+        .query(
+            "SELECT id FROM items WHERE id BETWEEN 1 AND 1000 AND price IN (3.75, 7.50, 11.25) ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(expected.len() >= 3);
+    assert_eq!(found, expected);
+    // One bad value among them, in either parameter, is found and named.
+    for (query, parameter) in [
+        (format!("id={}&price=in.(1.5,2.5)", list(1000, Some(777))), "id"),
+        (format!("id={}&price=in.(1.5,dear,2.5)", list(999, None)), "price"),
+        (format!("price=in.(1.5,2.5)&id={}&name=eq.x", list(1000, Some(1))), "id"),
+    ] {
+        let (status, detail) = problem(&app, &query).await;
+        assert_eq!(status, 400, "{detail}");
+        assert!(
+            detail.contains(&format!("{parameter:?}")),
+            "{detail:?} should name {parameter:?}"
+        );
+    }
+    // One more value than an in list holds is refused before any query, naming the parameter.
+    let (status, detail) = problem(&app, &format!("id={}", list(1001, None))).await;
+    assert_eq!(status, 400);
+    assert!(detail.contains("\"id\"") && detail.contains("at most 1000"), "{detail}");
+}
+
+#[tokio::test]
 async fn injection_attempts_in_values_match_literally() {
     let app = app().await;
     for value in [

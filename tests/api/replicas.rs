@@ -145,6 +145,31 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
 }
 
 #[tokio::test]
+async fn a_replica_whose_pool_is_busy_hands_the_request_to_the_next_healthy_one() {
+    let (primary, replica) = primary_and_replica(&[]).await;
+    let mut settings = replica_settings(&primary, &replica, ReplicaFallback::Refuse);
+    // The same standby twice, as two replicas with a pool of one connection each.
+    settings.database.replicas = vec![
+        replica.url(),
+        format!("{} application_name=pgspout-second", replica.url()),
+    ];
+    settings.database.pool_size = 1;
+    settings.export.max_concurrent = Some(1);
+    // Far longer than `get` waits: a request that queued for the busy pool would fail the test.
+    settings.database.acquire_timeout = Duration::from_secs(60);
+    let address = serve(settings).await;
+    // An export whose client does not read holds one replica's only connection.
+    let stalled = RawResponse::get(&address, "/v1/datasets/big/rows", &[]).await;
+    assert_eq!(stalled.status, 200);
+    // Requests start at each replica in turn; those that start at the busy one go on to the other.
+    for _ in 0..4 {
+        let response = get(&address, "/v1/datasets/items/page?limit=5", &[]).await;
+        assert_eq!(response.status(), 200);
+    }
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn with_no_healthy_replica_fallback_reads_the_primary_and_refuse_answers_503() {
     let (primary, replica) = primary_and_replica(&[]).await;
     let lag_limited = |fallback| {

@@ -325,3 +325,57 @@ fn established_from(port: u16) -> usize {
         })
         .count()
 }
+
+#[tokio::test]
+async fn readyz_answers_promptly_on_the_worker_of_the_heaviest_compressed_exports_allowed() {
+    let db = TestDb::new().await;
+    db.client.batch_execute(BIG_VIEW).await.unwrap();
+    // One worker, so /readyz shares it with the exports; the highest levels allowed, and large chunks (the
+    // compressor still takes them a slice at a time).
+    let highest = pgspout::compress::Levels::highest();
+    let server = ServerProcess::start(
+        &db,
+        &format!(
+            "[server]\nworkers = 1\n\n[export]\nchunk_size = 4194304\n\n\
+             [compression]\ngzip = {}\nzstd = {}\nbrotli = {}\n\n\
+             [[datasets]]\nname = \"big\"\ntable = \"big\"\n",
+            highest.gzip, highest.zstd, highest.brotli
+        ),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let readyz = format!("http://{}/readyz", server.base);
+    for coding in ["gzip", "zstd", "br"] {
+        let mut export = crate::helpers::RawResponse::get(
+            &server.base,
+            "/v1/datasets/big/rows?format=csv",
+            &[("Accept-Encoding", coding)],
+        )
+        .await;
+        assert_eq!(export.status, 200);
+        // The export runs (and compresses) while the client keeps reading.
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = received.clone();
+        let reading = tokio::spawn(async move {
+            while let Ok(Some(chunk)) = export.next_chunk().await {
+                counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        wait_until(Duration::from_secs(60), || async {
+            received.load(std::sync::atomic::Ordering::Relaxed) > 0
+        })
+        .await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let asked = Instant::now();
+            let response = client.get(&readyz).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            slowest = slowest.max(asked.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("figure: /readyz during a {coding} export at the highest level: slowest of 20 {slowest:?}");
+        // Milliseconds here; a worker compressing whole 4 MiB chunks at brotli 11 made it wait seconds.
+        assert!(slowest < Duration::from_secs(2), "{coding}: /readyz took {slowest:?}");
+        reading.abort();
+    }
+}

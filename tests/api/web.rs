@@ -227,6 +227,30 @@ async fn sse(
     (ids, events)
 }
 
+/// The rows of the message events up to and including the `n`th (0-based), and that event's id.
+fn rows_through(events: &[(String, Option<String>, Vec<String>)], n: usize) -> (Vec<i64>, String) {
+    let messages: Vec<_> = events.iter().filter(|e| e.0 == "message").collect();
+    let rows = messages[..=n]
+        .iter()
+        .flat_map(|e| {
+            e.2.iter()
+                .map(|row| serde_json::from_str::<Value>(row).unwrap()["id"].as_i64().unwrap())
+        })
+        .collect();
+    (rows, messages[n].1.clone().expect("every rows event has an id"))
+}
+
+/// The `rows` of the last `progress` event and of the `end` event.
+fn counts(events: &[(String, Option<String>, Vec<String>)]) -> (i64, i64) {
+    let data = |name: &str| -> Value {
+        serde_json::from_str(&events.iter().rev().find(|e| e.0 == name).unwrap().2[0]).unwrap()
+    };
+    (
+        data("progress")["rows"].as_i64().unwrap(),
+        data("end")["rows"].as_i64().unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn sse_events_carry_rows_and_progress_resume_after_last_event_id_and_end_with_end() {
     let db = TestDb::new().await;
@@ -242,10 +266,13 @@ async fn sse_events_carry_rows_and_progress_resume_after_last_event_id_and_end_w
         assert_eq!(ids, (1..=3000).collect::<Vec<_>>(), "{consistency}");
         let messages: Vec<_> = events.iter().filter(|e| e.0 == "message").collect();
         assert!(messages.len() > 5, "rows come in many events");
-        // Each event's id is its last row's key; each is followed by progress.
+        // Each event has an opaque id (a signed resume token) and is followed by progress.
         for (i, event) in events.iter().enumerate().filter(|(_, e)| e.0 == "message") {
-            let last: Value = serde_json::from_str(event.2.last().unwrap()).unwrap();
-            assert_eq!(event.1.as_deref(), Some(last["id"].to_string().as_str()));
+            let id = event.1.as_deref().expect("an id");
+            assert!(
+                id.split_once('.').is_some_and(|(p, t)| !p.is_empty() && !t.is_empty()),
+                "{id}"
+            );
             assert_eq!(events[i + 1].0, "progress");
         }
         let progress: Value = serde_json::from_str(&events[events.len() - 2].2[0]).unwrap();
@@ -260,22 +287,100 @@ async fn sse_events_carry_rows_and_progress_resume_after_last_event_id_and_end_w
             ("end", &["{\"rows\":3000}".to_owned()][..])
         );
 
-        // A reconnect with the id of the third event resumes right after it: no row twice, none missing.
-        let third = messages[2].1.clone().unwrap();
+        // A reconnect with the id of the third event resumes right after it: no row twice, none missing,
+        // and the counts go on from the rows already sent.
+        let (before, third) = rows_through(&events, 2);
         let (resumed, events) = sse(&address, &path, &[("Last-Event-ID", third.as_str())]).await;
-        let from: i64 = third.parse().unwrap();
+        let from = *before.last().unwrap();
         assert_eq!(resumed, ((from + 1)..=3000).collect::<Vec<_>>());
-        assert_eq!(events.last().unwrap().0, "end");
+        assert_eq!(counts(&events), (3000, 3000));
+
+        // With a limit, the resumed stream sends what is left of it, not a new limit's worth.
+        let limited = format!("{path}&limit=250");
+        let (ids, events) = sse(&address, &limited, &[]).await;
+        assert_eq!(ids, (1..=250).collect::<Vec<_>>());
+        let (before, second) = rows_through(&events, 1);
+        let (resumed, events) = sse(&address, &limited, &[("Last-Event-ID", second.as_str())]).await;
+        assert_eq!(
+            [before, resumed].concat(),
+            (1..=250).collect::<Vec<_>>(),
+            "{consistency}"
+        );
+        assert_eq!(counts(&events), (250, 250));
+
+        // A token resumes only its own stream: another query, dataset or a forged token is a 400.
+        for (other, token) in [
+            (path.replace("sse&", "sse&limit=10&"), second.clone()),
+            (limited.clone(), format!("x{second}")),
+        ] {
+            let refused = request(
+                &address,
+                reqwest::Method::GET,
+                &other,
+                &[("Last-Event-ID", token.as_str())],
+            )
+            .await;
+            assert_eq!(refused.status(), 400, "{other}");
+            assert_eq!(refused.headers()["content-type"], "application/problem+json");
+        }
     }
-    // Accept works too; an order other than the key's has no ids to resume by.
-    let (ids, events) = sse(
+    // Accept works too.
+    let (ids, _) = sse(
         &address,
         "/v1/datasets/numbers/rows?order=id.desc&limit=50",
         &[("Accept", "text/event-stream")],
     )
     .await;
     assert_eq!(ids, (2951..=3000).rev().collect::<Vec<_>>());
-    assert!(events.iter().all(|e| e.1.is_none()));
+}
+
+#[tokio::test]
+async fn an_sse_stream_in_any_order_resumes_exactly_where_it_was_cut() {
+    let db = TestDb::new().await;
+    // Many ties and some NULLs in the sort column: the key breaks the ties.
+    db.client
+        .batch_execute(
+            "CREATE TABLE scores (id int PRIMARY KEY, grade int); \
+             INSERT INTO scores SELECT g, CASE WHEN g % 11 = 0 THEN NULL ELSE g % 7 END FROM generate_series(1, 2000) g",
+        )
+        .await
+        .unwrap();
+    let mut settings = settings(&db, &[("scores", "scores", Some("id"))]);
+    settings.export.chunk_size = 2048;
+    let address = serve(settings).await;
+    let expected: Vec<i64> = db
+        .client
+        .query(
+            "SELECT id::int8 FROM scores ORDER BY grade DESC NULLS FIRST, id LIMIT 1500",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for consistency in ["snapshot", "chunked"] {
+        let path = format!("/v1/datasets/scores/rows?format=sse&order=grade.desc&limit=1500&consistency={consistency}");
+        let (ids, events) = sse(&address, &path, &[]).await;
+        assert_eq!(ids, expected, "{consistency}");
+        let messages = events.iter().filter(|e| e.0 == "message").count();
+        // Cut after each of several events in turn: what was received plus the resumed rest is the stream.
+        for cut in [0, messages / 3, messages / 2, messages - 2] {
+            let (before, id) = rows_through(&events, cut);
+            let (resumed, events) = sse(&address, &path, &[("Last-Event-ID", id.as_str())]).await;
+            assert_eq!(
+                [before, resumed].concat(),
+                expected,
+                "{consistency}, cut after event {cut}"
+            );
+            assert_eq!(counts(&events), (1500, 1500));
+        }
+        // The last event's token resumes to an empty rest that still ends cleanly.
+        let (_, last) = rows_through(&events, messages - 1);
+        let (resumed, events) = sse(&address, &path, &[("Last-Event-ID", last.as_str())]).await;
+        assert!(resumed.is_empty());
+        assert_eq!(events.last().unwrap().0, "end");
+    }
 }
 
 #[tokio::test]

@@ -338,8 +338,12 @@ const cutter = await cuttingProxy(base);
   const requests = cutter.state.requests.slice(before);
   assert.equal(requests.length, 2, JSON.stringify(requests));
   assert.equal(requests[0].headers["last-event-id"], undefined);
-  assert.match(requests[1].headers["last-event-id"] ?? "", /^[0-9]+$/);
-  figures.sse_resumed_after_id = Number(requests[1].headers["last-event-id"]);
+  // The id is a signed resume token; its payload (base64url JSON) says how many rows came before the cut.
+  const token = requests[1].headers["last-event-id"] ?? "";
+  assert.match(token, /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/);
+  const payload = JSON.parse(Buffer.from(token.split(".")[0], "base64url").toString());
+  assert.ok(payload.n > 0 && payload.n < TOTAL, JSON.stringify(payload));
+  figures.sse_resumed_after_rows = payload.n;
   await page.close();
 }
 

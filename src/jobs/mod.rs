@@ -46,15 +46,47 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How often `pgspout_jobs{status}` is refreshed from the job table.
 const JOB_COUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Why a run of a job ended without completing it.
+/// Why a run of a job ended without completing it. Each kind keeps its cause; [`JobError::is_permanent`]
+/// says whether another run could succeed.
 #[derive(Debug, thiserror::Error)]
 enum JobError {
-    /// The job cannot succeed as asked (a value no longer parses, the query fails, the checkpoint is lost).
-    #[error("{0}")]
-    Permanent(String),
-    /// It may succeed on another run (the database or the disk had a problem).
-    #[error("{0}")]
-    Transient(String),
+    /// The job's stored request no longer parses (its query, format or compression).
+    #[error("the job's request is unusable")]
+    Request(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The dataset lost the key a resumable job continues by.
+    #[error("dataset {0:?} no longer has a key to resume by")]
+    Unkeyed(String),
+    /// The last checkpoint cannot be read back; restarting from the first row would append rows twice.
+    #[error("the checkpoint after {rows} rows cannot be read back; the job cannot resume")]
+    Checkpoint {
+        /// Rows written at that checkpoint.
+        rows: i64,
+        /// Why it cannot be read.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Too many runs were interrupted.
+    #[error("gave up after {0} interrupted runs")]
+    GaveUp(i32),
+    /// Opening the rows, or a statement of the job's own, failed.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Encoding or compressing failed mid-export, or a read failed after an earlier one (a database
+    /// failure is an [`JobError::Open`]).
+    #[error(transparent)]
+    Pipeline(PipelineError),
+    /// The export file could not be opened or written.
+    #[error("the export file {}", path.display())]
+    File {
+        /// Its path.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A batch made no progress within `jobs.batch_timeout`.
+    #[error("a batch made no progress within jobs.batch_timeout ({0:?})")]
+    Stuck(std::time::Duration),
     /// This instance no longer holds the job: another took it over, or it was cancelled.
     #[error("the job's lease was lost")]
     LeaseLost,
@@ -66,21 +98,31 @@ enum JobError {
     Shutdown,
 }
 
-impl From<OpenError> for JobError {
-    fn from(error: OpenError) -> Self {
-        let message = chain(&error);
-        match error {
-            OpenError::PoolExhausted
-            | OpenError::ExportsBusy
-            | OpenError::Unavailable(_)
-            | OpenError::NoReplica
-            | OpenError::Conflict(_) => JobError::Transient(message),
-            OpenError::StatementTimeout(_)
-            | OpenError::InvalidValue { .. }
-            | OpenError::Forbidden(_)
-            | OpenError::RoleSwitch(_)
-            | OpenError::Refused(_)
-            | OpenError::Query(_) => JobError::Permanent(message),
+impl JobError {
+    /// Whether the job cannot succeed as asked, so it fails now rather than after its attempts.
+    fn is_permanent(&self) -> bool {
+        match self {
+            JobError::Request(_) | JobError::Unkeyed(_) | JobError::Checkpoint { .. } | JobError::GaveUp(_) => true,
+            JobError::Open(error) => match error {
+                OpenError::PoolExhausted
+                | OpenError::ExportsBusy
+                | OpenError::Unavailable(_)
+                | OpenError::NoReplica
+                | OpenError::Conflict(_) => false,
+                OpenError::StatementTimeout(_)
+                | OpenError::InvalidValue { .. }
+                | OpenError::Forbidden(_)
+                | OpenError::RoleSwitch(_)
+                | OpenError::Refused(_)
+                | OpenError::Query(_) => true,
+            },
+            JobError::Pipeline(PipelineError::Encode(_) | PipelineError::TooLarge { .. }) => true,
+            JobError::Pipeline(PipelineError::Read(_) | PipelineError::Compress(_)) => false,
+            JobError::File { .. }
+            | JobError::Stuck(_)
+            | JobError::LeaseLost
+            | JobError::Unserved(_)
+            | JobError::Shutdown => false,
         }
     }
 }
@@ -101,15 +143,8 @@ impl From<PipelineError> for JobError {
     fn from(error: PipelineError) -> Self {
         match error {
             PipelineError::Read(ReadError::Database(error)) => error.into(),
-            PipelineError::Encode(_) | PipelineError::TooLarge { .. } => JobError::Permanent(chain(&error)),
-            PipelineError::Read(ReadError::Failed) | PipelineError::Compress(_) => JobError::Transient(chain(&error)),
+            other => JobError::Pipeline(other),
         }
-    }
-}
-
-impl From<std::io::Error> for JobError {
-    fn from(error: std::io::Error) -> Self {
-        JobError::Transient(format!("writing the export file: {error}"))
     }
 }
 
@@ -258,10 +293,7 @@ impl Context {
         let lease = Arc::new(LeaseClock::new(self.settings.lease));
         let renewal = AbortOnDrop(tokio::spawn(self.clone().renew(id, lease.clone())));
         let outcome = if job.attempts > self.settings.max_attempts {
-            Err(JobError::Permanent(format!(
-                "gave up after {} interrupted runs",
-                self.settings.max_attempts
-            )))
+            Err(JobError::GaveUp(self.settings.max_attempts))
         } else {
             tracing::info!(job = %id, attempt = job.attempts, rows = job.rows_written, "running export job");
             tokio::select! {
@@ -292,12 +324,12 @@ impl Context {
                 }
                 return;
             }
-            Err(JobError::Permanent(message)) => (message, true),
-            Err(error @ JobError::Transient(_)) => {
-                let failed = job.attempts >= self.settings.max_attempts;
-                (error.to_string(), failed)
+            // A shutdown or a dataset this instance does not serve is no attempt of the job's own.
+            Err(error @ (JobError::Shutdown | JobError::Unserved(_))) => (chain(&error), false),
+            Err(error) => {
+                let failed = error.is_permanent() || job.attempts >= self.settings.max_attempts;
+                (chain(&error), failed)
             }
-            Err(error @ (JobError::Shutdown | JobError::Unserved(_))) => (error.to_string(), false),
         };
         tracing::warn!(job = %id, error = %error, failed, "export job run ended");
         let outcome = if failed {

@@ -1,6 +1,8 @@
 //! One run of a job: its rows through the export pipeline into its file, with checkpoints (or, for a job
 //! that cannot resume, progress reports) along the way, and its completion.
 
+use std::path::Path;
+
 use super::file::{FileError, JobFile};
 use super::lease::LeaseClock;
 use super::{Context, JobError, file_path};
@@ -9,7 +11,7 @@ use crate::db;
 use crate::db::jobs::{ClaimedJob, Progress};
 use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
-use crate::pipeline::{Piece, Pipeline};
+use crate::pipeline::{Piece, Pipeline, PipelineError};
 use crate::query::{self, Endpoint, KeysetScan, Position};
 
 impl Context {
@@ -25,19 +27,15 @@ impl Context {
             .get(&job.dataset)
             .ok_or_else(|| JobError::Unserved(job.dataset.clone()))?;
         let dataset = &*dataset;
-        let pairs: Vec<(String, String)> =
-            serde_urlencoded::from_str(&job.query).map_err(|e| JobError::Permanent(e.to_string()))?;
-        let request =
-            query::params::parse(dataset, Endpoint::Job, &pairs).map_err(|e| JobError::Permanent(e.to_string()))?;
-        let format = Format::negotiate(Some(&job.format), None).map_err(|e| JobError::Permanent(e.to_string()))?;
+        let unusable = |error: Box<dyn std::error::Error + Send + Sync>| JobError::Request(error);
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&job.query).map_err(|e| unusable(e.into()))?;
+        let request = query::params::parse(dataset, Endpoint::Job, &pairs).map_err(|e| unusable(e.into()))?;
+        let format = Format::negotiate(Some(&job.format), None).map_err(|e| unusable(e.into()))?;
         let encoding = Encoding::from_name(&job.compression)
             .filter(|e| e.concatenates())
-            .ok_or_else(|| JobError::Permanent(format!("unknown compression {:?}", job.compression)))?;
+            .ok_or_else(|| unusable(format!("unknown compression {:?}", job.compression).into()))?;
         if job.resumable && dataset.key.is_none() {
-            return Err(JobError::Permanent(format!(
-                "dataset {:?} no longer has a key to resume by",
-                dataset.name
-            )));
+            return Err(JobError::Unkeyed(dataset.name.clone()));
         }
         let (mut rows_before, mut position) = match checkpoint(job)? {
             Some((rows, position)) => (rows, Some(position)),
@@ -51,10 +49,9 @@ impl Context {
                 tracing::warn!(job = %job.id, "the export file lost data; starting the job over");
                 rows_before = 0;
                 position = None;
-                tokio::task::block_in_place(|| JobFile::open(&path, 0))
-                    .map_err(|e| JobError::Transient(e.to_string()))?
+                tokio::task::block_in_place(|| JobFile::open(&path, 0)).map_err(|e| file_error(&path, e))?
             }
-            Err(error) => return Err(JobError::Transient(format!("{}: {error}", path.display()))),
+            Err(error) => return Err(file_error(&path, error)),
         };
         if !job.resumable && job.rows_written > 0 {
             tracing::info!(job = %job.id, "a job on a keyless dataset restarts from its first row");
@@ -79,12 +76,7 @@ impl Context {
             let columns = plan.columns.clone();
             (Source::Statement(plan), columns)
         };
-        let too_slow = || {
-            JobError::Transient(format!(
-                "a batch made no progress within jobs.batch_timeout ({:?})",
-                settings.batch_timeout
-            ))
-        };
+        let too_slow = || JobError::Stuck(settings.batch_timeout);
         // A batch stuck on a lock or a silent connection must not keep the job `running` forever.
         let mut deadline = tokio::time::Instant::now() + settings.batch_timeout;
         // `pg_stat_activity` shows which job a backend serves.
@@ -103,7 +95,8 @@ impl Context {
             .map_err(|_| too_slow())??;
         rows.pause_between_batches();
         let encoder = RowEncoder::new(format, &columns);
-        let mut pipeline = Pipeline::new(rows, encoder, encoding, &state.limits, file.is_empty())?;
+        let mut pipeline =
+            Pipeline::new(rows, encoder, encoding, &state.limits, file.is_empty()).map_err(PipelineError::from)?;
         let mut reported = 0;
         let mut counted = rows_before;
         loop {
@@ -116,7 +109,7 @@ impl Context {
                 Piece::Boundary(bytes) => (bytes, Some(false)),
                 Piece::End(bytes) => (bytes, Some(true)),
             };
-            write(&mut file, &bytes, lease)?;
+            write(&mut file, &path, &bytes, lease)?;
             let rows = rows_before + pipeline.rows();
             let Some(done) = done else {
                 // A job that cannot resume has no batches: each chunk is progress, and it reports as it goes.
@@ -136,7 +129,7 @@ impl Context {
                 }
                 continue;
             };
-            tokio::task::block_in_place(|| file.sync())?;
+            tokio::task::block_in_place(|| file.sync()).map_err(|e| file_error(&path, e))?;
             let position = pipeline.position().filter(|_| job.resumable);
             let progress = Progress {
                 rows: rows as i64,
@@ -189,27 +182,32 @@ fn checkpoint(job: &ClaimedJob) -> Result<Option<(u64, Position)>, JobError> {
     if !job.resumable {
         return Ok(None);
     }
-    let unreadable = |why: String| {
-        JobError::Permanent(format!(
-            "the checkpoint after {} rows cannot be read back ({why}); the job cannot resume",
-            job.rows_written
-        ))
+    let unreadable = |cause: Box<dyn std::error::Error + Send + Sync>| JobError::Checkpoint {
+        rows: job.rows_written,
+        cause,
     };
     match &job.position {
         None if job.rows_written > 0 => Err(unreadable("it has no position".into())),
         None => Ok(None),
         Some(text) => {
-            let position: Position = serde_json::from_str(text).map_err(|e| unreadable(e.to_string()))?;
+            let position: Position = serde_json::from_str(text).map_err(|e| unreadable(e.into()))?;
             Ok(Some((job.rows_written as u64, position)))
         }
     }
 }
 
 /// Appends `bytes` to the file, unless the lease may have run out (another instance may own the file then).
-fn write(file: &mut JobFile, bytes: &[u8], lease: &LeaseClock) -> Result<(), JobError> {
+fn write(file: &mut JobFile, path: &Path, bytes: &[u8], lease: &LeaseClock) -> Result<(), JobError> {
     if !lease.is_valid() {
         return Err(JobError::LeaseLost);
     }
-    tokio::task::block_in_place(|| file.write(bytes))?;
-    Ok(())
+    tokio::task::block_in_place(|| file.write(bytes)).map_err(|e| file_error(path, e))
+}
+
+/// A failure of the export file at `path`.
+fn file_error(path: &Path, cause: impl std::error::Error + Send + Sync + 'static) -> JobError {
+    JobError::File {
+        path: path.to_owned(),
+        cause: Box::new(cause),
+    }
 }

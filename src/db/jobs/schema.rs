@@ -80,6 +80,9 @@ impl JobStatus {
         JobStatus::Cancelled,
     ];
 
+    /// The statuses a job ends in.
+    pub(crate) const FINISHED: [JobStatus; 3] = [JobStatus::Completed, JobStatus::Failed, JobStatus::Cancelled];
+
     pub(super) fn parse(text: &str) -> Option<JobStatus> {
         JobStatus::ALL.into_iter().find(|status| status.as_str() == text)
     }

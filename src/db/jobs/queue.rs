@@ -1,0 +1,151 @@
+//! The queue as the API sees it: creating a job, its status, cancelling and deleting it, counts by status.
+
+use std::time::Duration;
+
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::{JobStatus, JobStore, NewJob, RunOutcome, interval};
+
+impl JobStore {
+    /// Queues a job unless `max_queued` jobs already wait; `None` when the queue is full.
+    ///
+    /// Creations serialize on an advisory lock, and the count runs after it is granted (a statement of its
+    /// own, so with a snapshot that sees every job queued before): concurrent requests cannot overfill it.
+    pub(crate) async fn create(
+        &self,
+        client: &mut tokio_postgres::Client,
+        job: &NewJob<'_>,
+        max_queued: i64,
+    ) -> Result<Option<Uuid>, tokio_postgres::Error> {
+        let id = Uuid::new_v4();
+        let transaction = client.transaction().await?;
+        transaction
+            .batch_execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgspout job queue'))")
+            .await?;
+        let row = transaction
+            .query_opt(
+                &self.sql(
+                    "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query, resumable, \
+                       requested_by, run_role, claims) \
+                     SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10 \
+                     WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = {queued}) < $6 RETURNING id",
+                ),
+                &[
+                    &id,
+                    &job.dataset,
+                    &job.format,
+                    &job.compression,
+                    &job.query,
+                    &max_queued,
+                    &job.resumable,
+                    &job.requester.as_ref().map(|r| r.owner),
+                    &job.requester.as_ref().map(|r| r.role),
+                    &job.requester.as_ref().map(|r| r.claims),
+                ],
+            )
+            .await?;
+        transaction.commit().await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The job's status document (JSON text) and its status; `None` if there is no such job, or (with
+    /// `owner`) it is someone else's.
+    pub(crate) async fn status(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<Option<(String, Option<JobStatus>)>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                &self.sql(
+                    "SELECT jsonb_build_object('id', id, 'dataset', dataset, 'format', format, \
+                     'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
+                     'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
+                     'error', error, 'attempts', attempts, 'resumable', resumable, 'created_at', created_at, \
+                     'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
+                     'expires_at', expires_at)::text, status \
+                     FROM {s}.export_jobs WHERE id = $1 AND ($2::text IS NULL OR requested_by = $2)",
+                ),
+                &[&id, &owner],
+            )
+            .await?;
+        Ok(row.map(|r| {
+            let status: &str = r.get(1);
+            let known = JobStatus::parse(status);
+            if known.is_none() {
+                // A newer instance (a rolling upgrade) may write a status this one does not know.
+                tracing::warn!(job = %id, status, "an export job has a status this version does not know");
+            }
+            (r.get(0), known)
+        }))
+    }
+
+    /// Cancels a queued or running job; `true` if it was either.
+    pub(crate) async fn cancel(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Option<&str>,
+        retention: Duration,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let row = client
+            .query_one(
+                &self.sql(
+                    "WITH job AS (UPDATE {s}.export_jobs SET status = {cancelled}, finished_at = now(), \
+                       updated_at = now(), expires_at = now() + $2::text::interval, lease_owner = NULL, \
+                       lease_expires_at = NULL WHERE id = $1 AND status IN ({queued}, {running}) \
+                       AND ($4::text IS NULL OR requested_by = $4) RETURNING id), \
+                     run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $3 \
+                       WHERE job_id IN (SELECT id FROM job) AND ended_at IS NULL) \
+                     SELECT count(*) FROM job",
+                ),
+                &[&id, &interval(retention), &RunOutcome::Cancelled.as_str(), &owner],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) == 1)
+    }
+
+    /// Deletes a finished (completed, failed or cancelled) job; `true` if there was one.
+    pub(crate) async fn delete(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Option<&str>,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let deleted = client
+            .execute(
+                &self.sql(
+                    "DELETE FROM {s}.export_jobs WHERE id = $1 AND status IN ({finished}) \
+                     AND ($2::text IS NULL OR requested_by = $2)",
+                ),
+                &[&id, &owner],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    /// How many jobs the table holds in each status.
+    pub(crate) async fn count_by_status(
+        &self,
+        client: &impl GenericClient,
+    ) -> Result<Vec<(&'static str, i64)>, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                &self.sql("SELECT status, count(*) FROM {s}.export_jobs GROUP BY status"),
+                &[],
+            )
+            .await?;
+        Ok(JobStatus::ALL
+            .iter()
+            .map(|status| {
+                let count = rows
+                    .iter()
+                    .find(|row| row.get::<_, &str>(0) == status.as_str())
+                    .map_or(0, |row| row.get::<_, i64>(1));
+                (status.as_str(), count)
+            })
+            .collect())
+    }
+}

@@ -12,6 +12,7 @@ use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
 use serde::Deserialize;
 
+pub use crate::auth::{ApiKeySettings, AuthSettings};
 use crate::compress::Levels;
 pub use crate::dataset::Consistency;
 pub use crate::db::tls::SslMode;
@@ -299,53 +300,6 @@ impl Default for JobSettings {
     }
 }
 
-/// `[auth]`: who is asking (a JWT, an API key, or nobody), as a Postgres role.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    /// The HS256/384/512 secret, at least 32 characters; or `jwks` instead.
-    pub jwt_secret: Option<String>,
-    /// A JWKS: the JSON itself, `@/path/to/file`, or an `https://` URL.
-    pub jwks: Option<String>,
-    /// If set, a token's `aud` (when it has one) must contain it.
-    pub jwt_audience: Option<String>,
-    /// A JSONPath to the role in the claims (`$.role`, `$.app.roles[0]`, `$."x.y"`).
-    #[serde(default = "default_role_claim")]
-    pub role_claim: String,
-    /// The role of requests without a token; unset: they get 401.
-    pub anon_role: Option<String>,
-    /// Clock skew allowed for `exp`, `nbf` and `iat`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
-    pub leeway: Duration,
-    /// A cookie the token is also read from (EventSource cannot set headers).
-    pub cookie: Option<String>,
-    /// A function (`schema.name`) called in every transaction that reads for a request, after the settings.
-    pub pre_request: Option<String>,
-    /// Long-lived keys for scripts and pipelines.
-    #[serde(default)]
-    pub api_keys: Vec<ApiKeySettings>,
-}
-
-fn default_role_claim() -> String {
-    "$.role".into()
-}
-
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// One `[[auth.api_keys]]` entry.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeySettings {
-    /// Its name: the owner of the jobs it creates, and in logs.
-    pub name: String,
-    /// The SHA-256 of the key, in hex; the key itself is never configured.
-    pub sha256: String,
-    /// The role its requests run as.
-    pub role: String,
-}
-
 /// One `[[datasets]]` entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -419,42 +373,6 @@ pub enum SettingsError {
     /// A value is out of range or inconsistent.
     #[error("config: {0}")]
     Invalid(String),
-}
-
-impl AuthSettings {
-    fn validate(&self) -> Result<(), String> {
-        match (&self.jwt_secret, &self.jwks) {
-            (Some(_), Some(_)) => return Err("auth: set jwt_secret or jwks, not both".into()),
-            (Some(secret), None) if secret.chars().count() < 32 => {
-                return Err("auth.jwt_secret must be at least 32 characters".into());
-            }
-            _ => {}
-        }
-        crate::auth::claims::RolePath::parse(&self.role_claim)
-            .map_err(|e| format!("auth.role_claim {:?}: {e}", self.role_claim))?;
-        if let Some(function) = &self.pre_request {
-            crate::auth::pre_request_sql(function).map_err(|e| format!("auth.pre_request: {e}"))?;
-        }
-        if self.anon_role.as_deref() == Some("") {
-            return Err("auth.anon_role is empty".into());
-        }
-        let mut names = std::collections::HashSet::new();
-        for key in &self.api_keys {
-            if key.name.is_empty() || key.role.is_empty() {
-                return Err("every [[auth.api_keys]] needs a name and a role".into());
-            }
-            if !names.insert(&key.name) {
-                return Err(format!("auth.api_keys: {:?} is configured twice", key.name));
-            }
-            if key.sha256.len() != 64 || !key.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(format!(
-                    "auth.api_keys {:?}: sha256 must be 64 hex digits (the SHA-256 of the key)",
-                    key.name
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Settings {

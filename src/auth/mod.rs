@@ -4,9 +4,11 @@
 //!
 //! - `claims`: the role claim's JSONPath.
 //! - `keys`: the keys that verify tokens: a secret, or a JWKS (inline, from a file or from a URL).
+//! - `settings`: `[auth]` as configured, and its validation.
 
 pub(crate) mod claims;
 mod keys;
+mod settings;
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use self::claims::RolePath;
 use self::keys::{KeyError, Keys};
-use crate::settings::AuthSettings;
+pub use self::settings::{ApiKeySettings, AuthSettings};
 
 /// Tokens longer than this are refused unread.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -54,6 +56,9 @@ pub enum AuthSetupError {
     /// The keys could not be loaded.
     #[error("auth keys")]
     Keys(#[from] KeyError),
+    /// `[auth]` is invalid.
+    #[error("config: {0}")]
+    Invalid(String),
 }
 
 /// `[auth]`, ready to verify tokens.
@@ -76,7 +81,7 @@ struct ApiKey {
 }
 
 /// `schema.function` (or `function`) as a quoted call.
-pub(crate) fn pre_request_sql(function: &str) -> Result<String, String> {
+fn pre_request_sql(function: &str) -> Result<String, String> {
     let parts: Vec<&str> = function.split('.').collect();
     if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(format!("{function:?} is not a function name (schema.name)"));
@@ -88,6 +93,7 @@ pub(crate) fn pre_request_sql(function: &str) -> Result<String, String> {
 impl Auth {
     /// Loads the keys (fetching a JWKS URL once).
     pub(crate) async fn new(settings: &AuthSettings) -> Result<Auth, AuthSetupError> {
+        let checked = settings.check().map_err(AuthSetupError::Invalid)?;
         let keys = match (&settings.jwt_secret, &settings.jwks) {
             (Some(secret), _) => Some(Keys::secret(secret)),
             (None, Some(jwks)) => Some(Keys::jwks(jwks).await?),
@@ -96,29 +102,12 @@ impl Auth {
         Ok(Auth {
             keys,
             audience: settings.jwt_audience.clone(),
-            role_path: RolePath::parse(&settings.role_claim).expect("validated with the settings"),
+            role_path: checked.role_path,
             anon_role: settings.anon_role.clone(),
             leeway: settings.leeway,
             cookie: settings.cookie.clone(),
-            pre_request: settings
-                .pre_request
-                .as_deref()
-                .map(|f| pre_request_sql(f).expect("validated with the settings")),
-            api_keys: settings
-                .api_keys
-                .iter()
-                .map(|key| {
-                    let mut digest = [0; 32];
-                    for (i, byte) in digest.iter_mut().enumerate() {
-                        *byte = u8::from_str_radix(&key.sha256[2 * i..2 * i + 2], 16).expect("validated hex");
-                    }
-                    ApiKey {
-                        name: key.name.clone(),
-                        digest,
-                        role: key.role.clone(),
-                    }
-                })
-                .collect(),
+            pre_request: checked.pre_request,
+            api_keys: checked.api_keys,
         })
     }
 

@@ -1,7 +1,7 @@
 //! The only module that talks to tokio-postgres and deadpool: pools, the catalog, rows, the job table.
 //!
 //! # Layout
-//! - `catalog`: datasets resolved against the database at start-up (relation, columns, types, operators, key).
+//! - `catalog`: datasets resolved against the database at start-up and on reloads (discovery, resolution, types).
 //! - `lease`: a pooled connection that is discarded, never reused, unless released outside a transaction.
 //! - `rows`: reading rows (transaction, checks, count, one statement or keyset batches, positions).
 //! - `error`: why rows could not be opened.

@@ -1,0 +1,146 @@
+//! Types: what the catalog says a column's type can do (sort, compare, test equality) and how its values are
+//! encoded.
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+use tokio_postgres::types::{Kind, Type};
+
+use crate::dataset::{Operators, ValueKind};
+
+/// What the catalog says of the base types a dataset's columns are built from: their default operator
+/// classes and comparison operators (binary-coercible types count, as `varchar` uses `text`'s).
+pub(super) struct BaseTypes(HashMap<u32, BaseType>);
+
+#[derive(Clone, Copy, Default)]
+struct BaseType {
+    /// A default btree operator class: sortable, and comparable inside arrays and composites.
+    btree: bool,
+    /// A default hash operator class: its equality works inside arrays and composites.
+    hash: bool,
+    /// The comparison operators the parser finds for the type itself.
+    operators: Operators,
+}
+
+impl BaseTypes {
+    pub(super) async fn load(client: &Client, types: &[&Type]) -> Result<BaseTypes, tokio_postgres::Error> {
+        let mut oids = Vec::new();
+        for ty in types {
+            collect_base_oids(ty, &mut oids);
+        }
+        let rows = client
+            .query(
+                "WITH ty AS (SELECT t.oid, ARRAY(SELECT t.oid UNION SELECT k.casttarget FROM pg_catalog.pg_cast k \
+                   WHERE k.castsource = t.oid AND k.castmethod = 'b' AND k.castcontext = 'i') AS alike \
+                   FROM pg_catalog.pg_type t WHERE t.oid = ANY($1)) \
+                 SELECT ty.oid, \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am a ON a.oid = c.opcmethod \
+                     WHERE a.amname = 'btree' AND c.opcdefault AND c.opcintype = ANY(ty.alike)), \
+                   EXISTS (SELECT 1 FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_am a ON a.oid = c.opcmethod \
+                     WHERE a.amname = 'hash' AND c.opcdefault AND c.opcintype = ANY(ty.alike)), \
+                   ARRAY(SELECT DISTINCT o.oprname::text FROM pg_catalog.pg_operator o \
+                     WHERE o.oprname IN ('=', '<>', '<', '<=', '>', '>=') AND o.oprleft = o.oprright \
+                     AND o.oprleft = ANY(ty.alike) AND o.oprresult = 'pg_catalog.bool'::pg_catalog.regtype) \
+                 FROM ty",
+                &[&oids],
+            )
+            .await?;
+        Ok(BaseTypes(
+            rows.iter()
+                .map(|row| {
+                    let names: Vec<String> = row.get(3);
+                    let has = |wanted: &[&str]| wanted.iter().all(|w| names.iter().any(|n| n == w));
+                    let btree: bool = row.get(1);
+                    let base = BaseType {
+                        btree,
+                        hash: row.get(2),
+                        operators: Operators {
+                            equal: has(&["="]),
+                            unequal: has(&["<>"]),
+                            ordering: has(&["<", "<=", ">", ">="]),
+                            sortable: btree,
+                        },
+                    };
+                    (row.get::<_, u32>(0), base)
+                })
+                .collect(),
+        ))
+    }
+
+    fn get(&self, ty: &Type) -> BaseType {
+        self.0.get(&ty.oid()).copied().unwrap_or_default()
+    }
+
+    /// What a column of type `ty` supports. Arrays and composites resolve to generic operators that look up
+    /// their elements' comparison functions only when they run, so those are checked here too.
+    pub(super) fn operators(&self, ty: &Type) -> Operators {
+        match ty.kind() {
+            Kind::Domain(base) => self.operators(base),
+            Kind::Enum(_) | Kind::Range(_) | Kind::Multirange(_) => Operators::ALL,
+            Kind::Array(_) | Kind::Composite(_) => {
+                let comparable = self.runtime(ty, true);
+                let equal = self.runtime(ty, false);
+                Operators {
+                    equal,
+                    unequal: equal,
+                    ordering: comparable,
+                    sortable: comparable,
+                }
+            }
+            _ => self.get(ty).operators,
+        }
+    }
+
+    /// Whether `ty`'s values can be compared (`ordered`) or tested for equality inside an array or record.
+    fn runtime(&self, ty: &Type, ordered: bool) -> bool {
+        match ty.kind() {
+            Kind::Domain(inner) | Kind::Array(inner) => self.runtime(inner, ordered),
+            Kind::Composite(fields) => fields.iter().all(|f| self.runtime(f.type_(), ordered)),
+            Kind::Enum(_) | Kind::Range(_) | Kind::Multirange(_) => true,
+            _ => {
+                let base = self.get(ty);
+                base.btree || (!ordered && base.hash)
+            }
+        }
+    }
+}
+
+fn collect_base_oids(ty: &Type, oids: &mut Vec<u32>) {
+    match ty.kind() {
+        Kind::Domain(inner) | Kind::Array(inner) => collect_base_oids(inner, oids),
+        Kind::Composite(fields) => fields.iter().for_each(|f| collect_base_oids(f.type_(), oids)),
+        _ => oids.push(ty.oid()),
+    }
+}
+
+/// The labels of an enum type (or of a domain over one).
+pub(super) fn enum_labels(ty: &Type) -> Option<Vec<String>> {
+    match ty.kind() {
+        Kind::Enum(labels) => Some(labels.clone()),
+        Kind::Domain(base) => enum_labels(base),
+        _ => None,
+    }
+}
+
+/// Which values pgspout decodes itself; everything else Postgres formats in the query.
+pub(super) fn value_kind(ty: &Type, utc: bool) -> ValueKind {
+    match ty.kind() {
+        Kind::Domain(base) => return value_kind(base, utc),
+        Kind::Enum(_) => return ValueKind::Text,
+        _ => {}
+    }
+    match *ty {
+        Type::BOOL => ValueKind::Bool,
+        Type::INT2 | Type::INT4 | Type::INT8 => ValueKind::Int,
+        Type::NUMERIC => ValueKind::Numeric,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ValueKind::Text,
+        Type::UUID => ValueKind::Uuid,
+        Type::DATE => ValueKind::Date,
+        Type::TIMESTAMP => ValueKind::Timestamp,
+        Type::TIMESTAMPTZ if utc => ValueKind::TimestampUtc,
+        Type::JSON => ValueKind::Json,
+        Type::JSONB => ValueKind::Jsonb,
+        Type::BYTEA => ValueKind::Bytea,
+        _ => ValueKind::ServerFormatted,
+    }
+}

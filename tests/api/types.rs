@@ -53,6 +53,66 @@ FROM generate_series(1, 6) g;
 INSERT INTO every_type (id) VALUES (7);
 "#;
 
+/// Each column's outcomes in the matrix below, in the order of its cases: `eq`, `not.eq`, `neq`, `not.neq`,
+/// `gt`, `not.gt`, `gte`, `not.gte`, `lt`, `not.lt`, `lte`, `not.lte`, `in`, `like`, `ilike`, `is.null`,
+/// `not.is.null`, then `order` ascending and descending (with its page walk).
+const PINNED_OUTCOMES: &str = "
+i2    2222222222222442222
+i4    2222222222222442222
+i8    2222222222222442222
+num   2222222222222442222
+r4    2222222222222442222
+r8    2222222222222442222
+cash  2222222222222442222
+txt   2222222222222222222
+vc    2222222222222222222
+ch    2222222222222222222
+nm    2222222222222222222
+ch1   2222222222222442222
+bin   2222222222222442222
+flag  2222222222222442222
+d     2222222222222442222
+t     2222222222222442222
+ttz   2222222222222442222
+ts    2222222222222442222
+tstz  2222222222222442222
+iv    2222222222222442222
+ip    2222222222222442222
+net   2222222222222442222
+mac   2222222222222442222
+mac8  2222222222222442222
+pt    4422444444444442244
+ln    2244444444442442244
+seg   2222222222222442244
+bx    2244222222222442244
+pth   2244222222222442244
+poly  4444444444444442244
+circ  2222222222222442244
+b3    2222222222222442222
+vb    2222222222222442222
+u     2222222222222442222
+x     4444444444444442244
+j     4444444444444442244
+jb    2222222222222442222
+jp    4444444444444442244
+ints  2222222222222442222
+texts 2222222222222442222
+pts   4444444444444442244
+jsons 4444444444444442244
+r     2222222222222442222
+tr    2222222222222442222
+mr    2222222222222442222
+tsv   2222222222222442222
+tsq   2222222222222442222
+m     2222222222222222222
+pi    2222222222222442222
+p     2222222222222442222
+jpr   4444444444444442244
+lsn   2222222222222442222
+o     2222222222222442222
+xi    2222444444442442244
+";
+
 async fn app() -> TestApp {
     let db = TestDb::new().await;
     db.client.batch_execute(EVERY_TYPE).await.unwrap();
@@ -122,7 +182,10 @@ async fn every_operator_order_and_page_on_every_type_is_a_400_or_equals_sql() {
         .map(|r| r.get(0))
         .collect();
     let (mut answered, mut refused) = (0, 0);
+    // Per column, each case's status in order ('2': 200 and equal to SQL, '4': a 400 naming the parameter).
+    let mut outcomes = Vec::new();
     for column in &columns {
+        let mut outcome = String::new();
         let value = |id: i32| {
             let app = &app;
             async move {
@@ -163,11 +226,13 @@ async fn every_operator_order_and_page_on_every_type_is_a_400_or_equals_sql() {
             if status == 200 {
                 assert_eq!(ids, sql(&app, &condition, "id").await, "{query}");
                 answered += 1;
+                outcome.push('2');
             } else {
                 assert_eq!(status, 400, "{query}: {body}");
                 let name = query.split('=').next().unwrap();
                 assert!(body.contains(&format!("\\\"{name}\\\"")), "{query}: {body}");
                 refused += 1;
+                outcome.push('4');
             }
         }
         for (modifier, sql_order) in [("", "ASC NULLS LAST"), (".desc", "DESC NULLS FIRST")] {
@@ -179,8 +244,10 @@ async fn every_operator_order_and_page_on_every_type_is_a_400_or_equals_sql() {
                 let (page_status, _, _, _) = request(&app, "page", &order).await;
                 assert_eq!(page_status, 400, "/page?{order}");
                 refused += 2;
+                outcome.push('4');
                 continue;
             }
+            outcome.push('2');
             assert_eq!(ids, sql(&app, "true", &expected).await, "{order}");
             // Pages of two: every cursor round-trips this type's text through its input function.
             let mut walked = Vec::new();
@@ -197,12 +264,12 @@ async fn every_operator_order_and_page_on_every_type_is_a_400_or_equals_sql() {
             assert_eq!(walked, sql(&app, "true", &expected).await, "/page?{order}");
             answered += 2;
         }
+        outcomes.push(format!("{column:5} {outcome}"));
     }
     println!("figure: every-type matrix: {answered} requests answered 200 and equal SQL, {refused} refused with 400");
-    assert!(
-        answered > 400 && refused > 100,
-        "{answered} answered, {refused} refused"
-    );
+    // Pinned: a type that gains or loses an operator, an order or a page walk shows here by name.
+    let outcomes = outcomes.join("\n");
+    assert_eq!(outcomes, PINNED_OUTCOMES.trim(), "the matrix moved:\n{outcomes}");
 }
 
 #[tokio::test]

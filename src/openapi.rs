@@ -409,6 +409,9 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
                 "type": "object",
                 "properties": { "rows": { "type": "array", "items": { "$ref": row_schema } }, "next": { "type": ["string", "null"] } },
                 "required": ["rows", "next"] } } } });
+            page_responses["422"] = json!({
+                "description": "A value on the page is larger than export.max_value_bytes (the detail names its column)",
+                "content": problem_responses()["400"]["content"] });
             paths.insert(
                 format!("/v1/datasets/{name}/page"),
                 json!({ "get": {

@@ -14,9 +14,8 @@ use crate::db::rows::{Rows, Source};
 use crate::encode::{Format, RowEncoder};
 use crate::error::ApiError;
 use crate::pipeline::Pipeline;
-use crate::query::{self, CountMethod, Endpoint, KeysetScan};
-
 use crate::query::cursor::{ResumeTokens, request_digest};
+use crate::query::{self, CountMethod, Endpoint, KeysetScan};
 use crate::state::{AppState, Pools};
 use crate::telemetry::request::RequestContext;
 

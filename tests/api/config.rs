@@ -50,7 +50,7 @@ async fn environment_variables_set_nested_keys_and_durations_over_the_file() {
         }
     };
     assert!(ended.is_err(), "an aborted export must not end cleanly");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -94,14 +94,15 @@ async fn xmins_during_export(app: &TestApp, query: &str) -> (i64, i64) {
             .client
             .query_opt(
                 "SELECT backend_xmin::text::bigint FROM pg_stat_activity \
-                 WHERE datname = current_database() AND application_name LIKE 'pgspout%' AND backend_xmin IS NOT NULL",
+                 WHERE datname = current_database() AND application_name LIKE 'pgspout%' AND backend_xmin IS NOT NULL \
+                   AND application_name <> 'pgspout listener'",
                 &[],
             )
             .await
             .unwrap()
             .map(|row| row.get::<_, i64>(0))
     };
-    let first = wait_for(std::time::Duration::from_secs(5), xmin).await;
+    let first = wait_for(std::time::Duration::from_secs(30), xmin).await;
     for _ in 0..3 {
         app.db
             .client
@@ -116,7 +117,7 @@ async fn xmins_during_export(app: &TestApp, query: &str) -> (i64, i64) {
         if read > 12_000_000 && later.is_none() {
             // Between two batches there is no snapshot for a moment; once the reader pauses, the backend
             // waits inside a batch.
-            later = Some(wait_for(std::time::Duration::from_secs(5), xmin).await);
+            later = Some(wait_for(std::time::Duration::from_secs(30), xmin).await);
         }
     }
     (first, later.expect("the export is larger than 12 MB"))

@@ -68,7 +68,7 @@ async fn a_full_pool_answers_503_with_retry_after_then_recovers() {
     assert!(problem["detail"].as_str().unwrap().contains("connection"), "{problem}");
 
     drop(stalled);
-    let served = crate::helpers::wait_for(Duration::from_secs(5), || async {
+    let served = crate::helpers::wait_for(Duration::from_secs(30), || async {
         let response = app.get("/v1/datasets/small/rows", &[]).await;
         (response.status() == 200).then_some(response)
     })

@@ -100,7 +100,7 @@ impl TestDb {
     /// its last statement no longer the `LISTEN`, and idle for 200 ms (the reload's statements follow each
     /// other closely). Only then does a change wait for a notification.
     pub(crate) async fn listener_caught_up(&self) {
-        wait_for(Duration::from_secs(10), || async {
+        wait_for(Duration::from_secs(60), || async {
             self.client
                 .query_opt(
                     "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() \
@@ -117,7 +117,7 @@ impl TestDb {
 
     /// The pid of pgspout's one active export, waiting for it to appear.
     pub(crate) async fn active_export(&self) -> i32 {
-        wait_for(Duration::from_secs(5), || async {
+        wait_for(Duration::from_secs(30), || async {
             self.pgspout_backends()
                 .await
                 .into_iter()

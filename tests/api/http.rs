@@ -219,7 +219,7 @@ async fn head_answers_the_get_headers_without_running_the_export() {
     let app = app().await;
     // The connection that read the catalog at startup may take a moment to leave pg_stat_activity on a
     // loaded machine; only then does "no backend" say something about HEAD.
-    crate::helpers::wait_for(std::time::Duration::from_secs(10), || async {
+    crate::helpers::wait_for(std::time::Duration::from_secs(60), || async {
         app.db.pgspout_backends().await.is_empty().then_some(())
     })
     .await;

@@ -220,7 +220,7 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
 
     // A long job: 409 on download while it runs; DELETE cancels it; DELETE again deletes it.
     let long = create_ok(base, json!({ "dataset": "big" })).await;
-    wait_for(Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(60), || async {
         (status(base, &long).await["status"] == "running").then_some(())
     })
     .await;
@@ -237,7 +237,7 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         .unwrap();
     assert_eq!(cancel.status(), 200);
     assert_eq!(cancel.json::<Value>().await.unwrap()["status"], "cancelled");
-    wait_for(Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(60), || async {
         (!has_file(&directory, &long)).then_some(())
     })
     .await;
@@ -486,7 +486,7 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
     // A permanent error fails the job with the reason.
     let server = ServerProcess::start(&db, &config).await;
     let base = server.base.clone();
-    wait_for(Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(60), || async {
         (status(&base, &long).await["status"] == "running").then_some(())
     })
     .await;
@@ -501,12 +501,12 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
     // A completed job and its file are gone after the retention.
     let short = create_ok(&base, json!({ "dataset": "orders" })).await;
     wait_completed(&base, std::slice::from_ref(&short), Duration::from_secs(10)).await;
-    wait_for(Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(60), || async {
         let response = reqwest::get(format!("http://{base}/v1/exports/{short}")).await.unwrap();
         (response.status() == 404).then_some(())
     })
     .await;
-    wait_for(Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(60), || async {
         std::fs::read_dir(&directory).unwrap().next().is_none().then_some(())
     })
     .await;
@@ -521,7 +521,7 @@ async fn a_full_queue_refuses_new_jobs_with_503_and_retry_after() {
     let server = ServerProcess::start(&db, &config).await;
     let base = server.base.clone();
     let running = create_ok(&base, json!({ "dataset": "big" })).await;
-    wait_for(Duration::from_secs(10), || async {
+    wait_for(Duration::from_secs(60), || async {
         (status(&base, &running).await["status"] == "running").then_some(())
     })
     .await;
@@ -569,7 +569,7 @@ async fn a_job_whose_batches_stall_is_retried_then_failed_never_left_running() {
     assert_eq!(failed["attempts"], 2, "{failed}");
     assert!(failed["error"].as_str().unwrap().contains("batch_timeout"), "{failed}");
     // The stuck query was cancelled, not left running in Postgres.
-    wait_for(Duration::from_secs(5), || async {
+    wait_for(Duration::from_secs(30), || async {
         db.pgspout_backends()
             .await
             .iter()

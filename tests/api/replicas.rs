@@ -115,7 +115,10 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
     let mut running = RawResponse::get(&address, "/v1/datasets/big/rows", &[]).await;
     assert_eq!(running.status, 200);
     assert!(running.next_chunk().await.unwrap().is_some());
-    wait_until(Duration::from_secs(5), || async { active_exports(&replica).await == 1 }).await;
+    wait_until(Duration::from_secs(30), || async {
+        active_exports(&replica).await == 1
+    })
+    .await;
     assert_eq!(active_exports(&primary).await, 0);
     drop(running);
 
@@ -132,7 +135,7 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
     .await;
     assert_eq!(done["rows_written"], 100, "{done}");
     standby.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         items_seen(&address).await == [101, 101, 101]
     })
     .await;
@@ -193,16 +196,16 @@ async fn with_no_healthy_replica_fallback_reads_the_primary_and_refuse_answers_5
 
     // Lagging: replay paused while the primary moves on.
     let standby = pause_and_insert(&primary, &replica).await;
-    let refused = wait_for(Duration::from_secs(10), || async { count(refuse.clone()).await.err() }).await;
+    let refused = wait_for(Duration::from_secs(60), || async { count(refuse.clone()).await.err() }).await;
     assert_eq!((refused.0, refused.1), (503, true));
     assert!(refused.2.contains("urn:pgspout:problem:no-replica"), "{}", refused.2);
     // The fallback reads the primary, which has the new row (once its own monitor saw the lag).
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         count(fallback.clone()).await == Ok(101)
     })
     .await;
     standby.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         count(refuse.clone()).await == Ok(101)
     })
     .await;
@@ -210,9 +213,9 @@ async fn with_no_healthy_replica_fallback_reads_the_primary_and_refuse_answers_5
     // Down.
     drop(standby);
     replica.stop().await;
-    let refused = wait_for(Duration::from_secs(10), || async { count(refuse.clone()).await.err() }).await;
+    let refused = wait_for(Duration::from_secs(60), || async { count(refuse.clone()).await.err() }).await;
     assert_eq!((refused.0, refused.1), (503, true));
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         count(fallback.clone()).await == Ok(101)
     })
     .await;

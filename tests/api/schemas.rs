@@ -223,7 +223,7 @@ async fn notify_reloads_the_catalog_while_a_running_export_goes_on() {
         "not before the reload"
     );
     db.client.batch_execute("NOTIFY pgspout, 'reload'").await.unwrap();
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         body_of(&address, "/v1/datasets/newcomer/rows").await == (200, "{\"id\":7}\n".into())
     })
     .await;
@@ -278,7 +278,7 @@ async fn sighup_reloads_and_a_failed_reload_keeps_the_old_catalog() {
         .unwrap();
     hangup();
     // The SIGHUP's own reload, not the one the listener does when it starts.
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         std::fs::read_to_string(&log)
             .unwrap()
             .lines()
@@ -293,7 +293,7 @@ async fn sighup_reloads_and_a_failed_reload_keeps_the_old_catalog() {
         .await
         .unwrap();
     hangup();
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         std::fs::read_to_string(&log).unwrap().contains("catalog reload failed")
     })
     .await;
@@ -315,7 +315,7 @@ async fn sighup_reloads_and_a_failed_reload_keeps_the_old_catalog() {
         )
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), || async {
+    wait_until(Duration::from_secs(60), || async {
         names(server.base.clone()).await == ["fixed", "one", "two", "three"]
     })
     .await;

@@ -31,7 +31,7 @@ async fn shutdown_on(signal: &str, grace: Duration) {
     let signalled = Instant::now();
 
     // New connections are refused at once.
-    crate::helpers::wait_until(Duration::from_secs(1), || async {
+    crate::helpers::wait_until(Duration::from_secs(30), || async {
         tokio::net::TcpStream::connect(&server.base).await.is_err()
     })
     .await;

@@ -170,7 +170,7 @@ impl Export {
     }
 
     /// The client's connection closed. After a stall as long as the stall timeout, that is the kernel's
-    /// user timeout (set to the same length) cutting a client that stopped reading: a stall, not a departure.
+    /// user timeout cutting a client that stopped reading: a stall, not a departure.
     fn left(&mut self) {
         if self.last_chunk.elapsed() >= self.chunking.stall_timeout {
             tracing::warn!(export = %self.label, rows = self.pipeline.rows(), "client stopped reading; its connection timed out");

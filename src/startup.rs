@@ -221,10 +221,13 @@ impl Application {
                 .configure(|config| routes::configure(config, !metrics_apart))
         })
         // A client that stops reading leaves actix waiting to write, with no timeout of its own; the kernel's
-        // user timeout (which also bounds zero-window probes) closes such a connection after the stall timeout.
+        // user timeout (which also bounds zero-window probes) closes such a connection. It is twice the stall
+        // timeout, so the export's own stall detection (which frees the backend and records the stall) always
+        // comes first: the kernel's clock starts when the window closes, a little before the export's.
         .on_connect(move |connection, _| {
             if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-                && let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stall_timeout))
+                && let Err(error) =
+                    socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stall_timeout.saturating_mul(2)))
             {
                 tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
             }

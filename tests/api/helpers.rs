@@ -83,6 +83,19 @@ impl TestDb {
             .collect()
     }
 
+    /// The first column of every row `sql` returns, in order.
+    pub(crate) async fn column<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: for<'a> tokio_postgres::types::FromSql<'a>,
+    {
+        let rows = self
+            .client
+            .query(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     /// Whether every pgspout connection to this database is encrypted, per `pg_stat_ssl`; `None` with none.
     pub(crate) async fn pgspout_ssl(&self) -> Option<bool> {
         self.client

@@ -212,16 +212,8 @@ async fn long_in_lists_are_checked_in_one_statement_and_a_bad_value_among_them_i
     );
     let expected: Vec<i64> = app
         .db
-        .client
-        .query(
-            "SELECT id FROM items WHERE id BETWEEN 1 AND 1000 AND price IN (3.75, 7.50, 11.25) ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .column("SELECT id FROM items WHERE id BETWEEN 1 AND 1000 AND price IN (3.75, 7.50, 11.25) ORDER BY id")
+        .await;
     assert!(expected.len() >= 3);
     assert_eq!(found, expected);
     // One bad value among them, in either parameter, is found and named.
@@ -495,16 +487,8 @@ async fn at_scale_page_walks_and_resumed_downloads_return_each_row_once() {
     }
     let expected: Vec<i64> = app
         .db
-        .client
-        .query(
-            "SELECT id FROM big WHERE category IN ('a','c') ORDER BY amount DESC NULLS FIRST, category, id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .column("SELECT id FROM big WHERE category IN ('a','c') ORDER BY amount DESC NULLS FIRST, category, id")
+        .await;
     assert_eq!(expected.len(), 50_000);
     assert_eq!(walked, expected);
 

@@ -145,14 +145,8 @@ async fn request(app: &TestApp, path: &str, query: &str) -> (u16, String, Vec<i6
 
 /// The ids SQL selects: `SELECT id FROM every_type WHERE <condition> ORDER BY <order>`.
 async fn sql(app: &TestApp, condition: &str, order: &str) -> Vec<i64> {
-    let text = format!("SELECT id FROM every_type AS t WHERE {condition} ORDER BY {order}");
-    let rows = app
-        .db
-        .client
-        .query(&text, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{text}: {e}"));
-    rows.iter().map(|r| r.get::<_, i32>(0).into()).collect()
+    let text = format!("SELECT id::int8 FROM every_type AS t WHERE {condition} ORDER BY {order}");
+    app.db.column(&text).await
 }
 
 /// `name=value`, URL-encoded.
@@ -170,17 +164,11 @@ async fn every_operator_order_and_page_on_every_type_is_a_400_or_equals_sql() {
     let app = app().await;
     let columns: Vec<String> = app
         .db
-        .client
-        .query(
+        .column(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = 'every_type'::regclass AND attnum > 1 \
              ORDER BY attnum",
-            &[],
         )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .await;
     let (mut answered, mut refused) = (0, 0);
     // Per column, each case's status in order ('2': 200 and equal to SQL, '4': a 400 naming the parameter).
     let mut outcomes = Vec::new();

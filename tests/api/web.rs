@@ -349,16 +349,8 @@ async fn an_sse_stream_in_any_order_resumes_exactly_where_it_was_cut() {
     settings.export.chunk_size = 2048;
     let address = serve(settings).await;
     let expected: Vec<i64> = db
-        .client
-        .query(
-            "SELECT id::int8 FROM scores ORDER BY grade DESC NULLS FIRST, id LIMIT 1500",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .column("SELECT id::int8 FROM scores ORDER BY grade DESC NULLS FIRST, id LIMIT 1500")
+        .await;
     for consistency in ["snapshot", "chunked"] {
         let path = format!("/v1/datasets/scores/rows?format=sse&order=grade.desc&limit=1500&consistency={consistency}");
         let (ids, events) = sse(&address, &path, &[]).await;

@@ -123,9 +123,9 @@ impl Default for Levels {
 
 impl Levels {
     /// The highest levels a streaming export may use. Compression runs on the async workers, a 64 KiB slice
-    /// at a time; above these levels one slice takes tens of milliseconds (zstd 19: ~20 ms, brotli 11: over
-    /// 100 ms, measured by the `encode` bench), and every other request on that worker, `/readyz` included,
-    /// waits that long behind it.
+    /// at a time, and every other request on that worker, `/readyz` included, waits for the slice in hand;
+    /// the slowest levels (zstd 16–22, brotli 8–11) are an order of magnitude slower than these. The `encode`
+    /// bench times one slice at these levels.
     pub fn highest() -> Levels {
         Levels {
             gzip: 9,

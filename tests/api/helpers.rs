@@ -83,6 +83,17 @@ impl TestDb {
             .collect()
     }
 
+    /// Whether a batch of job `id` is running in Postgres: its backend is active under the job's name. The event
+    /// to wait for when a test needs a job mid-batch, rather than a checkpoint a loaded machine may take minutes
+    /// to reach on the endless view.
+    pub(crate) async fn job_batch_running(&self, id: &str) -> bool {
+        let name = format!("pgspout job:{id}");
+        self.pgspout_backends()
+            .await
+            .iter()
+            .any(|(_, state, _, application)| *application == name && state == "active")
+    }
+
     /// The first column of every row `sql` returns, in order.
     pub(crate) async fn column<T>(&self, sql: &str) -> Vec<T>
     where

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{BIG_VIEW, ServerProcess, TestDb, spawn_app, wait_for};
+use crate::helpers::{BIG_VIEW, ServerProcess, TestDb, spawn_app, wait_for, wait_until};
 
 /// `n` orders with a few NULLs, quotes and a numeric column.
 async fn orders(db: &TestDb, n: i32) {
@@ -458,11 +458,7 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
 
     // SIGTERM: the running job goes back to the queue at once, not after its lease.
     let long = create_ok(&base, json!({ "dataset": "big" })).await;
-    // Each batch of `big` in key order sorts its ten million rows: seconds, and more on a loaded machine.
-    wait_for(Duration::from_secs(60), || async {
-        (status(&base, &long).await["rows_written"].as_i64() > Some(0)).then_some(())
-    })
-    .await;
+    wait_until(Duration::from_secs(60), || db.job_batch_running(&long)).await;
     let signalled = std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
         .status()

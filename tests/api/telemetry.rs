@@ -345,26 +345,9 @@ async fn job_batches_name_their_job_and_job_metrics_move() {
     })
     .await;
 
-    // A job that runs until cancelled: once two batches are in, its backend is named after it.
+    // A job that runs until cancelled: while its batch runs, its backend is named after it.
     let endless = create_ok(&base, json!({ "dataset": "big" })).await;
-    // Each batch of `big` in key order sorts its ten million rows: seconds, and more on a loaded machine.
-    wait_until(Duration::from_secs(90), || async {
-        status(&base, &endless).await["rows_written"].as_i64().unwrap() >= 20000
-    })
-    .await;
-    let tagged = format!("pgspout job:{endless}");
-    let names: Vec<String> = db
-        .client
-        .query(
-            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert!(names.contains(&tagged), "{names:?}");
+    wait_until(Duration::from_secs(60), || db.job_batch_running(&endless)).await;
     let cancelled = reqwest::Client::new()
         .delete(format!("http://{base}/v1/exports/{endless}"))
         .send()
@@ -378,7 +361,7 @@ async fn job_batches_name_their_job_and_job_metrics_move() {
         let get = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels).unwrap_or(0.0);
         get("pgspout_job_runs_total", &[("outcome", "completed")]) == 1.0
             && get("pgspout_job_runs_total", &[("outcome", "cancelled")]) == 1.0
-            && get("pgspout_job_rows_total", &[]) >= 20100.0
+            && get("pgspout_job_rows_total", &[]) >= 100.0
             && get("pgspout_jobs", &[("status", "completed")]) == 1.0
             && get("pgspout_jobs", &[("status", "cancelled")]) == 1.0
             && get("pgspout_jobs", &[("status", "running")]) == 0.0

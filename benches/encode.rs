@@ -43,10 +43,7 @@ fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
         ("created_at", ValueKind::TimestampUtc),
         ("note", ValueKind::Text),
     ]
-    .map(|(name, kind)| EncodedColumn {
-        name: name.into(),
-        kind,
-    })
+    .map(|(name, kind)| EncodedColumn::new(name, kind))
     .to_vec();
     let rows = (1..=n)
         .map(|g| {

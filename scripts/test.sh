@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
-# The Python clients (DuckDB, pandas, polars) and the OpenAPI checkers, in a venv of their own (Debian's
+# The Python clients (DuckDB, pandas, polars, pyarrow) and the OpenAPI checkers, in a venv of their own (Debian's
 # Python refuses system-wide pip installs).
 venv=target/client-venv
-if ! "$venv/bin/python" -c 'import duckdb, duckdb_extension_httpfs, duckdb_extension_json, openapi_spec_validator, schemathesis, pandas, polars' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import duckdb, duckdb_extension_httpfs, duckdb_extension_json, openapi_spec_validator, schemathesis, pandas, polars, pyarrow' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check \
     duckdb==1.5.5 duckdb-extension-httpfs==1.5.5 duckdb-extension-json==1.5.5 openapi-spec-validator==0.7.2 schemathesis==4.32.5 \
-    pandas==2.3.3 polars==1.35.2
+    pandas==2.3.3 polars==1.35.2 pyarrow==26.0.1
 fi
 export PGSPOUT_TEST_PYTHON="$PWD/$venv/bin/python"
 

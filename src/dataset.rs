@@ -39,6 +39,8 @@ pub(crate) struct Column {
     pub(crate) nullable: bool,
     /// How pgspout decodes its values.
     pub(crate) kind: ValueKind,
+    /// What its values become in a columnar format.
+    pub(crate) columnar: Columnar,
     /// Its type's output function as quoted SQL (for [`ValueKind::ServerFormatted`] columns in CSV, and for
     /// sort values).
     pub(crate) output_function: String,
@@ -115,6 +117,75 @@ impl ValueKind {
     /// Whether pgspout decodes this kind itself rather than asking Postgres to format it.
     pub(crate) fn is_native(self) -> bool {
         self != ValueKind::ServerFormatted
+    }
+}
+
+/// What a column's values become in a columnar format (Arrow): a type pgspout decodes from the binary wire
+/// value, one-dimensional arrays of one, or Postgres's own text. README's type table documents the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Columnar {
+    /// The type of the values (of the elements, for a list).
+    pub scalar: Scalar,
+    /// Whether values are one-dimensional arrays of `scalar`.
+    pub list: bool,
+}
+
+/// A columnar value type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scalar {
+    /// `boolean` → `bool`.
+    Bool,
+    /// `smallint` → `int16`.
+    Int16,
+    /// `integer` → `int32`.
+    Int32,
+    /// `bigint` → `int64`.
+    Int64,
+    /// `real` → `float32`.
+    Float32,
+    /// `double precision` → `float64`.
+    Float64,
+    /// `numeric(p,s)` with p ≤ 38 → `decimal128(p,s)`.
+    Decimal {
+        /// Digits in all.
+        precision: u8,
+        /// Digits after the point (negative: zeros before it).
+        scale: i8,
+    },
+    /// Text-like types and enums → `utf8`.
+    Utf8,
+    /// `bytea` → `binary`.
+    Binary,
+    /// `uuid` → the `arrow.uuid` extension.
+    Uuid,
+    /// `date` → `date32`.
+    Date,
+    /// `time` → `time64[us]`.
+    Time,
+    /// `timestamp` → `timestamp[us]`.
+    Timestamp,
+    /// `timestamptz` → `timestamp[us, UTC]`.
+    TimestampUtc,
+    /// `interval` → `month_day_nano`.
+    Interval,
+    /// `json` → the `arrow.json` extension.
+    Json,
+    /// `jsonb` → the `arrow.json` extension.
+    Jsonb,
+    /// Anything else → `utf8` holding the type's output text.
+    Text,
+}
+
+impl Columnar {
+    /// A column of Postgres text.
+    pub const TEXT: Columnar = Columnar {
+        scalar: Scalar::Text,
+        list: false,
+    };
+
+    /// Whether values are sent as Postgres's text (the type's output function) rather than binary.
+    pub fn is_text(self) -> bool {
+        self.scalar == Scalar::Text
     }
 }
 

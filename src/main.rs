@@ -8,9 +8,9 @@ use pgspout::report::chain;
 use pgspout::settings::Settings;
 use pgspout::startup::{Application, shutdown_signal};
 
-/// Stream PostgreSQL tables and views over HTTP as NDJSON or CSV, compressed on request.
+/// Stream PostgreSQL tables and views over HTTP as NDJSON, CSV or Arrow, compressed on request.
 #[derive(Parser)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(version, about, long_about = None, after_help = after_help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,7 +21,7 @@ Endpoints:
   GET  /v1/datasets/{name}/rows   the matching rows, streamed, ordered by the dataset's key
          ?select=a,b  ?col=[not.]op.value (eq neq gt gte lt lte like ilike in.(..) is.null|true|false;
          an operator or order the column's type lacks is a 400)
-         ?order=col.desc.nullslast  ?limit=N  ?after=<key>  ?format=ndjson|csv|json|sse (else Accept; else NDJSON)
+         ?order=col.desc.nullslast  ?limit=N  ?after=<key>  ?format={formats} (else Accept; else NDJSON)
          ?consistency=snapshot|chunked (one snapshot, or keyset batches in short transactions)
          Accept-Encoding: zstd, gzip, br (q-values honoured; none sent = uncompressed)
          ?compression=gzip|zstd|br|identity: a compressed file instead (a download link)
@@ -55,6 +55,11 @@ auth.cookie), and Postgres (GRANTs, row-level security) decides what they see.
 With no [[datasets]] and no [[schemas]], the public schema is served whole. SIGHUP, or
 NOTIFY pgspout, 'reload' on the database, reads the catalog again. database.replicas: /rows, /page
 and counts read from a healthy read replica.";
+
+/// The endpoint summary, with the formats as `encode::FORMATS` lists them.
+fn after_help() -> String {
+    AFTER_HELP.replace("{formats}", &pgspout::encode::Format::names().join("|"))
+}
 
 #[derive(Subcommand)]
 enum Command {

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::dataset::{Catalog, Column, Dataset};
-use crate::encode::ValueKind;
+use crate::encode::{FORMATS, Format, ValueKind};
 use crate::query::params::RESERVED;
 
 /// The JSON Schema of a column's values as pgspout writes them in NDJSON (as `to_json()` does).
@@ -154,9 +154,15 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
     } else {
         parameters.push(parameter(
             "format",
-            "Output format (else the Accept header): ndjson, csv, json (one array, streamed) or sse (server-sent \
-             events; see the text/event-stream response)",
-            json!({ "type": "string", "enum": ["ndjson", "csv", "json", "sse"] }),
+            &format!(
+                "Output format (else the Accept header): {}",
+                FORMATS
+                    .iter()
+                    .map(|f| format!("{} ({})", f.names[0], f.summary))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            json!({ "type": "string", "enum": Format::names() }),
         ));
         parameters.push(parameter(
             "compression",
@@ -224,7 +230,11 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
             "type": "object",
             "properties": {
                 "dataset": { "type": "string", "enum": datasets },
-                "format": { "type": "string", "enum": ["ndjson", "csv"], "default": "ndjson" },
+                "format": {
+                    "type": "string",
+                    "enum": FORMATS.iter().filter(|f| f.jobs).map(|f| f.names[0]).collect::<Vec<_>>(),
+                    "default": "ndjson"
+                },
                 "compression": { "type": "string", "enum": ["identity", "gzip", "zstd"], "default": "identity" },
                 "query": { "type": "string", "description": "A /rows query string: select, filters, order, limit, after" }
             },
@@ -303,6 +313,16 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
         "parameters": id, "responses": download } }),
     );
 }
+
+/// The types of `format=arrow` (README's table, in brief).
+const ARROW_TYPES: &str = "An Arrow IPC stream. Types: boolean → bool; smallint, integer, bigint → int16, int32, int64; \
+real, double precision → float32, float64; numeric(p,s) with p ≤ 38 → decimal128(p,s) (other numerics: exact text); \
+text, varchar, char(n), name, enums → utf8; bytea → binary; uuid → arrow.uuid; date → date32; time → time64[us]; \
+timestamp → timestamp[us]; timestamptz → timestamp[us, UTC]; interval → month_day_nano; json, jsonb → arrow.json; \
+one-dimensional arrays of these → list; anything else → utf8 with Postgres's text. Each field's metadata \
+`pgspout.type` names its Postgres type. A value the Arrow type cannot hold (infinity, a timestamp past Arrow's \
+range, NaN in a decimal, a second array dimension) aborts the stream; a stream without its end-of-stream marker is \
+incomplete.";
 
 /// The event grammar of `format=sse`.
 const SSE_GRAMMAR: &str = "`retry: 1000`, then events. Rows travel in unnamed (message) events, one `data:` line \
@@ -392,6 +412,8 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
                         "retry": { "type": "integer" }
                     }
                 } },
+                "application/vnd.apache.arrow.stream": { "schema": {
+                    "type": "string", "format": "binary", "description": ARROW_TYPES } },
                 "application/gzip": { "schema": { "type": "string" } },
                 "application/zstd": { "schema": { "type": "string" } },
                 "application/x-brotli": { "schema": { "type": "string" } }

@@ -147,11 +147,13 @@ impl Pipeline {
             }?;
             match next {
                 Next::Row(row) => {
-                    let before = self.plain.len();
+                    let before = self.plain.len() + self.encoder.pending_bytes();
                     self.encoder.write_row(&row, &mut self.plain)?;
-                    // Only a row whose text is large can hold a value over the limit (text is never less
-                    // than half a large value's wire size), so most rows cost one comparison here.
-                    if self.plain.len() - before > self.limits.max_value_bytes / 2 {
+                    // Only a row whose output is large can hold a value over the limit (text is never less
+                    // than half a large value's wire size, a columnar batch takes the value whole), so most
+                    // rows cost one comparison here.
+                    let after = self.plain.len() + self.encoder.pending_bytes();
+                    if after.saturating_sub(before) > self.limits.max_value_bytes / 2 {
                         self.check_values(&row)?;
                     }
                     if self.plain.len() >= self.limits.chunk_size
@@ -207,16 +209,18 @@ impl Pipeline {
     }
 
     fn has_buffered(&mut self) -> bool {
-        !self.plain.is_empty() || self.unflushed || self.compressor.as_mut().is_some_and(|c| c.pending() > 0)
+        !self.plain.is_empty()
+            || self.encoder.has_pending()
+            || self.unflushed
+            || self.compressor.as_mut().is_some_and(|c| c.pending() > 0)
     }
 
     /// A full chunk's bytes: plain, or compressed once the compressor has a chunk's worth of output.
-    async fn chunk(&mut self) -> io::Result<Option<Bytes>> {
+    async fn chunk(&mut self) -> Result<Option<Bytes>, PipelineError> {
+        self.end_piece()?;
         if self.compressor.is_none() {
-            self.close_event();
             return Ok(Some(self.take_plain()));
         }
-        self.close_event();
         self.compress().await?;
         let compressor = self.compressor.as_mut().expect("checked above");
         if compressor.pending() < self.limits.chunk_size {
@@ -246,23 +250,23 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Ends an event stream's open event before its bytes leave: with a resume token after its last row.
-    fn close_event(&mut self) {
-        if !self.encoder.writes_events() {
-            return;
-        }
+    /// Ends the piece before its bytes leave (see [`RowEncoder::end_piece`]): an event stream's event gets a
+    /// resume token after its last row as its id.
+    fn end_piece(&mut self) -> Result<(), EncodeError> {
         let rows = self.rows();
-        let id = self.tokens.as_ref().zip(self.position()).map(|(t, p)| t.token(p, rows));
-        self.encoder.close_event(id.as_deref(), rows, &mut self.plain);
+        let id = match &self.tokens {
+            Some(tokens) if self.encoder.writes_events() => self.position().map(|p| tokens.token(p, rows)),
+            _ => None,
+        };
+        self.encoder.end_piece(id.as_deref(), rows, &mut self.plain)
     }
 
     /// Everything buffered, made decodable by the reader.
     async fn flush(&mut self) -> Result<Bytes, PipelineError> {
+        self.end_piece()?;
         if self.compressor.is_none() {
-            self.close_event();
             return Ok(self.take_plain());
         }
-        self.close_event();
         self.compress().await?;
         let compressor = self.compressor.as_mut().expect("checked above");
         compressor.flush()?;
@@ -274,7 +278,7 @@ impl Pipeline {
     /// Everything buffered, ending the compressed frame (a gzip member, a zstd frame); the next bytes start
     /// a new one.
     async fn end_frame(&mut self) -> Result<Bytes, PipelineError> {
-        self.close_event();
+        self.end_piece()?;
         self.compress().await?;
         let next = Compressor::new(self.encoding, &self.limits.levels)?;
         let last = self.close_compressor(next)?;
@@ -295,9 +299,9 @@ impl Pipeline {
     /// The rows are complete: write the trailer, end the compressed stream, commit.
     async fn finish(&mut self) -> Result<Bytes, PipelineError> {
         if !self.trailer_written {
-            self.close_event();
+            self.end_piece()?;
             let read = self.rows();
-            self.encoder.write_trailer(read, &mut self.plain);
+            self.encoder.write_trailer(read, &mut self.plain)?;
             self.trailer_written = true;
         }
         self.compress().await?;

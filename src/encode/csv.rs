@@ -119,14 +119,8 @@ mod tests {
     fn csv_tells_empty_strings_from_nulls() {
         assert_eq!(field("", false), "\"\"");
         let columns = [
-            EncodedColumn {
-                name: "a".into(),
-                kind: ValueKind::Text,
-            },
-            EncodedColumn {
-                name: "b".into(),
-                kind: ValueKind::Text,
-            },
+            EncodedColumn::new("a", ValueKind::Text),
+            EncodedColumn::new("b", ValueKind::Text),
         ];
         let mut out = Vec::new();
         CsvEncoder::new(&columns)

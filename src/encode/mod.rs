@@ -3,6 +3,7 @@
 //! Encoders read each cell's raw binary wire bytes through [`Cells`] and append text to a reused `Vec<u8>`;
 //! `body.rs` decides when that buffer becomes an HTTP chunk. A new format is a new file here.
 
+mod arrow;
 mod csv;
 mod ndjson;
 mod sse;
@@ -10,10 +11,11 @@ mod value;
 
 use crate::negotiate;
 
+pub use self::arrow::ArrowEncoder;
 pub use self::csv::CsvEncoder;
 pub use self::ndjson::NdjsonEncoder;
 pub use self::sse::SseEncoder;
-pub use crate::dataset::ValueKind;
+pub use crate::dataset::{Columnar, Scalar, ValueKind};
 
 /// An output format of `/rows`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,69 +28,141 @@ pub enum Format {
     Json,
     /// Server-sent events for `EventSource` (see [`SseEncoder`]).
     Sse,
+    /// An Arrow IPC stream of typed record batches (see [`ArrowEncoder`]).
+    Arrow,
 }
+
+/// What a format is and can do: the one table the negotiation, the OpenAPI document, `--help` and the job API
+/// read, so that a new format is described once.
+#[derive(Clone, Copy, Debug)]
+pub struct FormatInfo {
+    /// The format.
+    pub format: Format,
+    /// Its `?format=` name, then any alias.
+    pub names: &'static [&'static str],
+    /// The media types `Accept` may name for it.
+    pub accepts: &'static [&'static str],
+    /// The response's `Content-Type`.
+    pub media_type: &'static str,
+    /// The file name extension.
+    pub extension: &'static str,
+    /// Whether a background export can write it (its files resume by appending rows).
+    pub jobs: bool,
+    /// A line for the OpenAPI document and `--help`.
+    pub summary: &'static str,
+}
+
+/// Every format, in the order `Accept` ties are broken and lists are shown.
+pub const FORMATS: [FormatInfo; 5] = [
+    FormatInfo {
+        format: Format::Ndjson,
+        names: &["ndjson", "jsonl"],
+        accepts: &["application/x-ndjson", "application/jsonl"],
+        media_type: "application/x-ndjson",
+        extension: "ndjson",
+        jobs: true,
+        summary: "one JSON object per line, as row_to_json prints it",
+    },
+    FormatInfo {
+        format: Format::Csv,
+        names: &["csv"],
+        accepts: &["text/csv"],
+        media_type: "text/csv; charset=utf-8; header=present",
+        extension: "csv",
+        jobs: true,
+        summary: "CSV with a header, as COPY … (FORMAT csv, HEADER) prints it",
+    },
+    FormatInfo {
+        format: Format::Json,
+        names: &["json"],
+        accepts: &["application/json"],
+        media_type: "application/json",
+        extension: "json",
+        jobs: false,
+        summary: "one JSON array of the row objects, streamed",
+    },
+    FormatInfo {
+        format: Format::Sse,
+        names: &["sse"],
+        accepts: &["text/event-stream"],
+        media_type: "text/event-stream",
+        extension: "sse",
+        jobs: false,
+        summary: "server-sent events with resume tokens and progress",
+    },
+    FormatInfo {
+        format: Format::Arrow,
+        names: &["arrow"],
+        accepts: &["application/vnd.apache.arrow.stream"],
+        media_type: "application/vnd.apache.arrow.stream",
+        extension: "arrows",
+        jobs: false,
+        summary: "an Arrow IPC stream of typed record batches",
+    },
+];
 
 /// Why no format could be chosen.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
     /// `?format=` named a format pgspout does not have.
-    #[error("unknown format {0:?}; expected ndjson, csv, json or sse")]
+    #[error("unknown format {0:?}; expected {names}", names = Format::names().join(", "))]
     Unknown(String),
     /// The `Accept` header allows none of the formats.
-    #[error(
-        "Accept allows none of application/x-ndjson, application/jsonl, text/csv, application/json, text/event-stream"
-    )]
+    #[error("Accept allows none of {}", FORMATS.iter().flat_map(|f| f.accepts).copied().collect::<Vec<_>>().join(", "))]
     NotAcceptable,
 }
 
 impl Format {
+    /// Its row in [`FORMATS`].
+    pub fn info(self) -> &'static FormatInfo {
+        FORMATS
+            .iter()
+            .find(|f| f.format == self)
+            .expect("every format is in FORMATS")
+    }
+
+    /// Every format's `?format=` name.
+    pub fn names() -> Vec<&'static str> {
+        FORMATS.iter().map(|f| f.names[0]).collect()
+    }
+
+    /// Its `?format=` name.
+    pub fn name(self) -> &'static str {
+        self.info().names[0]
+    }
+
     /// The `Content-Type` of a response in this format.
     pub fn media_type(self) -> &'static str {
-        match self {
-            Format::Ndjson => "application/x-ndjson",
-            Format::Csv => "text/csv; charset=utf-8; header=present",
-            Format::Json => "application/json",
-            Format::Sse => "text/event-stream",
-        }
+        self.info().media_type
     }
 
     /// The file name extension for `Content-Disposition`.
     pub fn extension(self) -> &'static str {
-        match self {
-            Format::Ndjson => "ndjson",
-            Format::Csv => "csv",
-            Format::Json => "json",
-            Format::Sse => "sse",
-        }
+        self.info().extension
     }
 
     /// Picks the format: `?format=` first, then the `Accept` header, else NDJSON.
     pub fn negotiate(param: Option<&str>, accept: Option<&str>) -> Result<Format, FormatError> {
         if let Some(name) = param {
-            return match name {
-                "ndjson" | "jsonl" => Ok(Format::Ndjson),
-                "csv" => Ok(Format::Csv),
-                "json" => Ok(Format::Json),
-                "sse" => Ok(Format::Sse),
-                other => Err(FormatError::Unknown(other.to_owned())),
-            };
+            return FORMATS
+                .iter()
+                .find(|f| f.names.contains(&name))
+                .map(|f| f.format)
+                .ok_or_else(|| FormatError::Unknown(name.to_owned()));
         }
         let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
             return Ok(Format::Ndjson);
         };
-        const OFFERS: [(&str, Format); 5] = [
-            ("application/x-ndjson", Format::Ndjson),
-            ("application/jsonl", Format::Ndjson),
-            ("text/csv", Format::Csv),
-            ("application/json", Format::Json),
-            ("text/event-stream", Format::Sse),
-        ];
+        let offers: Vec<(&str, Format)> = FORMATS
+            .iter()
+            .flat_map(|f| f.accepts.iter().map(|media| (*media, f.format)))
+            .collect();
         negotiate::best(
             accept,
-            OFFERS.iter().map(|(name, _)| *name),
+            offers.iter().map(|(name, _)| *name),
             negotiate::media_range_matches,
         )
-        .map(|i| OFFERS[i].1)
+        .map(|i| offers[i].1)
         .ok_or(FormatError::NotAcceptable)
     }
 }
@@ -102,6 +176,24 @@ pub enum EncodeError {
     /// The row has no such column, or it could not be read.
     #[error("column {0} could not be read from the row")]
     Unreadable(usize),
+    /// A value its column's type in the output format cannot hold (`infinity` in an Arrow timestamp).
+    #[error("column {column:?} holds {what}, which its {format} type cannot hold")]
+    Unrepresentable {
+        /// The column.
+        column: String,
+        /// The value, described.
+        what: &'static str,
+        /// The format.
+        format: &'static str,
+    },
+    /// A columnar writer failed.
+    #[error("the {format} writer failed: {message}")]
+    Writer {
+        /// The format.
+        format: &'static str,
+        /// What it said.
+        message: String,
+    },
 }
 
 /// One row's cells as raw binary wire values; `None` is SQL NULL.
@@ -124,8 +216,24 @@ impl Cells for [Option<Vec<u8>>] {
 pub struct EncodedColumn {
     /// The column's name, as the header or JSON key.
     pub name: String,
-    /// How its values are decoded.
+    /// How the text formats decode its values.
     pub kind: ValueKind,
+    /// What its values become in a columnar format (there, `kind` is unused).
+    pub columnar: Columnar,
+    /// Its Postgres type, as `format_type` prints it (in a columnar format's field metadata).
+    pub type_name: String,
+}
+
+impl EncodedColumn {
+    /// A column decoded as `kind` by the text formats, and Postgres text in columnar ones.
+    pub fn new(name: &str, kind: ValueKind) -> EncodedColumn {
+        EncodedColumn {
+            name: name.to_owned(),
+            kind,
+            columnar: Columnar::TEXT,
+            type_name: "text".to_owned(),
+        }
+    }
 }
 
 /// The encoder for one export: a format bound to its columns. Writes a header before the first row and a
@@ -138,6 +246,8 @@ pub enum RowEncoder {
     Csv(CsvEncoder),
     /// See [`SseEncoder`].
     Sse(SseEncoder),
+    /// See [`ArrowEncoder`]; it gathers rows into batches, hence the `RefCell` (writing takes `&self`).
+    Arrow(Box<std::cell::RefCell<ArrowEncoder>>),
     /// One JSON array of `row_to_json` objects (a page's rows, `format=json`): `[`, objects separated by
     /// `,`, `]`.
     JsonArray {
@@ -158,6 +268,7 @@ impl RowEncoder {
             Format::Csv => RowEncoder::Csv(CsvEncoder::new(columns)),
             Format::Json => RowEncoder::json_array(columns),
             Format::Sse => RowEncoder::Sse(SseEncoder::new(columns, None, 0)),
+            Format::Arrow => RowEncoder::Arrow(Box::new(std::cell::RefCell::new(ArrowEncoder::new(columns)))),
         }
     }
 
@@ -166,16 +277,36 @@ impl RowEncoder {
         RowEncoder::Sse(SseEncoder::new(columns, total, sent_before))
     }
 
-    /// Whether rows travel in events that [`RowEncoder::close_event`] must end (SSE).
+    /// Whether rows travel in events that [`RowEncoder::end_piece`] must end, with an id (SSE).
     pub fn writes_events(&self) -> bool {
         matches!(self, RowEncoder::Sse(_))
     }
 
-    /// Ends the open event of an event stream (a no-op for other formats): the pipeline calls it before
-    /// every chunk leaves, with the event's id and the rows sent so far.
-    pub fn close_event(&self, id: Option<&str>, rows: u64, out: &mut Vec<u8>) {
-        if let RowEncoder::Sse(sse) = self {
-            sse.close_event(id, rows, out);
+    /// The end of a piece, before its bytes leave: an event stream ends its open event (with its id and the
+    /// rows sent so far), a columnar format writes the rows it gathered as a batch. A no-op for the others.
+    pub fn end_piece(&self, id: Option<&str>, rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        match self {
+            RowEncoder::Sse(sse) => sse.close_event(id, rows, out),
+            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_batch(out)?,
+            RowEncoder::Ndjson(_) | RowEncoder::Csv(_) | RowEncoder::JsonArray { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Whether rows were taken that no bytes show yet (a columnar format's batch in the making).
+    pub fn has_pending(&self) -> bool {
+        match self {
+            RowEncoder::Arrow(arrow) => arrow.borrow().pending_rows() > 0,
+            _ => false,
+        }
+    }
+
+    /// The bytes of values taken that no bytes show yet.
+    #[inline]
+    pub fn pending_bytes(&self) -> usize {
+        match self {
+            RowEncoder::Arrow(arrow) => arrow.borrow().pending_bytes(),
+            _ => 0,
         }
     }
 
@@ -193,6 +324,7 @@ impl RowEncoder {
             RowEncoder::Csv(csv) => csv.write_header(out),
             RowEncoder::JsonArray { .. } => out.push(b'['),
             RowEncoder::Sse(sse) => sse.write_header(out),
+            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_header(out),
             RowEncoder::Ndjson(_) => {}
         }
     }
@@ -204,6 +336,7 @@ impl RowEncoder {
             RowEncoder::Ndjson(e) => e.write_row(row, out),
             RowEncoder::Csv(e) => e.write_row(row, out),
             RowEncoder::Sse(e) => e.write_row(row, out),
+            RowEncoder::Arrow(e) => e.borrow_mut().write_row(row, out),
             RowEncoder::JsonArray { objects, started } => {
                 if started.replace(true) {
                     out.push(b',');
@@ -214,13 +347,15 @@ impl RowEncoder {
     }
 
     /// Appends what follows the last row (the array's `]`, the event stream's `end` event after `rows`
-    /// rows); written only when every row was.
-    pub fn write_trailer(&self, rows: u64, out: &mut Vec<u8>) {
+    /// rows, the Arrow stream's last batch and end-of-stream marker); written only when every row was.
+    pub fn write_trailer(&self, rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             RowEncoder::JsonArray { .. } => out.push(b']'),
             RowEncoder::Sse(sse) => sse.write_trailer(rows, out),
+            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_trailer(out)?,
             RowEncoder::Ndjson(_) | RowEncoder::Csv(_) => {}
         }
+        Ok(())
     }
 }
 

@@ -144,10 +144,7 @@ mod tests {
     }
 
     fn column(name: &str, kind: ValueKind) -> EncodedColumn {
-        EncodedColumn {
-            name: name.into(),
-            kind,
-        }
+        EncodedColumn::new(name, kind)
     }
 
     #[test]

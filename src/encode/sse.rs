@@ -84,10 +84,7 @@ mod tests {
 
     #[test]
     fn rows_travel_in_events_with_an_id_then_progress_then_end_counting_earlier_rows() {
-        let columns = [EncodedColumn {
-            name: "id".into(),
-            kind: ValueKind::Int,
-        }];
+        let columns = [EncodedColumn::new("id", ValueKind::Int)];
         let encoder = SseEncoder::new(&columns, Some(10), 0);
         let mut out = Vec::new();
         encoder.write_header(&mut out);

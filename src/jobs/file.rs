@@ -116,18 +116,32 @@ pub(super) fn files_older_than(directory: &Path, age: Duration) -> Vec<Uuid> {
         .collect()
 }
 
-/// Removes every file of the jobs `ids`.
+/// Removes every file of the jobs `ids`: whatever the directory holds under their ids, in any format.
 pub(crate) fn remove_files(directory: &Path, ids: &[Uuid]) {
-    for id in ids {
-        for format in [Format::Ndjson, Format::Csv] {
-            for encoding in [Encoding::Identity, Encoding::Gzip, Encoding::Zstd] {
-                let path = file_path(directory, *id, format, encoding);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "removed export file"),
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove export file"),
-                }
-            }
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) => {
+            tracing::warn!(directory = %directory.display(), %error, "cannot list the job directory");
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|n| n.split('.').next())
+            .and_then(|s| Uuid::parse_str(s).ok())
+        else {
+            continue;
+        };
+        if !ids.contains(&id) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "removed export file"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(path = %path.display(), %error, "cannot remove export file"),
         }
     }
 }

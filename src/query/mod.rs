@@ -199,23 +199,29 @@ impl<'a> Sql<'a> {
 ///
 /// Columns pgspout does not decode itself are formatted by Postgres in the query: with the type's output
 /// function for CSV (what `COPY` uses; a `::text` cast differs for some types, e.g. `inet`) and with
-/// `to_json()` for NDJSON.
+/// `to_json()` for NDJSON. Arrow decodes the types it maps from their binary form, and takes the output
+/// function's text of the others.
 fn select_list(dataset: &Dataset, columns: &[usize], format: Format) -> (Vec<String>, Vec<EncodedColumn>) {
     columns
         .iter()
         .map(|&i| {
             let column = &dataset.columns[i];
             let ident = &column.ident;
-            let expression = match (column.kind.is_native(), format) {
-                (true, _) => format!("t.{ident}"),
-                (false, Format::Csv) => format!("{}(t.{ident})::text", column.output_function),
-                (false, Format::Ndjson | Format::Json | Format::Sse) => format!("pg_catalog.to_json(t.{ident})::text"),
+            let output = || format!("{}(t.{ident})::text", column.output_function);
+            let expression = match format {
+                Format::Arrow if column.columnar.is_text() => output(),
+                Format::Arrow => format!("t.{ident}"),
+                _ if column.kind.is_native() => format!("t.{ident}"),
+                Format::Csv => output(),
+                Format::Ndjson | Format::Json | Format::Sse => format!("pg_catalog.to_json(t.{ident})::text"),
             };
             (
                 expression,
                 EncodedColumn {
                     name: column.name.clone(),
                     kind: column.kind,
+                    columnar: column.columnar,
+                    type_name: column.type_name.clone(),
                 },
             )
         })

@@ -409,6 +409,7 @@ pub(crate) mod tests {
             cast_type: cast.into(),
             nullable: true,
             kind,
+            columnar: crate::dataset::Columnar::TEXT,
             output_function: "pg_catalog.textout".into(),
             enum_labels: None,
             operators: Operators::ALL,

@@ -11,7 +11,7 @@ use super::caller::Caller;
 use crate::compress::Encoding;
 use crate::db::jobs::{JobStatus, NewJob, Requester};
 use crate::db::rows::{Next, Rows, Source};
-use crate::encode::Format;
+use crate::encode::{FORMATS, Format};
 use crate::error::ApiError;
 use crate::jobs::{file_path, remove_files};
 use crate::query::{self, Endpoint};
@@ -79,10 +79,12 @@ pub(super) async fn create(
         .ok_or_else(|| ApiError::BadRequest(format!("no dataset is named {:?}", create.dataset)))?;
     let dataset = &*dataset;
     let format = Format::negotiate(Some(&create.format), None)?;
-    if !matches!(format, Format::Ndjson | Format::Csv) {
-        return Err(ApiError::BadRequest(
-            "a background export's format is ndjson or csv (files resume by appending rows)".into(),
-        ));
+    if !format.info().jobs {
+        let formats: Vec<&str> = FORMATS.iter().filter(|f| f.jobs).map(|f| f.names[0]).collect();
+        return Err(ApiError::BadRequest(format!(
+            "a background export's format is one of {} (files resume by appending rows)",
+            formats.join(", ")
+        )));
     }
     let compression = create.compression.as_str();
     match Encoding::from_name(compression) {

@@ -3,6 +3,7 @@
 mod auth;
 mod browser;
 mod clients;
+mod columnar;
 mod config;
 mod consistency;
 mod errors;

@@ -5,7 +5,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
 use super::CatalogError;
-use super::types::{BaseTypes, enum_labels, value_kind};
+use super::types::{BaseTypes, columnar, enum_labels, value_kind};
 use crate::dataset::{Column, Consistency, Dataset};
 use crate::settings::DatasetSettings;
 
@@ -72,12 +72,14 @@ pub(super) async fn resolve(client: &Client, settings: &DatasetSettings, utc: bo
         .zip(&types)
         .map(|(row, ty)| {
             let name: String = row.get(0);
+            let type_name: String = row.get(3);
             Column {
                 ident: escape_identifier(&name),
                 name,
                 nullable: row.get(2),
-                type_name: row.get(3),
                 kind: value_kind(ty, utc),
+                columnar: columnar(ty, &type_name),
+                type_name,
                 output_function: row.get(4),
                 cast_type: row.get(5),
                 enum_labels: enum_labels(ty),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::{Kind, Type};
 
-use crate::dataset::{Operators, ValueKind};
+use crate::dataset::{Columnar, Operators, Scalar, ValueKind};
 
 /// What the catalog says of the base types a dataset's columns are built from: their default operator
 /// classes and comparison operators (binary-coercible types count, as `varchar` uses `text`'s).
@@ -142,5 +142,118 @@ pub(super) fn value_kind(ty: &Type, utc: bool) -> ValueKind {
         Type::JSONB => ValueKind::Jsonb,
         Type::BYTEA => ValueKind::Bytea,
         _ => ValueKind::ServerFormatted,
+    }
+}
+
+/// What a column of type `ty` (`type_name` as `format_type` prints it, typmod included) becomes in a columnar
+/// format: a decoded type, a one-dimensional list of one, or else Postgres's text.
+pub(super) fn columnar(ty: &Type, type_name: &str) -> Columnar {
+    let element = match ty.kind() {
+        Kind::Domain(base) => return columnar(base, ""),
+        Kind::Array(element) => Some(element),
+        _ => None,
+    };
+    match element {
+        None => Columnar {
+            scalar: scalar(ty, type_name),
+            list: false,
+        },
+        Some(element) => match scalar(element, type_name.strip_suffix("[]").unwrap_or("")) {
+            Scalar::Text => Columnar::TEXT,
+            scalar => Columnar { scalar, list: true },
+        },
+    }
+}
+
+fn scalar(ty: &Type, type_name: &str) -> Scalar {
+    match ty.kind() {
+        Kind::Domain(base) => return scalar(base, ""),
+        Kind::Enum(_) => return Scalar::Utf8,
+        _ => {}
+    }
+    match *ty {
+        Type::BOOL => Scalar::Bool,
+        Type::INT2 => Scalar::Int16,
+        Type::INT4 => Scalar::Int32,
+        Type::INT8 => Scalar::Int64,
+        Type::FLOAT4 => Scalar::Float32,
+        Type::FLOAT8 => Scalar::Float64,
+        Type::NUMERIC => decimal(type_name).unwrap_or(Scalar::Text),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => Scalar::Utf8,
+        Type::BYTEA => Scalar::Binary,
+        Type::UUID => Scalar::Uuid,
+        Type::DATE => Scalar::Date,
+        Type::TIME => Scalar::Time,
+        Type::TIMESTAMP => Scalar::Timestamp,
+        Type::TIMESTAMPTZ => Scalar::TimestampUtc,
+        Type::INTERVAL => Scalar::Interval,
+        Type::JSON => Scalar::Json,
+        Type::JSONB => Scalar::Jsonb,
+        _ => Scalar::Text,
+    }
+}
+
+/// `numeric(p,s)` with p ≤ 38 as a `decimal128`; an unconstrained `numeric` (or a domain over one, whose typmod
+/// the column does not show) has no fixed scale.
+fn decimal(type_name: &str) -> Option<Scalar> {
+    let (precision, scale) = type_name
+        .strip_prefix("numeric(")?
+        .strip_suffix(')')?
+        .split_once(',')
+        .or_else(|| type_name.strip_prefix("numeric(")?.strip_suffix(')').map(|p| (p, "0")))?;
+    let precision: u8 = precision.trim().parse().ok()?;
+    let scale: i8 = scale.trim().parse().ok()?;
+    (1..=38)
+        .contains(&precision)
+        .then_some(Scalar::Decimal { precision, scale })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_typmods_become_decimals_up_to_38_digits() {
+        assert_eq!(
+            decimal("numeric(12,2)"),
+            Some(Scalar::Decimal {
+                precision: 12,
+                scale: 2
+            })
+        );
+        assert_eq!(decimal("numeric(5)"), Some(Scalar::Decimal { precision: 5, scale: 0 }));
+        assert_eq!(
+            decimal("numeric(5,-2)"),
+            Some(Scalar::Decimal {
+                precision: 5,
+                scale: -2
+            })
+        );
+        assert_eq!(decimal("numeric(39,2)"), None);
+        assert_eq!(decimal("numeric"), None);
+    }
+
+    #[test]
+    fn arrays_of_decoded_types_are_lists_and_other_types_text() {
+        assert_eq!(
+            columnar(&Type::INT4_ARRAY, "integer[]"),
+            Columnar {
+                scalar: Scalar::Int32,
+                list: true
+            }
+        );
+        assert_eq!(
+            columnar(&Type::NUMERIC_ARRAY, "numeric(10,2)[]"),
+            Columnar {
+                scalar: Scalar::Decimal {
+                    precision: 10,
+                    scale: 2
+                },
+                list: true
+            }
+        );
+        assert_eq!(columnar(&Type::INET_ARRAY, "inet[]"), Columnar::TEXT);
+        assert_eq!(columnar(&Type::NUMERIC, "numeric"), Columnar::TEXT);
+        assert_eq!(columnar(&Type::TIMETZ, "time with time zone"), Columnar::TEXT);
     }
 }

@@ -1,0 +1,317 @@
+//! `format=arrow`: every type family with its edge values read back by pyarrow and compared with Postgres's
+//! own values; polars and pandas as their users call them; bounded batches; values Arrow cannot hold abort
+//! the stream, naming the column.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{ServerProcess, TestDb, spawn_app, wait_for};
+
+/// The Python with pyarrow, polars and pandas that scripts/test.sh prepares.
+fn python() -> String {
+    std::env::var("PGSPOUT_TEST_PYTHON")
+        .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
+}
+
+/// Runs tests/clients/arrow_read.py in `mode` on `url`; its JSON, and whether it exited successfully.
+async fn run_reader(mode: &str, url: &str) -> (Value, bool) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/arrow_read.py");
+    let output = tokio::process::Command::new(python())
+        .args([script, mode, url])
+        .output()
+        .await
+        .unwrap();
+    let parsed = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| {
+        panic!(
+            "arrow_read.py {mode}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (parsed, output.status.success())
+}
+
+/// Each column: its name, its SQL type, the Arrow type pyarrow shows, and the SQL that renders a value of it
+/// as the reader script renders the Arrow value (`{}` is the value).
+const COLUMNS: &[(&str, &str, &str, &str)] = &[
+    ("b", "boolean", "bool", "{}::text"),
+    ("i2", "smallint", "int16", "{}::text"),
+    ("i4", "integer", "int32", "{}::text"),
+    ("i8", "bigint", "int64", "{}::text"),
+    ("f4", "real", "float", "encode(float4send({}), 'hex')"),
+    ("f8", "double precision", "double", "encode(float8send({}), 'hex')"),
+    ("d", "numeric(12,2)", "decimal128(12, 2)", "{}::text"),
+    ("dneg", "numeric(5,-2)", "decimal128(5, -2)", "{}::text"),
+    ("d38", "numeric(38,0)", "decimal128(38, 0)", "{}::text"),
+    ("n", "numeric", "string", "format('%s', {})"),
+    ("t", "text", "string", "{}"),
+    ("vc", "varchar(5)", "string", "{}::text"),
+    ("c", "char(4)", "string", "format('%s', {})"),
+    ("e", "mood", "string", "{}::text"),
+    ("by", "bytea", "binary", "encode({}, 'hex')"),
+    ("u", "uuid", "extension<arrow.uuid>", "{}::text"),
+    ("dt", "date", "date32[day]", "({} - date '1970-01-01')::text"),
+    (
+        "tm",
+        "time",
+        "time64[us]",
+        "(extract(epoch from {}) * 1000000)::bigint::text",
+    ),
+    (
+        "ts",
+        "timestamp",
+        "timestamp[us]",
+        "(extract(epoch from {}) * 1000000)::bigint::text",
+    ),
+    (
+        "tz",
+        "timestamptz",
+        "timestamp[us, tz=UTC]",
+        "(extract(epoch from {}) * 1000000)::bigint::text",
+    ),
+    (
+        "iv",
+        "interval",
+        "month_day_nano_interval",
+        "encode(interval_send({}), 'hex')",
+    ),
+    ("j", "json", "extension<arrow.json>", "{}::text"),
+    ("jb", "jsonb", "extension<arrow.json>", "{}::text"),
+    ("ia", "integer[]", "list<item: int32>", "{}::text"),
+    ("ta", "text[]", "list<item: string>", "{}"),
+    ("na", "numeric(6,2)[]", "list<item: decimal128(6, 2)>", "{}::text"),
+    (
+        "tsa",
+        "timestamp[]",
+        "list<item: timestamp[us]>",
+        "(extract(epoch from {}) * 1000000)::bigint::text",
+    ),
+    ("ua", "uuid[]", "list<item: extension<arrow.uuid>>", "{}::text"),
+    ("ip", "inet", "string", "format('%s', {})"),
+    ("m", "money", "string", "format('%s', {})"),
+    ("r", "int4range", "string", "format('%s', {})"),
+    ("p", "point", "string", "format('%s', {})"),
+    ("bv", "bit varying", "string", "format('%s', {})"),
+    ("ttz", "time with time zone", "string", "format('%s', {})"),
+    ("tsv", "tsvector", "string", "format('%s', {})"),
+    ("grid", "integer[]", "list<item: int32>", "{}::text"),
+    ("pos", "positive", "int32", "{}::text"),
+];
+
+/// Edge values, one row each: extremes, special floats, BC dates and the last timestamps Arrow holds, empty
+/// and NULL-holding arrays, text that trips parsers; the last row is all NULL.
+const ROWS: &[&str] = &[
+    "true, -32768, -2147483648, -9223372036854775808, 'NaN', 'NaN', -9999999999.99, 12300, \
+     -99999999999999999999999999999999999999, 'NaN', '', 'ab', 'ab', 'calm', '\\x00ff', \
+     '00000000-0000-0000-0000-000000000000', '4713-01-01 BC', '00:00', '4713-01-01 00:00 BC', \
+     '4713-01-01 00:00+00 BC', '-178000000 years', '{\"b\": 1,  \"a\": [1, 2]}', '{\"b\": 1, \"a\": [1, 2]}', \
+     '{1,NULL,3}', '{\"a,b\",NULL,\"\"}', '{1.50,-2}', '{2000-01-01 00:00:00.000001,NULL}', \
+     '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}', '10.0.0.1', 12.34, '[1,5)', '(1.5,-2)', B'101', '12:00+05', \
+     'a:1 b:2', '{}', 1",
+    "false, 32767, 2147483647, 9223372036854775807, '-Infinity', 'Infinity', 0, -9999900, \
+     99999999999999999999999999999999999999, 1e-20, E'é ü 😀 \\n \"quoted\"', 'abcde', 'abcd', 'busy', '', \
+     'ffffffff-ffff-ffff-ffff-ffffffffffff', '5874897-12-31', '24:00:00', '294246-12-31 23:59:59.999999', \
+     '294246-12-31 23:59:59.999999+00', '2562047 hours 47 minutes 16.854775 seconds', '[]', '{}', '{}', '{}', \
+     '{}', '{}', '{}', '::1/128', -0.01, 'empty', '(0,0)', B'', '00:00:00-15:59', '', NULL, 2147483647",
+    "NULL, 0, 0, 0, '-0', '-0', 1.5, 0, 0, 123456789012345678901234567890.123, 'line\nbreak', NULL, NULL, NULL, \
+     '\\x', NULL, '1970-01-01', '12:34:56.789012', '1999-12-31 23:59:59.999999', '2000-02-29 12:00:00+05:30', \
+     '1 year 2 mons 3 days 04:05:06.789', 'null', 'null', NULL, '{NULL}', NULL, NULL, NULL, NULL, NULL, NULL, \
+     NULL, NULL, NULL, NULL, NULL, NULL",
+    "NULL, NULL, NULL, NULL, 3.4e38, 5e-324, 0.01, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+     '2000-02-29', NULL, NULL, NULL, '-1 mons -2 days -00:00:00.000001', '\"text\"', '[1, \"2\", null]', \
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+    "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+     NULL, NULL, NULL",
+];
+
+/// SQL that renders each cell of `types` (ordered by id) as the reader script renders the Arrow value: a
+/// JSON array per row, arrays as JSON arrays of their rendered elements.
+fn expected_sql() -> String {
+    let cells: Vec<String> = COLUMNS
+        .iter()
+        .map(|(name, ty, _, render)| {
+            // format() renders NULL as an empty string; a NULL stays NULL here.
+            let render = format!("CASE WHEN {{}} IS NOT NULL THEN {render} END");
+            if ty.ends_with("[]") {
+                let element = render.replace("{}", "u.e");
+                format!(
+                    "CASE WHEN {name} IS NOT NULL THEN coalesce((SELECT json_agg({element} ORDER BY u.n) \
+                     FROM unnest({name}) WITH ORDINALITY AS u(e, n)), '[]') END"
+                )
+            } else {
+                render.replace("{}", name)
+            }
+        })
+        .collect();
+    format!(
+        "SELECT json_build_array({})::text FROM types ORDER BY id",
+        cells.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn arrow_carries_every_type_family_with_its_edge_values_as_postgres_has_them() {
+    let db = TestDb::new().await;
+    let definitions: Vec<String> = COLUMNS.iter().map(|(name, ty, _, _)| format!("{name} {ty}")).collect();
+    let mut setup = format!(
+        "SET TimeZone = 'America/New_York'; \
+         CREATE TYPE mood AS ENUM ('calm', 'busy'); CREATE DOMAIN positive AS integer CHECK (VALUE > 0); \
+         CREATE TABLE types (id int PRIMARY KEY, {}); ",
+        definitions.join(", ")
+    );
+    for (id, values) in ROWS.iter().enumerate() {
+        setup.push_str(&format!("INSERT INTO types VALUES ({id}, {values}); "));
+    }
+    db.client.batch_execute(&setup).await.unwrap();
+    let expected: Vec<Value> = db
+        .column::<String>(&expected_sql())
+        .await
+        .iter()
+        .map(|row| serde_json::from_str(row).unwrap())
+        .collect();
+    let app = spawn_app(db, &[("types", "types", Some("id"))]).await;
+
+    let (read, ok) = run_reader("cells", &app.url("/v1/datasets/types/rows?format=arrow")).await;
+    assert!(ok, "{read}");
+    let schema = read["schema"].as_array().unwrap();
+    assert_eq!(schema[0], serde_json::json!(["id", "int32", "integer"]));
+    for ((name, ty, arrow, _), field) in COLUMNS.iter().zip(&schema[1..]) {
+        assert_eq!(field[0], *name);
+        assert_eq!(field[1], *arrow, "{name} {ty}");
+        // The field metadata names the Postgres type, user-defined ones included.
+        if matches!(*ty, "positive" | "mood" | "numeric(12,2)" | "inet") {
+            assert_eq!(field[2], *ty);
+        }
+    }
+    let rows = read["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), expected.len());
+    for (index, (row, expected)) in rows.iter().zip(&expected).enumerate() {
+        for (column, (cell, wanted)) in row.as_array().unwrap()[1..]
+            .iter()
+            .zip(expected.as_array().unwrap())
+            .enumerate()
+        {
+            assert_eq!(
+                cell, wanted,
+                "row {index}, column {} ({})",
+                COLUMNS[column].0, COLUMNS[column].1
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn arrow_batches_are_bounded_and_polars_and_pandas_read_the_stream() {
+    let db = TestDb::new().await;
+    db.client
+        .batch_execute(
+            "CREATE VIEW many AS SELECT g AS id, (g % 1000 * 0.01)::numeric(8,2) AS amount \
+             FROM generate_series(1, 140000) AS g",
+        )
+        .await
+        .unwrap();
+    let expected: String = db
+        .client
+        .query_one("SELECT sum(amount)::text FROM many", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let app = spawn_app(db, &[("many", "many", Some("id"))]).await;
+
+    let response = reqwest::Client::new()
+        .get(app.url("/v1/datasets/many/rows?limit=1"))
+        .header("Accept", "application/vnd.apache.arrow.stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
+    assert!(
+        response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("many.arrows"),
+        "{:?}",
+        response.headers()
+    );
+
+    let url = app.url("/v1/datasets/many/rows?format=arrow");
+    let (read, ok) = run_reader("cells", &url).await;
+    assert!(ok, "{read}");
+    let batches: Vec<u64> = read["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_u64().unwrap())
+        .collect();
+    assert_eq!(batches.iter().sum::<u64>(), 140_000);
+    assert!(
+        batches.len() >= 3 && batches.iter().all(|b| *b <= 65_536),
+        "{batches:?}"
+    );
+
+    let (frames, ok) = run_reader("frames", &url).await;
+    assert!(ok, "{frames}");
+    let sum_of_ids = 140_000u64 * 140_001 / 2;
+    for reader in ["polars", "pandas"] {
+        assert_eq!(frames[reader][0], 140_000, "{reader}: {frames}");
+        assert_eq!(frames[reader][1], sum_of_ids, "{reader}: {frames}");
+        assert_eq!(frames[reader][2], expected.as_str(), "{reader}: {frames}");
+    }
+}
+
+#[tokio::test]
+async fn a_value_arrow_cannot_hold_aborts_the_stream_and_the_log_names_its_column() {
+    let db = TestDb::new().await;
+    let cases = [
+        ("timestamp", "'infinity'", "infinity"),
+        ("timestamp", "'294270-01-01 00:00'", "a timestamp past Arrow's range"),
+        ("date", "'-infinity'", "infinity"),
+        ("numeric(10,2)", "'NaN'", "NaN"),
+        ("integer[]", "'{{1,2},{3,4}}'", "an array of more than one dimension"),
+        ("interval", "'2562048 hours'", "an interval past Arrow's range"),
+    ];
+    let mut config = String::new();
+    for (index, (ty, value, _)) in cases.iter().enumerate() {
+        // Many good rows first, so that the stream has begun when the bad one comes.
+        db.client
+            .batch_execute(&format!(
+                "CREATE TABLE bad{index} (id int PRIMARY KEY, \"value {index}\" {ty}); \
+                 INSERT INTO bad{index} SELECT g, NULL FROM generate_series(1, 100000) g; \
+                 INSERT INTO bad{index} VALUES (100001, {value})"
+            ))
+            .await
+            .unwrap();
+        config.push_str(&format!(
+            "[[datasets]]\nname = \"bad{index}\"\ntable = \"bad{index}\"\nkey = \"id\"\n\n"
+        ));
+    }
+    let log = std::env::temp_dir().join(format!("pgspout-arrow-{}.log", uuid::Uuid::new_v4()));
+    let server = ServerProcess::start_with(
+        &db,
+        &config,
+        &[("RUST_LOG", "warn")],
+        std::fs::File::create(&log).unwrap(),
+    )
+    .await;
+    for (index, (ty, _, what)) in cases.iter().enumerate() {
+        let url = format!("http://{}/v1/datasets/bad{index}/rows?format=arrow", server.base);
+        let (read, failed) = run_reader("cut", &url).await;
+        assert!(failed, "{ty}: the reader saw a complete stream: {read}");
+        let wanted = format!("column \\\"value {index}\\\" holds {what}");
+        let plain = format!("column \"value {index}\" holds {what}");
+        // The log line is written as the export aborts; wait for it rather than for a moment.
+        wait_for(Duration::from_secs(30), || async {
+            let text = std::fs::read_to_string(&log).unwrap();
+            (text.contains(&wanted) || text.contains(&plain)).then_some(())
+        })
+        .await;
+    }
+    drop(server);
+    let _ = std::fs::remove_file(&log);
+}

@@ -1,0 +1,109 @@
+"""Reads a pgspout `format=arrow` stream as its users do and prints what came through as JSON.
+
+Usage: arrow_read.py cells URL   — pyarrow reads the IPC stream straight off the HTTP response; prints the
+                                   schema (name, type, pgspout.type), the batches' row counts, and every cell
+                                   in a canonical text form the test compares with Postgres's own values
+       arrow_read.py frames URL  — polars (read_ipc_stream) and pandas (through pyarrow) read it; prints
+                                   their row counts and column sums
+       arrow_read.py cut URL     — reads a stream the server aborts; prints the reader's error (exit 0 only
+                                   if reading failed)
+"""
+import decimal
+import json
+import struct
+import sys
+import urllib.request
+import uuid
+
+import pyarrow as pa
+
+mode, url = sys.argv[1], sys.argv[2]
+
+
+def canonical(value, arrow_type):
+    """A cell as the test's SQL renders it: the same text for the same value, whatever the type."""
+    if value is None:
+        return None
+    if isinstance(arrow_type, pa.ExtensionType):
+        if arrow_type.extension_name == "arrow.uuid":
+            return str(value if isinstance(value, uuid.UUID) else uuid.UUID(bytes=value))
+        return value
+    if pa.types.is_list(arrow_type):
+        return [canonical(v, arrow_type.value_type) for v in value]
+    if pa.types.is_boolean(arrow_type):
+        return "true" if value else "false"
+    if pa.types.is_float32(arrow_type):
+        return struct.pack(">f", value).hex()
+    if pa.types.is_float64(arrow_type):
+        return struct.pack(">d", value).hex()
+    if pa.types.is_decimal(arrow_type):
+        return format(value, "f")
+    if pa.types.is_binary(arrow_type):
+        return value.hex()
+    if pa.types.is_interval(arrow_type):
+        return struct.pack(">qii", value.nanoseconds // 1000, value.days, value.months).hex()
+    return str(value)
+
+
+def raw_numbers(array):
+    """Dates, times and timestamps as the integers Arrow stores (Python's datetime cannot hold BC dates)."""
+    storage = {pa.types.is_date32: pa.int32()}
+    for test, integer in storage.items():
+        if test(array.type):
+            return array.cast(integer)
+    if pa.types.is_time64(array.type) or pa.types.is_timestamp(array.type):
+        return array.cast(pa.int64())
+    return None
+
+
+def cells(table):
+    columns = []
+    for index, field in enumerate(table.schema):
+        array = table.column(index).combine_chunks()
+        numbers = raw_numbers(array)
+        if numbers is not None:
+            columns.append([None if v is None else str(v) for v in numbers.to_pylist()])
+            continue
+        if pa.types.is_list(field.type) and raw_numbers(array.values) is not None:
+            values = [None if v is None else str(v) for v in raw_numbers(array.values).to_pylist()]
+            lists, offsets = [], array.offsets.to_pylist()
+            for row, valid in enumerate(array.is_valid().to_pylist()):
+                lists.append(values[offsets[row]:offsets[row + 1]] if valid else None)
+            columns.append(lists)
+            continue
+        columns.append([canonical(v, field.type) for v in array.to_pylist()])
+    return [list(row) for row in zip(*columns)]
+
+
+if mode == "cells":
+    with urllib.request.urlopen(url) as response:
+        reader = pa.ipc.open_stream(response)
+        batches = list(reader)
+    table = pa.Table.from_batches(batches, schema=reader.schema)
+    schema = [
+        [f.name, str(f.type), (f.metadata or {}).get(b"pgspout.type", b"").decode()] for f in table.schema
+    ]
+    print(json.dumps({"schema": schema, "batches": [b.num_rows for b in batches], "rows": cells(table)}))
+elif mode == "frames":
+    import io
+
+    import polars as pl
+
+    with urllib.request.urlopen(url) as response:
+        body = response.read()
+    polars = pl.read_ipc_stream(io.BytesIO(body))
+    with urllib.request.urlopen(url) as response:
+        pandas = pa.ipc.open_stream(response).read_pandas()
+    print(json.dumps({
+        "polars": [polars.height, int(polars["id"].cast(pl.Int64).sum()), str(polars["amount"].sum())],
+        "pandas": [len(pandas), int(pandas["id"].sum()), str(sum(pandas["amount"], decimal.Decimal(0)))],
+    }))
+elif mode == "cut":
+    try:
+        with urllib.request.urlopen(url) as response:
+            rows = pa.ipc.open_stream(response).read_all().num_rows
+    except Exception as error:  # noqa: BLE001 - any failure is the expected outcome
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+        sys.exit(0)
+    print(json.dumps({"rows": rows}))
+    sys.exit(1)

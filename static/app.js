@@ -11,7 +11,9 @@ const OVERSCAN = 8;
 /** How long the stream may hold the main thread before letting the browser paint and take clicks. */
 const SLICE_MS = 25;
 const OPERATORS = ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "in", "is"];
-const FORMATS = ["ndjson", "csv", "json"];
+const FORMATS = ["ndjson", "csv", "json", "arrow"];
+// A format's file name extension, where it is not the format's name.
+const EXTENSIONS = { arrow: "arrows" };
 const CODINGS = ["identity", "gzip", "zstd", "br"];
 
 const $ = (id) => document.getElementById(id);
@@ -177,13 +179,14 @@ function update() {
       ...CODINGS.map((coding) => {
         const extra = `format=${format}${coding === "identity" ? "" : `&compression=${coding}`}`;
         const suffix = { identity: "", gzip: ".gz", zstd: ".zst", br: ".br" }[coding];
+        const file = `${dataset.name}.${EXTENSIONS[format] ?? format}${suffix}`;
         return element(
           "td",
           {},
           element("a", {
             href: rowsUrl(extra),
-            download: `${dataset.name}.${format}${suffix}`,
-            title: `${dataset.name}.${format}${suffix}`,
+            download: file,
+            title: file,
             textContent: "↓",
           }),
         );

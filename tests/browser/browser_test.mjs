@@ -135,7 +135,8 @@ const state = (page) => page.getAttribute("#status", "data-state");
     max_dom_nodes: domNodes,
   });
 
-  // The download links: a gzip-compressed CSV file and a plain JSON array of the filtered rows.
+  // The download links: a gzip-compressed CSV file, a plain JSON array of the filtered rows, and an Arrow
+  // stream that begins with a message and ends with the end-of-stream marker.
   await page.click("#add-filter");
   await page.selectOption("#filters .clause select >> nth=0", "id");
   await page.selectOption("#filters .clause select >> nth=1", "lte");
@@ -146,9 +147,22 @@ const state = (page) => page.getAttribute("#status", "data-state");
     const gzip = await fetch(link("csv", ".gz"));
     const csv = await new Response(gzip.body.pipeThrough(new DecompressionStream("gzip"))).text();
     const json = await (await fetch(link("json", ""))).json();
-    return { type: gzip.headers.get("content-type"), lines: csv.trimEnd().split("\n").length, json: json.length };
+    const arrow = await fetch(link("arrows", ""));
+    const bytes = new Uint8Array(await arrow.arrayBuffer());
+    const hex = (part) => Array.from(part, (b) => b.toString(16).padStart(2, "0")).join("");
+    return {
+      type: gzip.headers.get("content-type"),
+      lines: csv.trimEnd().split("\n").length,
+      json: json.length,
+      arrow: [arrow.headers.get("content-type"), hex(bytes.slice(0, 4)), hex(bytes.slice(-8))],
+    };
   });
-  assert.deepEqual(downloads, { type: "application/gzip", lines: 5001, json: 5000 });
+  assert.deepEqual(downloads, {
+    type: "application/gzip",
+    lines: 5001,
+    json: 5000,
+    arrow: ["application/vnd.apache.arrow.stream", "ffffffff", "ffffffff00000000"],
+  });
 
   // The background export panel: start one with the page's filter, follow it, download its file.
   await page.selectOption("#job-compression", "gzip");

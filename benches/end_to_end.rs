@@ -17,7 +17,7 @@ fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn run(program: &str, args: &[impl AsRef<std::ffi::OsStr> + std::fmt::Debug]) -> Duration {
+fn run(program: &str, args: &[String]) -> Duration {
     let started = Instant::now();
     let status = Command::new(program)
         .args(args)
@@ -82,12 +82,12 @@ fn main() {
             args.extend(["-H".to_owned(), format!("Accept-Encoding: {coding}")]);
         }
         args.push(url);
-        ("curl", args)
+        Case::new("curl", args)
     };
-    let cases: Vec<(&str, (&str, Vec<String>))> = vec![
+    let mut cases: Vec<(&str, Case)> = vec![
         (
             "psql \\copy csv",
-            ("psql", ["-X", "-q", "-c", &copy].map(String::from).to_vec()),
+            Case::new("psql", ["-X", "-q", "-c", &copy].map(String::from).to_vec()),
         ),
         ("pgspout ndjson", curl(base.clone(), None)),
         (
@@ -102,22 +102,43 @@ fn main() {
         // Columnar formats last: the warm-up reads the text formats' peak memory before they run.
         ("pgspout arrow", curl(format!("{base}?format=arrow"), None)),
     ];
-    let columnar = cases
-        .iter()
-        .position(|(name, _)| *name == "pgspout arrow")
-        .expect("listed above");
+    let columnar = cases.len() - 1;
+    // Time to an Arrow table in Python, against the readers a pipeline would pick instead (BENCH_PYTHON: a
+    // Python with pyarrow, DuckDB's postgres scanner, ConnectorX and ADBC; scripts/bench.sh makes one).
+    if let Ok(python) = std::env::var("BENCH_PYTHON") {
+        let script = format!("{root}/benches/to_arrow.py");
+        let query = format!("SELECT {COLUMNS} FROM orders ORDER BY id");
+        let postgres = postgres_url();
+        let readers = [
+            ("python: pgspout arrow", "pgspout", format!("{base}?format=arrow")),
+            ("python: duckdb scanner", "duckdb", postgres.clone()),
+            ("python: connectorx x1", "connectorx1", postgres.clone()),
+            ("python: connectorx x2", "connectorx2", postgres.clone()),
+            ("python: adbc", "adbc", postgres),
+        ];
+        for (name, reader, source) in readers {
+            let args = vec![script.clone(), reader.to_owned(), source, query.clone()];
+            cases.push((name, Case::reported(&python, args)));
+        }
+    }
+    let ticks = clock_ticks();
     // One warm-up round fills caches for everyone alike.
     let mut text_peak = 0;
-    for (i, (_, (program, args))) in cases.iter().enumerate() {
+    for (i, (_, case)) in cases.iter().enumerate() {
         if i == columnar {
             text_peak = peak_rss_kib(server.id());
         }
-        run(program, args);
+        case.run();
     }
     let mut times = vec![Vec::new(); cases.len()];
+    let mut cpu = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
-        for (i, (_, (program, args))) in cases.iter().enumerate() {
-            times[i].push(run(program, args));
+        for (i, (_, case)) in cases.iter().enumerate() {
+            let before = cpu_ticks(server.id());
+            times[i].push(case.run());
+            cpu[i].push(Duration::from_secs_f64(
+                (cpu_ticks(server.id()) - before) as f64 / ticks,
+            ));
         }
     }
     let peak = peak_rss_kib(server.id());
@@ -125,13 +146,20 @@ fn main() {
     let _ = server.wait();
 
     let medians: Vec<Duration> = times.into_iter().map(median).collect();
+    let cpu: Vec<Duration> = cpu.into_iter().map(median).collect();
     let psql = medians[0].as_secs_f64();
+    let millions = rows as f64 / 1e6;
     println!("end_to_end: {rows} rows, median of {rounds} interleaved rounds");
-    for ((name, _), time) in cases.iter().zip(&medians) {
+    println!(
+        "  {:<24} {:>8}   {:>10}   pgspout CPU s per million rows",
+        "", "time", "ratio"
+    );
+    for (((name, _), time), cpu) in cases.iter().zip(&medians).zip(&cpu) {
         println!(
-            "  {name:<22} {:>8.3} s   {:>5.2}x psql",
+            "  {name:<24} {:>8.3} s   {:>5.2}x psql   {:>5.2}",
             time.as_secs_f64(),
-            time.as_secs_f64() / psql
+            time.as_secs_f64() / psql,
+            cpu.as_secs_f64() / millions
         );
     }
     println!(
@@ -139,4 +167,83 @@ fn main() {
         text_peak as f64 / 1024.0,
         peak as f64 / 1024.0
     );
+}
+
+/// One client run: a command whose wall time counts, or one that reports its own time (`seconds rows` on
+/// stdout), as the Python readers do to leave their imports and connection set-up out.
+struct Case {
+    program: String,
+    args: Vec<String>,
+    reported: bool,
+}
+
+impl Case {
+    fn new(program: &str, args: Vec<String>) -> Case {
+        Case {
+            program: program.to_owned(),
+            args,
+            reported: false,
+        }
+    }
+
+    fn reported(program: &str, args: Vec<String>) -> Case {
+        Case {
+            reported: true,
+            ..Case::new(program, args)
+        }
+    }
+
+    fn run(&self) -> Duration {
+        if !self.reported {
+            return run(&self.program, &self.args);
+        }
+        let output = Command::new(&self.program)
+            .args(&self.args)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("the reader runs");
+        assert!(output.status.success(), "{} {:?} failed", self.program, self.args);
+        let text = String::from_utf8_lossy(&output.stdout);
+        let seconds: f64 = text
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{:?} printed {text:?}", self.args));
+        Duration::from_secs_f64(seconds)
+    }
+}
+
+/// The same cluster as a `postgresql://` URL (for the Python readers the end-to-end bench compares).
+fn postgres_url() -> String {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let user = var("PGUSER", "postgres");
+    let password = var("PGPASSWORD", "");
+    let credentials = if password.is_empty() {
+        user
+    } else {
+        format!("{user}:{password}")
+    };
+    format!(
+        "postgresql://{credentials}@{}:{}/{}",
+        var("PGHOST", "localhost"),
+        var("PGPORT", "5432"),
+        var("PGDATABASE", "postgres")
+    )
+}
+
+/// The kernel's clock ticks per second, in which /proc reports CPU time.
+fn clock_ticks() -> f64 {
+    let output = Command::new("getconf").arg("CLK_TCK").output().expect("getconf runs");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK is a number")
+}
+
+/// The user and system CPU time `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name: state is the first, utime the 12th, stime the 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }

@@ -23,8 +23,9 @@ use super::{Cells, Columnar, EncodeError, EncodedColumn, Scalar};
 
 /// A batch ends after this many rows…
 const BATCH_ROWS: usize = 64 * 1024;
-/// …or once its values hold this many bytes, whichever comes first (or when the pipeline flushes).
-const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// …or once its values hold this many bytes, whichever comes first (or when the pipeline flushes). Each batch
+/// is held about four times over while it is built, encoded and sent, hence a modest size.
+const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Days from the Unix epoch to Postgres's (2000-01-01), and the same in microseconds.
 const PG_EPOCH_DAYS: i32 = 10_957;
@@ -140,8 +141,13 @@ impl ArrowEncoder {
 
     fn drain(&mut self, out: &mut Vec<u8>) {
         let written = self.writer.get_mut();
-        out.extend_from_slice(written);
-        written.clear();
+        if out.is_empty() {
+            // The usual case: hand the batch over without copying it.
+            std::mem::swap(out, written);
+        } else {
+            out.extend_from_slice(written);
+            written.clear();
+        }
     }
 }
 

@@ -1,0 +1,54 @@
+"""Time to an Arrow table in Python: one reader, one read of the bench's `orders` query; prints the seconds the
+read took (imports and connection set-up excluded, so that only the transfer and decoding are compared) and
+the table's row count, as `seconds rows`.
+
+Usage: to_arrow.py READER SOURCE QUERY
+  READER  pgspout (SOURCE: the /rows URL with format=arrow), duckdb (DuckDB's postgres scanner),
+          connectorx1 / connectorx2 (ConnectorX, one or two partitions on id), adbc (ADBC's PostgreSQL driver);
+          SOURCE for the others is a postgresql:// URL
+  QUERY   the SELECT the database readers run (pgspout's URL says the same)
+The end-to-end bench runs it from the bench's own venv (scripts/bench.sh makes it).
+"""
+import glob
+import importlib
+import os
+import sys
+import time
+import urllib.request
+
+reader, source, query = sys.argv[1], sys.argv[2], sys.argv[3]
+
+if reader == "pgspout":
+    import pyarrow as pa
+
+    started = time.perf_counter()
+    with urllib.request.urlopen(source) as response:
+        table = pa.ipc.open_stream(response).read_all()
+elif reader == "duckdb":
+    import duckdb
+
+    con = duckdb.connect()
+    module = importlib.import_module("duckdb_extension_postgres_scanner")
+    (path,) = glob.glob(os.path.join(os.path.dirname(module.__file__), "extensions", "*", "*.duckdb_extension"))
+    con.execute(f"LOAD '{path}'")
+    con.execute(f"ATTACH '{source}' AS pg (TYPE postgres, READ_ONLY)")
+    started = time.perf_counter()
+    table = con.execute(f"SELECT * FROM postgres_query('pg', $q${query}$q$)").to_arrow_table()
+elif reader.startswith("connectorx"):
+    import connectorx as cx
+
+    partitions = int(reader.removeprefix("connectorx"))
+    extra = {"partition_on": "id", "partition_num": partitions} if partitions > 1 else {}
+    started = time.perf_counter()
+    table = cx.read_sql(source, query.replace(" ORDER BY id", ""), return_type="arrow", **extra)
+elif reader == "adbc":
+    import adbc_driver_postgresql.dbapi
+
+    connection = adbc_driver_postgresql.dbapi.connect(source)
+    started = time.perf_counter()
+    with connection.cursor() as cursor:
+        cursor.execute(query)
+        table = cursor.fetch_arrow_table()
+else:
+    sys.exit(f"unknown reader {reader}")
+print(f"{time.perf_counter() - started:.6f} {table.num_rows}")

@@ -316,7 +316,7 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
 
 /// The types of `format=arrow` (README's table, in brief).
 const ARROW_TYPES: &str = "An Arrow IPC stream. Types: boolean → bool; smallint, integer, bigint → int16, int32, int64; \
-real, double precision → float32, float64; numeric(p,s) with p ≤ 38 → decimal128(p,s) (other numerics: exact text); \
+real, double precision → float32, float64; numeric(p,s) with p ≤ 38 and s ≤ p → decimal128(p,s) (other numerics: exact text); \
 text, varchar, char(n), name, enums → utf8; bytea → binary; uuid → arrow.uuid; date → date32; time → time64[us]; \
 timestamp → timestamp[us]; timestamptz → timestamp[us, UTC]; interval → month_day_nano; json, jsonb → arrow.json; \
 one-dimensional arrays of these → list; anything else → utf8 with Postgres's text. Each field's metadata \

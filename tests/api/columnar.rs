@@ -97,6 +97,7 @@ const COLUMNS: &[(&str, &str, &str, &str)] = &[
     ("tsv", "tsvector", "string", "format('%s', {})"),
     ("grid", "integer[]", "list<item: int32>", "{}::text"),
     ("pos", "positive", "int32", "{}::text"),
+    ("dsp", "numeric(2,5)", "string", "format('%s', {})"),
 ];
 
 /// Edge values, one row each: extremes, special floats, BC dates and the last timestamps Arrow holds, empty
@@ -108,22 +109,22 @@ const ROWS: &[&str] = &[
      '4713-01-01 00:00+00 BC', '-178000000 years', '{\"b\": 1,  \"a\": [1, 2]}', '{\"b\": 1, \"a\": [1, 2]}', \
      '{1,NULL,3}', '{\"a,b\",NULL,\"\"}', '{1.50,-2}', '{2000-01-01 00:00:00.000001,NULL}', \
      '{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}', '10.0.0.1', 12.34, '[1,5)', '(1.5,-2)', B'101', '12:00+05', \
-     'a:1 b:2', '{}', 1",
+     'a:1 b:2', '{}', 1, 0.00012",
     "false, 32767, 2147483647, 9223372036854775807, '-Infinity', 'Infinity', 0, -9999900, \
      99999999999999999999999999999999999999, 1e-20, E'é ü 😀 \\n \"quoted\"', 'abcde', 'abcd', 'busy', '', \
      'ffffffff-ffff-ffff-ffff-ffffffffffff', '5874897-12-31', '24:00:00', '294246-12-31 23:59:59.999999', \
      '294246-12-31 23:59:59.999999+00', '2562047 hours 47 minutes 16.854775 seconds', '[]', '{}', '{}', '{}', \
-     '{}', '{}', '{}', '::1/128', -0.01, 'empty', '(0,0)', B'', '00:00:00-15:59', '', NULL, 2147483647",
+     '{}', '{}', '{}', '::1/128', -0.01, 'empty', '(0,0)', B'', '00:00:00-15:59', '', NULL, 2147483647, -0.00099",
     "NULL, 0, 0, 0, '-0', '-0', 1.5, 0, 0, 123456789012345678901234567890.123, 'line\nbreak', NULL, NULL, NULL, \
      '\\x', NULL, '1970-01-01', '12:34:56.789012', '1999-12-31 23:59:59.999999', '2000-02-29 12:00:00+05:30', \
      '1 year 2 mons 3 days 04:05:06.789', 'null', 'null', NULL, '{NULL}', NULL, NULL, NULL, NULL, NULL, NULL, \
-     NULL, NULL, NULL, NULL, NULL, NULL",
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL",
     "NULL, NULL, NULL, NULL, 3.4e38, 5e-324, 0.01, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
      '2000-02-29', NULL, NULL, NULL, '-1 mons -2 days -00:00:00.000001', '\"text\"', '[1, \"2\", null]', \
-     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL",
     "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-     NULL, NULL, NULL",
+     NULL, NULL, NULL, NULL",
 ];
 
 /// SQL that renders each cell of `types` (ordered by id) as the reader script renders the Arrow value: a

@@ -193,8 +193,9 @@ fn scalar(ty: &Type, type_name: &str) -> Scalar {
     }
 }
 
-/// `numeric(p,s)` with p ≤ 38 as a `decimal128`; an unconstrained `numeric` (or a domain over one, whose typmod
-/// the column does not show) has no fixed scale.
+/// `numeric(p,s)` with p ≤ 38 and s ≤ p as a `decimal128` (Postgres 15 also allows s > p, which `decimal128`
+/// refuses); an unconstrained `numeric` (or a domain over one, whose typmod the column does not show) has no
+/// fixed scale.
 fn decimal(type_name: &str) -> Option<Scalar> {
     let (precision, scale) = type_name
         .strip_prefix("numeric(")?
@@ -203,8 +204,7 @@ fn decimal(type_name: &str) -> Option<Scalar> {
         .or_else(|| type_name.strip_prefix("numeric(")?.strip_suffix(')').map(|p| (p, "0")))?;
     let precision: u8 = precision.trim().parse().ok()?;
     let scale: i8 = scale.trim().parse().ok()?;
-    (1..=38)
-        .contains(&precision)
+    ((1..=38).contains(&precision) && i16::from(scale) <= i16::from(precision))
         .then_some(Scalar::Decimal { precision, scale })
 }
 
@@ -230,6 +230,8 @@ mod tests {
             })
         );
         assert_eq!(decimal("numeric(39,2)"), None);
+        assert_eq!(decimal("numeric(2,5)"), None, "a scale over the precision is text");
+        assert_eq!(decimal("numeric(5,-1000)"), None);
         assert_eq!(decimal("numeric"), None);
     }
 

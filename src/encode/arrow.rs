@@ -487,20 +487,8 @@ fn decimal(raw: &[u8], scale: i8) -> Result<i128, Unfit> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::value::tests::numeric;
     use super::*;
-
-    /// `numeric`'s wire form of a value: base-10000 digits, weight, sign, display scale.
-    fn numeric(digits: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
-        let mut raw = Vec::new();
-        raw.extend_from_slice(&(digits.len() as i16).to_be_bytes());
-        raw.extend_from_slice(&weight.to_be_bytes());
-        raw.extend_from_slice(&sign.to_be_bytes());
-        raw.extend_from_slice(&dscale.to_be_bytes());
-        for digit in digits {
-            raw.extend_from_slice(&digit.to_be_bytes());
-        }
-        raw
-    }
 
     #[test]
     fn numerics_become_exact_decimals_or_are_refused() {
@@ -508,7 +496,7 @@ mod tests {
         assert_eq!(decimal(&numeric(&[1234, 5000], 0, 0, 1), 2).ok(), Some(123_450));
         // -0.0001 at scale 4.
         assert_eq!(decimal(&numeric(&[1], -1, 0x4000, 4), 4).ok(), Some(-1));
-        // 1200 (digits [12] at weight 0 is 12; weight 0 with [1200]) at scale -2 is 12.
+        // 1200 at scale -2 is 12.
         assert_eq!(decimal(&numeric(&[1200], 0, 0, 0), -2).ok(), Some(12));
         assert_eq!(decimal(&numeric(&[], 0, 0, 2), 2).ok(), Some(0));
         assert!(matches!(

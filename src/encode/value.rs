@@ -260,7 +260,7 @@ pub(crate) fn write_timestamp(raw: &[u8], style: Style, utc: bool, out: &mut Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn render(f: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>) -> String {
@@ -269,7 +269,8 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    fn numeric(ndigits: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
+    /// `numeric`'s wire form of a value: base-10000 digits, weight, sign, display scale.
+    pub(in crate::encode) fn numeric(ndigits: &[u16], weight: i16, sign: u16, dscale: u16) -> Vec<u8> {
         let mut raw = Vec::new();
         raw.extend_from_slice(&(ndigits.len() as i16).to_be_bytes());
         raw.extend_from_slice(&weight.to_be_bytes());

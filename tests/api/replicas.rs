@@ -306,13 +306,23 @@ async fn a_recovery_conflict_mid_export_aborts_the_transfer() {
         "a cancelled export must not end cleanly ({lines} more lines)"
     );
     assert!(lines < 20_000, "{lines} lines");
-    let conflicts: i64 = standby
-        .query_one(
-            "SELECT confl_snapshot + confl_lock FROM pg_stat_database_conflicts WHERE datname = 'postgres'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    // The cancelled backend reports the conflict to the cumulative statistics when it next flushes them (at
+    // its end, or a second later): wait for the count, not for a moment.
+    let mut conflicts = 0;
+    for _ in 0..600 {
+        conflicts = standby
+            .query_one(
+                "SELECT confl_snapshot + confl_lock + confl_bufferpin FROM pg_stat_database_conflicts \
+                 WHERE datname = 'postgres'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if conflicts >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(conflicts >= 1, "the replica recorded the conflict");
 }

@@ -85,7 +85,7 @@ fn encoders(c: &mut Criterion) {
     let (columns, rows) = orders(10_000);
     let mut group = c.benchmark_group("encode_10k_orders");
     for format in [Format::Ndjson, Format::Csv, Format::Arrow] {
-        let encoder = RowEncoder::new(format, &columns);
+        let encoder = RowEncoder::new(format, &columns).unwrap();
         let mut out = Vec::with_capacity(4 << 20);
         encode_all(&encoder, &rows, &mut out);
         group.throughput(Throughput::Bytes(out.len() as u64));
@@ -93,13 +93,27 @@ fn encoders(c: &mut Criterion) {
             b.iter(|| encode_all(&encoder, black_box(&rows), &mut out));
         });
     }
+    // A whole Parquet file each time: its rows wait in the row group until the footer is written.
+    let parquet_file = |out: &mut Vec<u8>| {
+        let encoder = RowEncoder::new(Format::Parquet, &columns).unwrap();
+        out.clear();
+        encoder.write_header(out).unwrap();
+        for row in &rows {
+            encoder.write_row(&row[..], out).unwrap();
+        }
+        encoder.write_trailer(rows.len() as u64, out).unwrap();
+    };
+    let mut out = Vec::with_capacity(4 << 20);
+    parquet_file(&mut out);
+    group.throughput(Throughput::Bytes(out.len() as u64));
+    group.bench_function("Parquet", |b| b.iter(|| parquet_file(black_box(&mut out))));
     group.finish();
 }
 
 fn compressors(c: &mut Criterion) {
     let (columns, rows) = orders(10_000);
     let mut ndjson = Vec::new();
-    encode_all(&RowEncoder::new(Format::Ndjson, &columns), &rows, &mut ndjson);
+    encode_all(&RowEncoder::new(Format::Ndjson, &columns).unwrap(), &rows, &mut ndjson);
     let mut group = c.benchmark_group("compress_10k_orders_ndjson");
     group.throughput(Throughput::Bytes(ndjson.len() as u64));
     for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Brotli] {
@@ -121,7 +135,7 @@ fn compressors(c: &mut Criterion) {
 fn slices_at_the_highest_levels(c: &mut Criterion) {
     let (columns, rows) = orders(2_000);
     let mut ndjson = Vec::new();
-    encode_all(&RowEncoder::new(Format::Ndjson, &columns), &rows, &mut ndjson);
+    encode_all(&RowEncoder::new(Format::Ndjson, &columns).unwrap(), &rows, &mut ndjson);
     let highest = Levels::highest();
     let mut group = c.benchmark_group("compress_64k_slice_at_highest_levels");
     group.throughput(Throughput::Bytes(64 * 1024));

@@ -167,7 +167,8 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
         parameters.push(parameter(
             "compression",
             "Download a compressed file (application/gzip, application/zstd or application/x-brotli, no \
-             Content-Encoding, named like orders.csv.gz) whatever Accept-Encoding says; identity: never compress",
+             Content-Encoding, named like orders.csv.gz) whatever Accept-Encoding says; identity: never compress. \
+             Parquet compresses its own pages and takes neither",
             json!({ "type": "string", "enum": ["identity", "gzip", "zstd", "br"] }),
         ));
         if dataset.key.is_some() {
@@ -232,10 +233,13 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
                 "dataset": { "type": "string", "enum": datasets },
                 "format": {
                     "type": "string",
-                    "enum": FORMATS.iter().filter(|f| f.jobs).map(|f| f.names[0]).collect::<Vec<_>>(),
+                    "enum": FORMATS.iter().filter(|f| f.jobs.is_some()).map(|f| f.names[0]).collect::<Vec<_>>(),
                     "default": "ndjson"
                 },
-                "compression": { "type": "string", "enum": ["identity", "gzip", "zstd"], "default": "identity" },
+                "compression": {
+                    "type": "string", "enum": ["identity", "gzip", "zstd"], "default": "identity",
+                    "description": "identity only for parquet, which compresses its own pages"
+                },
                 "query": { "type": "string", "description": "A /rows query string: select, filters, order, limit, after" }
             },
             "required": ["dataset"],
@@ -257,7 +261,12 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
                 "error": { "type": ["string", "null"] }, "attempts": { "type": "integer" },
                 "resumable": {
                     "type": "boolean",
-                    "description": "false for a dataset without a key: an interrupted run starts again from the first row"
+                    "description": "false for a dataset without a key and for arrow and parquet files: an \
+                        interrupted run starts again from the first row"
+                },
+                "restarts": {
+                    "type": "integer",
+                    "description": "How many times a job that cannot resume started again from its first row"
                 },
                 "created_at": { "type": "string", "format": "date-time" },
                 "started_at": nullable_time, "updated_at": { "type": "string", "format": "date-time" },
@@ -299,9 +308,12 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
         "get": { "summary": "An export's status", "operationId": "getExport", "parameters": id, "responses": show },
         "delete": { "summary": "Cancel a queued or running export, or delete a finished one", "operationId": "deleteExport",
             "parameters": id, "responses": remove } }));
-    let file = json!({
-        "application/x-ndjson": { "schema": { "type": "string" } }, "text/csv": { "schema": { "type": "string" } },
-        "application/gzip": { "schema": { "type": "string" } }, "application/zstd": { "schema": { "type": "string" } } });
+    let mut file = Map::new();
+    let job_types = FORMATS.iter().filter_map(|f| f.jobs).map(|j| j.media_type);
+    for media_type in job_types.chain(["application/gzip", "application/zstd"]) {
+        let essence = media_type.split(';').next().unwrap_or(media_type);
+        file.insert(essence.into(), json!({ "schema": { "type": "string" } }));
+    }
     let mut download = problems(&["500", "503"], &[unknown, ("409", "The export is not completed")]);
     download["200"] = json!({ "description": "The file, as stored", "content": file });
     download["206"] = json!({ "description": "The requested byte range", "content": file });
@@ -323,6 +335,12 @@ one-dimensional arrays of these → list; anything else → utf8 with Postgres's
 `pgspout.type` names its Postgres type. A value the Arrow type cannot hold (infinity, a timestamp past Arrow's \
 range, NaN in a decimal, a second array dimension) aborts the stream; a stream without its end-of-stream marker is \
 incomplete.";
+
+/// How `format=parquet` differs from Arrow.
+const PARQUET_TYPES: &str = "A Parquet file (zstd pages, row groups of about 16 MiB, the footer last: a cut \
+download is no valid file; never compressed over HTTP). The Arrow types of format=arrow, through Parquet's logical \
+types (UUID, JSON, DECIMAL, DATE, TIME, TIMESTAMP, LIST; the Arrow schema travels in the footer), except interval and \
+numeric with a negative scale, which are Postgres's exact text.";
 
 /// The event grammar of `format=sse`.
 const SSE_GRAMMAR: &str = "`retry: 1000`, then events. Rows travel in unnamed (message) events, one `data:` line \
@@ -371,6 +389,26 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
     paths.insert("/readyz".into(), json!({ "get": { "summary": "PostgreSQL answers", "operationId": "readyz",
         "responses": { "200": { "description": "Ready", "content": { "application/json": { "schema": status("ready") } } },
                        "503": problem_responses()["503"] } } }));
+    let format = json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string" }, "aliases": { "type": "array", "items": { "type": "string" } },
+            "accepts": { "type": "array", "items": { "type": "string" } },
+            "media_type": { "type": "string" }, "extension": { "type": "string" },
+            "compressible": { "type": "boolean" }, "summary": { "type": "string" },
+            "job": { "type": ["object", "null"], "properties": {
+                "extension": { "type": "string" }, "media_type": { "type": "string" }, "resumes": { "type": "boolean" } } }
+        },
+        "required": ["name", "media_type", "extension", "compressible", "job"]
+    });
+    paths.insert(
+        "/v1/formats".into(),
+        json!({ "get": { "summary": "The output formats, and what jobs write of each",
+        "operationId": "listFormats",
+        "responses": { "200": { "description": "The formats", "content": { "application/json": { "schema": {
+            "type": "object", "properties": { "formats": { "type": "array", "items": format } },
+            "required": ["formats"] } } } } } } }),
+    );
     paths.insert("/v1/datasets".into(), json!({ "get": { "summary": "Every dataset", "operationId": "listDatasets",
         "responses": { "200": { "description": "The datasets", "content": { "application/json": { "schema": {
             "type": "object", "properties": { "datasets": { "type": "array", "items": { "$ref": "#/components/schemas/Dataset" } } } } } } },
@@ -414,6 +452,8 @@ pub(crate) fn document(catalog: &Catalog, max_limit: u64, jobs: bool) -> Value {
                 } },
                 "application/vnd.apache.arrow.stream": { "schema": {
                     "type": "string", "format": "binary", "description": ARROW_TYPES } },
+                "application/vnd.apache.parquet": { "schema": {
+                    "type": "string", "format": "binary", "description": PARQUET_TYPES } },
                 "application/gzip": { "schema": { "type": "string" } },
                 "application/zstd": { "schema": { "type": "string" } },
                 "application/x-brotli": { "schema": { "type": "string" } }

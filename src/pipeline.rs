@@ -86,6 +86,10 @@ pub(crate) struct Pipeline {
     unflushed: bool,
     /// Set when finished: what the rows said at their end.
     end: Option<(u64, Option<Position>, bool)>,
+    /// With [`Pipeline::with_progress_every`]: hand out a piece, empty if need be, after this many rows.
+    progress_every: Option<u64>,
+    /// The rows read when the last progress piece was handed out.
+    rows_at_progress: u64,
 }
 
 impl Pipeline {
@@ -97,10 +101,10 @@ impl Pipeline {
         encoding: Encoding,
         limits: &Limits,
         header: bool,
-    ) -> io::Result<Pipeline> {
+    ) -> Result<Pipeline, PipelineError> {
         let mut plain = Vec::with_capacity(limits.chunk_size + limits.chunk_size / 4);
         if header {
-            encoder.write_header(&mut plain);
+            encoder.write_header(&mut plain)?;
         }
         Ok(Pipeline {
             rows: Some(rows),
@@ -114,7 +118,17 @@ impl Pipeline {
             trailer_written: false,
             unflushed: false,
             end: None,
+            progress_every: None,
+            rows_at_progress: 0,
         })
+    }
+
+    /// Hands out a piece at least every `rows` rows, empty while the encoder holds its output (a Parquet row
+    /// group in the making), so a job that reads in one statement still reports progress and shows it is
+    /// not stuck.
+    pub(crate) fn with_progress_every(mut self, rows: u64) -> Pipeline {
+        self.progress_every = Some(rows.max(1));
+        self
     }
 
     /// Gives an event stream's events resume tokens as ids (the rows must carry positions).
@@ -160,6 +174,13 @@ impl Pipeline {
                         && let Some(chunk) = self.chunk().await?
                     {
                         return Ok(Some(Piece::Chunk(chunk)));
+                    }
+                    if let Some(every) = self.progress_every {
+                        let read = self.rows();
+                        if read - self.rows_at_progress >= every {
+                            self.rows_at_progress = read;
+                            return Ok(Some(Piece::Chunk(Bytes::new())));
+                        }
                     }
                 }
                 Next::BatchEnd => return self.end_frame().await.map(|b| Some(Piece::Boundary(b))),

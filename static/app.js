@@ -11,10 +11,9 @@ const OVERSCAN = 8;
 /** How long the stream may hold the main thread before letting the browser paint and take clicks. */
 const SLICE_MS = 25;
 const OPERATORS = ["eq", "neq", "gt", "gte", "lt", "lte", "like", "ilike", "in", "is"];
-const FORMATS = ["ndjson", "csv", "json", "arrow"];
-// A format's file name extension, where it is not the format's name.
-const EXTENSIONS = { arrow: "arrows" };
 const CODINGS = ["identity", "gzip", "zstd", "br"];
+/** The output formats as the server describes them (GET /v1/formats), but the event stream: this page's own. */
+let formats = [];
 
 const $ = (id) => document.getElementById(id);
 const number = new Intl.NumberFormat("en");
@@ -46,6 +45,25 @@ const yieldToBrowser = globalThis.scheduler?.yield
 
 let catalog = [];
 let dataset = null;
+
+/** The formats, once: the downloads table and the export panel's choices. */
+async function loadFormats() {
+  const response = await fetch("/v1/formats");
+  if (!response.ok) return;
+  formats = (await response.json()).formats.filter((f) => f.media_type !== "text/event-stream");
+  const jobs = formats.filter((f) => f.job);
+  $("job-format").replaceChildren(...jobs.map((f) => element("option", { value: f.name, textContent: f.name })));
+  $("job-format").addEventListener("change", jobFormatChosen);
+  jobFormatChosen();
+}
+
+/** A job format that compresses itself takes no compression. */
+function jobFormatChosen() {
+  const format = formats.find((f) => f.name === $("job-format").value);
+  const compressible = format?.compressible ?? true;
+  for (const option of $("job-compression").options) option.disabled = !compressible && option.value !== "identity";
+  if (!compressible) $("job-compression").value = "identity";
+}
 
 async function loadCatalog() {
   showProblem(null);
@@ -171,15 +189,17 @@ function update() {
   }
   $("url").textContent = decodeURIComponent(rowsUrl());
   const head = element("tr", {}, element("th"), ...CODINGS.map((c) => element("th", { textContent: c === "identity" ? "plain" : c })));
-  const body = FORMATS.map((format) =>
+  const body = formats.map((format) =>
     element(
       "tr",
       {},
-      element("th", { textContent: format }),
+      element("th", { textContent: format.name }),
       ...CODINGS.map((coding) => {
-        const extra = `format=${format}${coding === "identity" ? "" : `&compression=${coding}`}`;
+        // A format that compresses itself (Parquet) has only its plain file.
+        if (coding !== "identity" && !format.compressible) return element("td");
+        const extra = `format=${format.name}${coding === "identity" ? "" : `&compression=${coding}`}`;
         const suffix = { identity: "", gzip: ".gz", zstd: ".zst", br: ".br" }[coding];
-        const file = `${dataset.name}.${EXTENSIONS[format] ?? format}${suffix}`;
+        const file = `${dataset.name}.${format.extension}${suffix}`;
         return element(
           "td",
           {},
@@ -410,4 +430,4 @@ $("cancel").addEventListener("click", () => run?.controller.abort());
 $("job-start").addEventListener("click", startJob);
 $("viewport").addEventListener("scroll", schedule, { passive: true });
 window.addEventListener("resize", schedule);
-loadCatalog();
+loadFormats().then(loadCatalog);

@@ -1,9 +1,11 @@
-//! Arrow IPC stream: rows gathered into record batches of typed columns, each batch one IPC message.
+//! Arrow record batches: rows gathered into batches of typed columns, written as an Arrow IPC stream, an Arrow
+//! IPC file or a Parquet file.
 //!
 //! Values go from their binary wire form straight into Arrow builders (the mapping is [`Columnar`]'s); columns
 //! of other types arrive as Postgres's text. A value its Arrow type cannot hold (`infinity`, a timestamp past
 //! Arrow's range, `NaN` in a decimal, a second array dimension) is an error naming the column, never a null or a
-//! sentinel. The end-of-stream marker follows the last row only, so a cut stream never reads as complete.
+//! sentinel. Every container ends with a marker or footer written after the last row only, so a cut stream or
+//! file never reads as complete.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,9 +17,10 @@ use arrow_array::builder::{
 };
 use arrow_array::{ArrayRef, ListArray, RecordBatch, RecordBatchOptions};
 use arrow_buffer::{IntervalMonthDayNano, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
-use arrow_ipc::writer::StreamWriter;
+use arrow_ipc::writer::{FileWriter, StreamWriter};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 
+use super::parquet::{ParquetSink, ROW_GROUP_BYTES};
 use super::value::array;
 use super::{Cells, Columnar, EncodeError, EncodedColumn, Scalar};
 
@@ -34,12 +37,42 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// The field metadata key that carries each column's Postgres type.
 const TYPE_METADATA: &str = "pgspout.type";
 
-/// Writes rows as an Arrow IPC stream: the schema, record batches, the end-of-stream marker.
+/// The container the batches go into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Container {
+    /// An Arrow IPC stream: the schema, then each batch as it is made, then the end-of-stream marker.
+    IpcStream,
+    /// An Arrow IPC file (a job's `.arrow`): the stream's messages between magic bytes, and a footer that
+    /// indexes the batches for random access.
+    IpcFile,
+    /// A Parquet file: row groups bounded by bytes, then the footer (see `parquet.rs`).
+    Parquet,
+}
+
+impl Container {
+    /// The format's name in errors.
+    pub fn label(self) -> &'static str {
+        match self {
+            Container::IpcStream | Container::IpcFile => "Arrow",
+            Container::Parquet => "Parquet",
+        }
+    }
+}
+
+/// Where the batches are written.
+enum Sink {
+    Stream(StreamWriter<Vec<u8>>),
+    File(FileWriter<Vec<u8>>),
+    Parquet(ParquetSink),
+}
+
+/// Writes rows as record batches in a [`Container`].
 pub struct ArrowEncoder {
     names: Vec<String>,
     builders: Vec<Builder>,
     schema: SchemaRef,
-    writer: StreamWriter<Vec<u8>>,
+    sink: Sink,
+    label: &'static str,
     rows: usize,
     bytes: usize,
 }
@@ -47,6 +80,7 @@ pub struct ArrowEncoder {
 impl std::fmt::Debug for ArrowEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ArrowEncoder")
+            .field("container", &self.label)
             .field("schema", &self.schema)
             .field("rows", &self.rows)
             .finish_non_exhaustive()
@@ -54,8 +88,9 @@ impl std::fmt::Debug for ArrowEncoder {
 }
 
 impl ArrowEncoder {
-    /// An encoder for rows with these columns; the schema message is ready for [`ArrowEncoder::write_header`].
-    pub fn new(columns: &[EncodedColumn]) -> Self {
+    /// An encoder for rows with these columns; what precedes the first batch is ready for
+    /// [`ArrowEncoder::write_header`].
+    pub fn new(columns: &[EncodedColumn], container: Container) -> Result<Self, EncodeError> {
         let fields: Vec<Field> = columns
             .iter()
             .map(|column| {
@@ -67,21 +102,27 @@ impl ArrowEncoder {
             .collect();
         let builders = columns.iter().map(|c| Builder::new(c.columnar)).collect();
         let schema = Arc::new(Schema::new(fields));
-        // Writing to a Vec cannot fail, and the schema's types are ones the writer supports.
-        let writer = StreamWriter::try_new(Vec::new(), &schema).expect("the schema message is written to memory");
-        ArrowEncoder {
+        let label = container.label();
+        let error = |error: arrow_schema::ArrowError| writer_error(label, error);
+        let sink = match container {
+            Container::IpcStream => Sink::Stream(StreamWriter::try_new(Vec::new(), &schema).map_err(error)?),
+            Container::IpcFile => Sink::File(FileWriter::try_new(Vec::new(), &schema).map_err(error)?),
+            Container::Parquet => Sink::Parquet(ParquetSink::new(&schema, ROW_GROUP_BYTES)?),
+        };
+        Ok(ArrowEncoder {
             names: columns.iter().map(|c| c.name.clone()).collect(),
             builders,
             schema,
-            writer,
+            sink,
+            label,
             rows: 0,
             bytes: 0,
-        }
+        })
     }
 
-    /// The schema message.
-    pub fn write_header(&mut self, out: &mut Vec<u8>) {
-        self.drain(out);
+    /// What precedes the first batch: the schema message, or a file's magic bytes.
+    pub fn write_header(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.drain(out)
     }
 
     /// Adds one row to the batch in the making; a full batch is written to `out`.
@@ -94,7 +135,7 @@ impl ArrowEncoder {
                 Unfit::Value(what) => EncodeError::Unrepresentable {
                     column: self.names[index].clone(),
                     what,
-                    format: "Arrow",
+                    format: self.label,
                 },
                 Unfit::Malformed(kind) => EncodeError::Malformed(kind),
             })?;
@@ -116,31 +157,46 @@ impl ArrowEncoder {
         self.bytes
     }
 
-    /// Writes the rows taken so far as one record batch (nothing when there are none).
+    /// Writes the rows taken so far as one record batch (nothing when there are none). A stream's batch is in
+    /// `out` at once; a Parquet file's rows may wait in its row group (see `parquet.rs`).
     pub fn write_batch(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         if self.rows == 0 {
             return Ok(());
         }
         let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
         let options = RecordBatchOptions::new().with_row_count(Some(self.rows));
-        let batch = RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options).map_err(writer_error)?;
-        self.writer.write(&batch).map_err(writer_error)?;
+        let label = self.label;
+        let error = |error| writer_error(label, error);
+        let batch = RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options).map_err(error)?;
         self.rows = 0;
         self.bytes = 0;
-        self.drain(out);
-        Ok(())
+        match &mut self.sink {
+            Sink::Stream(writer) => writer.write(&batch).map_err(error)?,
+            Sink::File(writer) => writer.write(&batch).map_err(error)?,
+            Sink::Parquet(writer) => writer.write(&batch)?,
+        }
+        self.drain(out)
     }
 
-    /// The last batch and the end-of-stream marker.
+    /// The last batch and what ends the container: the end-of-stream marker, or the file's footer.
     pub fn write_trailer(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         self.write_batch(out)?;
-        self.writer.finish().map_err(writer_error)?;
-        self.drain(out);
-        Ok(())
+        let error = |error| writer_error(self.label, error);
+        match &mut self.sink {
+            Sink::Stream(writer) => writer.finish().map_err(error)?,
+            Sink::File(writer) => writer.finish().map_err(error)?,
+            Sink::Parquet(writer) => writer.finish()?,
+        }
+        self.drain(out)
     }
 
-    fn drain(&mut self, out: &mut Vec<u8>) {
-        let written = self.writer.get_mut();
+    /// Moves what the sink has written to `out`.
+    fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let written = match &mut self.sink {
+            Sink::Stream(writer) => writer.get_mut(),
+            Sink::File(writer) => writer.get_mut(),
+            Sink::Parquet(writer) => writer.written()?,
+        };
         if out.is_empty() {
             // The usual case: hand the batch over without copying it.
             std::mem::swap(out, written);
@@ -148,12 +204,13 @@ impl ArrowEncoder {
             out.extend_from_slice(written);
             written.clear();
         }
+        Ok(())
     }
 }
 
-fn writer_error(error: arrow_schema::ArrowError) -> EncodeError {
+pub(super) fn writer_error(format: &'static str, error: impl std::fmt::Display) -> EncodeError {
     EncodeError::Writer {
-        format: "Arrow",
+        format,
         message: error.to_string(),
     }
 }
@@ -521,9 +578,9 @@ mod tests {
             },
             type_name: "integer".into(),
         }];
-        let mut encoder = ArrowEncoder::new(&columns);
+        let mut encoder = ArrowEncoder::new(&columns, Container::IpcStream).unwrap();
         let mut out = Vec::new();
-        encoder.write_header(&mut out);
+        encoder.write_header(&mut out).unwrap();
         let row: Vec<Option<Vec<u8>>> = vec![Some(7i32.to_be_bytes().to_vec())];
         encoder.write_row(&row[..], &mut out).unwrap();
         let row: Vec<Option<Vec<u8>>> = vec![None];
@@ -557,7 +614,7 @@ mod tests {
             },
             type_name: "timestamp without time zone".into(),
         }];
-        let mut encoder = ArrowEncoder::new(&columns);
+        let mut encoder = ArrowEncoder::new(&columns, Container::IpcStream).unwrap();
         let row: Vec<Option<Vec<u8>>> = vec![Some(i64::MAX.to_be_bytes().to_vec())];
         let error = encoder.write_row(&row[..], &mut Vec::new()).unwrap_err();
         assert_eq!(

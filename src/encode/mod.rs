@@ -6,12 +6,13 @@
 mod arrow;
 mod csv;
 mod ndjson;
+mod parquet;
 mod sse;
 mod value;
 
 use crate::negotiate;
 
-pub use self::arrow::ArrowEncoder;
+pub use self::arrow::{ArrowEncoder, Container};
 pub use self::csv::CsvEncoder;
 pub use self::ndjson::NdjsonEncoder;
 pub use self::sse::SseEncoder;
@@ -28,8 +29,34 @@ pub enum Format {
     Json,
     /// Server-sent events for `EventSource` (see [`SseEncoder`]).
     Sse,
-    /// An Arrow IPC stream of typed record batches (see [`ArrowEncoder`]).
+    /// An Arrow IPC stream of typed record batches (see [`ArrowEncoder`]); a job writes an IPC file.
     Arrow,
+    /// A Parquet file of the same typed columns, in row groups bounded by bytes.
+    Parquet,
+}
+
+/// How a query hands a column's values to the encoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueStyle {
+    /// The binary wire form, which the encoder decodes itself.
+    Binary,
+    /// The text of the type's output function (what `COPY` prints).
+    Text,
+    /// The text of `to_json()`.
+    Json,
+}
+
+/// A job file's name and type, where they differ from the response's (an Arrow job writes an IPC file, whose
+/// footer indexes its batches, where a response streams).
+#[derive(Clone, Copy, Debug)]
+pub struct JobFile {
+    /// The file name extension.
+    pub extension: &'static str,
+    /// The download's `Content-Type`.
+    pub media_type: &'static str,
+    /// Whether a job's file continues from its last checkpoint by appending rows after a restart (text
+    /// formats), rather than starting over (a columnar file, whose footer indexes what precedes it).
+    pub resumes: bool,
 }
 
 /// What a format is and can do: the one table the negotiation, the OpenAPI document, `--help` and the job API
@@ -46,21 +73,28 @@ pub struct FormatInfo {
     pub media_type: &'static str,
     /// The file name extension.
     pub extension: &'static str,
-    /// Whether a background export can write it (its files resume by appending rows).
-    pub jobs: bool,
+    /// Whether HTTP's and jobs' gzip, zstd and br apply (a Parquet file compresses its pages itself).
+    pub compressible: bool,
+    /// What a background export writes, if it can write this format.
+    pub jobs: Option<JobFile>,
     /// A line for the OpenAPI document and `--help`.
     pub summary: &'static str,
 }
 
 /// Every format, in the order `Accept` ties are broken and lists are shown.
-pub const FORMATS: [FormatInfo; 5] = [
+pub const FORMATS: [FormatInfo; 6] = [
     FormatInfo {
         format: Format::Ndjson,
         names: &["ndjson", "jsonl"],
         accepts: &["application/x-ndjson", "application/jsonl"],
         media_type: "application/x-ndjson",
         extension: "ndjson",
-        jobs: true,
+        compressible: true,
+        jobs: Some(JobFile {
+            extension: "ndjson",
+            media_type: "application/x-ndjson",
+            resumes: true,
+        }),
         summary: "one JSON object per line, as row_to_json prints it",
     },
     FormatInfo {
@@ -69,7 +103,12 @@ pub const FORMATS: [FormatInfo; 5] = [
         accepts: &["text/csv"],
         media_type: "text/csv; charset=utf-8; header=present",
         extension: "csv",
-        jobs: true,
+        compressible: true,
+        jobs: Some(JobFile {
+            extension: "csv",
+            media_type: "text/csv; charset=utf-8; header=present",
+            resumes: true,
+        }),
         summary: "CSV with a header, as COPY … (FORMAT csv, HEADER) prints it",
     },
     FormatInfo {
@@ -78,7 +117,8 @@ pub const FORMATS: [FormatInfo; 5] = [
         accepts: &["application/json"],
         media_type: "application/json",
         extension: "json",
-        jobs: false,
+        compressible: true,
+        jobs: None,
         summary: "one JSON array of the row objects, streamed",
     },
     FormatInfo {
@@ -87,7 +127,8 @@ pub const FORMATS: [FormatInfo; 5] = [
         accepts: &["text/event-stream"],
         media_type: "text/event-stream",
         extension: "sse",
-        jobs: false,
+        compressible: true,
+        jobs: None,
         summary: "server-sent events with resume tokens and progress",
     },
     FormatInfo {
@@ -96,8 +137,27 @@ pub const FORMATS: [FormatInfo; 5] = [
         accepts: &["application/vnd.apache.arrow.stream"],
         media_type: "application/vnd.apache.arrow.stream",
         extension: "arrows",
-        jobs: false,
-        summary: "an Arrow IPC stream of typed record batches",
+        compressible: true,
+        jobs: Some(JobFile {
+            extension: "arrow",
+            media_type: "application/vnd.apache.arrow.file",
+            resumes: false,
+        }),
+        summary: "an Arrow IPC stream of typed record batches (a job writes an Arrow IPC file)",
+    },
+    FormatInfo {
+        format: Format::Parquet,
+        names: &["parquet"],
+        accepts: &["application/vnd.apache.parquet"],
+        media_type: "application/vnd.apache.parquet",
+        extension: "parquet",
+        compressible: false,
+        jobs: Some(JobFile {
+            extension: "parquet",
+            media_type: "application/vnd.apache.parquet",
+            resumes: false,
+        }),
+        summary: "a Parquet file of typed columns, zstd-compressed, in row groups of about 16 MiB",
     },
 ];
 
@@ -136,9 +196,49 @@ impl Format {
         self.info().media_type
     }
 
+    /// What a job writes in this format; a format jobs cannot write names the response's extension and type.
+    pub fn job_file(self) -> JobFile {
+        let info = self.info();
+        info.jobs.unwrap_or(JobFile {
+            extension: info.extension,
+            media_type: info.media_type,
+            resumes: false,
+        })
+    }
+
     /// The file name extension for `Content-Disposition`.
     pub fn extension(self) -> &'static str {
         self.info().extension
+    }
+
+    /// How the query hands over a column's values in this format, and what the column becomes in it. Text
+    /// formats take the types pgspout decodes as binary, the others as text (CSV) or JSON text; columnar ones
+    /// take binary values of the types they map and text of the others.
+    pub fn column_style(self, kind: ValueKind, columnar: Columnar) -> (ValueStyle, Columnar) {
+        let columnar = match self {
+            Format::Arrow => columnar,
+            // Parquet has no interval of microseconds (its INTERVAL counts milliseconds) and no decimal of
+            // negative scale: those columns are Postgres's exact text.
+            Format::Parquet => match columnar.scalar {
+                Scalar::Interval => Columnar::TEXT,
+                Scalar::Decimal { scale, .. } if scale < 0 => Columnar::TEXT,
+                _ => columnar,
+            },
+            Format::Ndjson | Format::Json | Format::Sse | Format::Csv => {
+                let style = match self {
+                    _ if kind.is_native() => ValueStyle::Binary,
+                    Format::Csv => ValueStyle::Text,
+                    _ => ValueStyle::Json,
+                };
+                return (style, Columnar::TEXT);
+            }
+        };
+        let style = if columnar.is_text() {
+            ValueStyle::Text
+        } else {
+            ValueStyle::Binary
+        };
+        (style, columnar)
     }
 
     /// Picks the format: `?format=` first, then the `Accept` header, else NDJSON.
@@ -246,7 +346,8 @@ pub enum RowEncoder {
     Csv(CsvEncoder),
     /// See [`SseEncoder`].
     Sse(SseEncoder),
-    /// See [`ArrowEncoder`]; it gathers rows into batches, hence the `RefCell` (writing takes `&self`).
+    /// See [`ArrowEncoder`] (Arrow and Parquet); it gathers rows into batches, hence the `RefCell` (writing
+    /// takes `&self`).
     Arrow(Box<std::cell::RefCell<ArrowEncoder>>),
     /// One JSON array of `row_to_json` objects (a page's rows, `format=json`): `[`, objects separated by
     /// `,`, `]`.
@@ -260,16 +361,30 @@ pub enum RowEncoder {
 }
 
 impl RowEncoder {
-    /// An encoder of `format` for rows with these columns, in order (SSE events without a total or earlier
-    /// rows; see [`RowEncoder::sse`]).
-    pub fn new(format: Format, columns: &[EncodedColumn]) -> Self {
-        match format {
+    /// An encoder of `format` for rows with these columns, in order, as a response streams them (SSE events
+    /// without a total or earlier rows; see [`RowEncoder::sse`]).
+    pub fn new(format: Format, columns: &[EncodedColumn]) -> Result<Self, EncodeError> {
+        Ok(match format {
             Format::Ndjson => RowEncoder::Ndjson(NdjsonEncoder::new(columns)),
             Format::Csv => RowEncoder::Csv(CsvEncoder::new(columns)),
             Format::Json => RowEncoder::json_array(columns),
             Format::Sse => RowEncoder::Sse(SseEncoder::new(columns, None, 0)),
-            Format::Arrow => RowEncoder::Arrow(Box::new(std::cell::RefCell::new(ArrowEncoder::new(columns)))),
+            Format::Arrow => RowEncoder::columnar(columns, Container::IpcStream)?,
+            Format::Parquet => RowEncoder::columnar(columns, Container::Parquet)?,
+        })
+    }
+
+    /// An encoder of `format` for a job's file (see [`JobFile`]).
+    pub fn for_file(format: Format, columns: &[EncodedColumn]) -> Result<Self, EncodeError> {
+        match format {
+            Format::Arrow => RowEncoder::columnar(columns, Container::IpcFile),
+            _ => RowEncoder::new(format, columns),
         }
+    }
+
+    fn columnar(columns: &[EncodedColumn], container: Container) -> Result<Self, EncodeError> {
+        let encoder = ArrowEncoder::new(columns, container)?;
+        Ok(RowEncoder::Arrow(Box::new(std::cell::RefCell::new(encoder))))
     }
 
     /// An SSE encoder reporting progress against `total`, counting on after `sent_before` rows.
@@ -318,15 +433,17 @@ impl RowEncoder {
         }
     }
 
-    /// Appends what precedes the first row (the CSV header, the array's `[`).
-    pub fn write_header(&self, out: &mut Vec<u8>) {
+    /// Appends what precedes the first row (the CSV header, the array's `[`, the Arrow schema, a file's
+    /// magic bytes).
+    pub fn write_header(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             RowEncoder::Csv(csv) => csv.write_header(out),
             RowEncoder::JsonArray { .. } => out.push(b'['),
             RowEncoder::Sse(sse) => sse.write_header(out),
-            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_header(out),
+            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_header(out)?,
             RowEncoder::Ndjson(_) => {}
         }
+        Ok(())
     }
 
     /// Appends one row, including its line terminator or separator.
@@ -347,7 +464,8 @@ impl RowEncoder {
     }
 
     /// Appends what follows the last row (the array's `]`, the event stream's `end` event after `rows`
-    /// rows, the Arrow stream's last batch and end-of-stream marker); written only when every row was.
+    /// rows, the last batch and the Arrow stream's end-of-stream marker or the file's footer); written only
+    /// when every row was.
     pub fn write_trailer(&self, rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
             RowEncoder::JsonArray { .. } => out.push(b']'),
@@ -392,6 +510,10 @@ mod tests {
         assert_eq!(Format::negotiate(None, Some("application/json")), Ok(Format::Json));
         assert_eq!(Format::negotiate(None, Some("text/event-stream")), Ok(Format::Sse));
         assert_eq!(Format::negotiate(Some("sse"), None), Ok(Format::Sse));
+        assert_eq!(
+            Format::negotiate(None, Some("application/vnd.apache.parquet")),
+            Ok(Format::Parquet)
+        );
         assert_eq!(
             Format::negotiate(None, Some("application/xml")),
             Err(FormatError::NotAcceptable)

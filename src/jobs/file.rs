@@ -92,7 +92,7 @@ impl JobFile {
 
 /// The file of job `id` in `format` and `encoding`.
 pub(crate) fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
-    directory.join(format!("{id}.{}{}", format.extension(), encoding.suffix()))
+    directory.join(format!("{id}.{}{}", format.job_file().extension, encoding.suffix()))
 }
 
 /// The ids of the job files in `directory` last modified more than `age` ago.

@@ -53,19 +53,20 @@ impl Context {
             }
             Err(error) => return Err(file_error(&path, error)),
         };
-        if !job.resumable && job.rows_written > 0 {
-            tracing::info!(job = %job.id, "a job on a keyless dataset restarts from its first row");
-            self.record(
-                job,
-                lease,
-                &Progress {
-                    rows: 0,
-                    bytes: 0,
-                    position: None,
-                },
-                false,
-            )
-            .await?;
+        if !job.resumable && (job.rows_written > 0 || job.bytes_written > 0) {
+            tracing::info!(job = %job.id, "a job that cannot resume restarts from its first row");
+            let restarted = self
+                .pool
+                .with(async |client| {
+                    if !lease.is_valid() {
+                        return Err(JobError::LeaseLost);
+                    }
+                    Ok(self.store.restart(client, job.id, self.owner).await?)
+                })
+                .await?;
+            if !restarted {
+                return Err(JobError::LeaseLost);
+            }
         }
         let (source, columns) = if job.resumable {
             let scan = KeysetScan::new(dataset, &request, format, settings.batch_rows).resumed(position, rows_before);
@@ -94,9 +95,11 @@ impl Context {
             .await
             .map_err(|_| too_slow())??;
         rows.pause_between_batches();
-        let encoder = RowEncoder::new(format, &columns);
-        let mut pipeline =
-            Pipeline::new(rows, encoder, encoding, &state.limits, file.is_empty()).map_err(PipelineError::from)?;
+        let encoder = RowEncoder::for_file(format, &columns).map_err(PipelineError::from)?;
+        let mut pipeline = Pipeline::new(rows, encoder, encoding, &state.limits, file.is_empty())?;
+        if !job.resumable {
+            pipeline = pipeline.with_progress_every(settings.batch_rows);
+        }
         let mut reported = 0;
         let mut counted = rows_before;
         loop {

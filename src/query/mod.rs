@@ -14,7 +14,7 @@ mod keyset;
 pub(crate) mod params;
 
 use crate::dataset::{Column, Dataset};
-use crate::encode::{EncodedColumn, Format};
+use crate::encode::{EncodedColumn, Format, ValueStyle};
 
 pub(crate) use self::keyset::{KeysetScan, Position};
 pub(crate) use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
@@ -197,30 +197,27 @@ impl<'a> Sql<'a> {
 
 /// The SELECT list for `columns` in `format`, and their encodings.
 ///
-/// Columns pgspout does not decode itself are formatted by Postgres in the query: with the type's output
-/// function for CSV (what `COPY` uses; a `::text` cast differs for some types, e.g. `inet`) and with
-/// `to_json()` for NDJSON. Arrow decodes the types it maps from their binary form, and takes the output
-/// function's text of the others.
+/// The format says how it takes each column ([`Format::column_style`]). Columns pgspout does not decode itself
+/// are formatted by Postgres in the query: with the type's output function for CSV and the columnar formats
+/// (what `COPY` uses; a `::text` cast differs for some types, e.g. `inet`) and with `to_json()` for NDJSON.
 fn select_list(dataset: &Dataset, columns: &[usize], format: Format) -> (Vec<String>, Vec<EncodedColumn>) {
     columns
         .iter()
         .map(|&i| {
             let column = &dataset.columns[i];
             let ident = &column.ident;
-            let output = || format!("{}(t.{ident})::text", column.output_function);
-            let expression = match format {
-                Format::Arrow if column.columnar.is_text() => output(),
-                Format::Arrow => format!("t.{ident}"),
-                _ if column.kind.is_native() => format!("t.{ident}"),
-                Format::Csv => output(),
-                Format::Ndjson | Format::Json | Format::Sse => format!("pg_catalog.to_json(t.{ident})::text"),
+            let (style, columnar) = format.column_style(column.kind, column.columnar);
+            let expression = match style {
+                ValueStyle::Binary => format!("t.{ident}"),
+                ValueStyle::Text => format!("{}(t.{ident})::text", column.output_function),
+                ValueStyle::Json => format!("pg_catalog.to_json(t.{ident})::text"),
             };
             (
                 expression,
                 EncodedColumn {
                     name: column.name.clone(),
                     kind: column.kind,
-                    columnar: column.columnar,
+                    columnar,
                     type_name: column.type_name.clone(),
                 },
             )

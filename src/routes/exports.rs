@@ -79,15 +79,27 @@ pub(super) async fn create(
         .ok_or_else(|| ApiError::BadRequest(format!("no dataset is named {:?}", create.dataset)))?;
     let dataset = &*dataset;
     let format = Format::negotiate(Some(&create.format), None)?;
-    if !format.info().jobs {
-        let formats: Vec<&str> = FORMATS.iter().filter(|f| f.jobs).map(|f| f.names[0]).collect();
+    let Some(file) = format.info().jobs else {
+        let formats: Vec<&str> = FORMATS
+            .iter()
+            .filter(|f| f.jobs.is_some())
+            .map(|f| f.names[0])
+            .collect();
         return Err(ApiError::BadRequest(format!(
-            "a background export's format is one of {} (files resume by appending rows)",
-            formats.join(", ")
+            "a background export's format is one of {}, not {}",
+            formats.join(", "),
+            format.name()
         )));
-    }
+    };
     let compression = create.compression.as_str();
     match Encoding::from_name(compression) {
+        Some(Encoding::Identity) => {}
+        Some(_) if !format.info().compressible => {
+            return Err(ApiError::BadRequest(format!(
+                "compression: a {} file compresses its own pages; leave compression out",
+                format.name()
+            )));
+        }
         Some(encoding) if encoding.concatenates() => {}
         Some(_) => {
             return Err(ApiError::BadRequest(
@@ -119,11 +131,12 @@ pub(super) async fn create(
 
     let job = NewJob {
         dataset: &dataset.name,
-        format: format.extension(),
+        format: format.name(),
         compression,
         query: &query,
-        // A keyless dataset has no position to continue after: its job restarts from the first row.
-        resumable: dataset.key.is_some(),
+        // A keyless dataset has no position to continue after, and a columnar file cannot be appended to
+        // after its footer: such a job restarts from the first row (and counts it in `restarts`).
+        resumable: dataset.key.is_some() && file.resumes,
         requester: caller.identity().map(|identity| Requester {
             owner: &identity.owner,
             role: &identity.role,
@@ -203,8 +216,13 @@ pub(super) async fn download(
     let file = NamedFile::open_async(&path)
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))?;
-    let media_type = encoding.file_media_type().unwrap_or(format.media_type());
-    let name = format!("{}-{id}.{}{}", text("dataset"), format.extension(), encoding.suffix());
+    let media_type = encoding.file_media_type().unwrap_or(format.job_file().media_type);
+    let name = format!(
+        "{}-{id}.{}{}",
+        text("dataset"),
+        format.job_file().extension,
+        encoding.suffix()
+    );
     let file = file
         .set_content_type(
             media_type

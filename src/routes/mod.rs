@@ -4,6 +4,7 @@ mod assets;
 mod caller;
 mod datasets;
 mod exports;
+mod formats;
 mod health;
 pub(crate) mod metrics;
 mod openapi;
@@ -28,6 +29,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, with_metrics: bool) {
         .service(health::healthz)
         .service(health::readyz)
         .service(openapi::openapi)
+        .service(formats::formats)
         .service(assets::page)
         .service(assets::page_script)
         .service(assets::page_style)
@@ -52,7 +54,7 @@ async fn fallback(request: HttpRequest, with_metrics: bool) -> Result<actix_web:
         ["metrics"] if with_metrics => ApiError::MethodNotAllowed("GET"),
         ["healthz"]
         | ["readyz"]
-        | ["v1", "openapi.json" | "client.js" | "client.d.ts"]
+        | ["v1", "openapi.json" | "client.js" | "client.d.ts" | "formats"]
         | ["v1", "datasets"]
         | ["v1", "datasets", _] => ApiError::MethodNotAllowed("GET"),
         ["v1", "datasets", _, "page"] => ApiError::MethodNotAllowed("GET"),

@@ -67,9 +67,17 @@ pub(super) async fn rows(
         };
         let sent_before = resume.as_ref().map_or(0, |cursor| cursor.sent);
         // `compression=` asks for a compressed file (a download link), else Accept-Encoding picks a coding the
-        // client undoes on the fly.
+        // client undoes on the fly; a format that compresses itself (Parquet) takes neither.
+        let compressible = format.info().compressible;
         let (encoding, file) = match parsed.compression {
+            Some(encoding) if !compressible && encoding != Encoding::Identity => {
+                return Err(ApiError::BadQuery(format!(
+                    "compression: a {} file compresses its own pages; ask for it without compression",
+                    format.name()
+                )));
+            }
             Some(encoding) => (encoding, true),
+            None if !compressible => (Encoding::Identity, false),
             None => (
                 Encoding::negotiate(header_value(&request, header::ACCEPT_ENCODING))?,
                 false,
@@ -135,7 +143,7 @@ pub(super) async fn rows(
         server_timing(&mut response, rows.timings());
         let encoder = match format {
             Format::Sse => RowEncoder::sse(&columns, total, sent_before),
-            _ => RowEncoder::new(format, &columns),
+            _ => RowEncoder::new(format, &columns).map_err(|e| ApiError::Internal(Box::new(e)))?,
         };
         let mut pipeline =
             Pipeline::new(rows, encoder, encoding, &state.limits, true).map_err(|e| ApiError::Internal(Box::new(e)))?;

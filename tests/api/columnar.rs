@@ -1,10 +1,11 @@
-//! `format=arrow`: every type family with its edge values read back by pyarrow and compared with Postgres's
-//! own values; polars and pandas as their users call them; bounded batches; values Arrow cannot hold abort
-//! the stream, naming the column.
+//! `format=arrow` and `format=parquet`: every type family with its edge values read back by pyarrow and
+//! compared with Postgres's own values; polars, pandas and DuckDB as their users call them, on responses and
+//! on job files; bounded batches and row groups; values Arrow cannot hold abort the transfer, naming the
+//! column; a columnar job killed mid-way starts over and says so.
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{ServerProcess, TestDb, spawn_app, wait_for};
 
@@ -127,10 +128,22 @@ const ROWS: &[&str] = &[
      NULL, NULL, NULL, NULL",
 ];
 
+/// The columns as Parquet carries them: Arrow's types, but Postgres's text of intervals (Parquet's count
+/// milliseconds) and of decimals with a negative scale (Parquet's have none).
+fn parquet_columns() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    COLUMNS
+        .iter()
+        .map(|&(name, ty, arrow, render)| match ty {
+            "interval" | "numeric(5,-2)" => (name, ty, "string", "format('%s', {})"),
+            _ => (name, ty, arrow, render),
+        })
+        .collect()
+}
+
 /// SQL that renders each cell of `types` (ordered by id) as the reader script renders the Arrow value: a
 /// JSON array per row, arrays as JSON arrays of their rendered elements.
-fn expected_sql() -> String {
-    let cells: Vec<String> = COLUMNS
+fn expected_sql(columns: &[(&str, &str, &str, &str)]) -> String {
+    let cells: Vec<String> = columns
         .iter()
         .map(|(name, ty, _, render)| {
             // format() renders NULL as an empty string; a NULL stays NULL here.
@@ -153,7 +166,7 @@ fn expected_sql() -> String {
 }
 
 #[tokio::test]
-async fn arrow_carries_every_type_family_with_its_edge_values_as_postgres_has_them() {
+async fn arrow_and_parquet_carry_every_type_family_with_its_edge_values_as_postgres_has_them() {
     let db = TestDb::new().await;
     let definitions: Vec<String> = COLUMNS.iter().map(|(name, ty, _, _)| format!("{name} {ty}")).collect();
     let mut setup = format!(
@@ -166,29 +179,45 @@ async fn arrow_carries_every_type_family_with_its_edge_values_as_postgres_has_th
         setup.push_str(&format!("INSERT INTO types VALUES ({id}, {values}); "));
     }
     db.client.batch_execute(&setup).await.unwrap();
-    let expected: Vec<Value> = db
-        .column::<String>(&expected_sql())
-        .await
-        .iter()
-        .map(|row| serde_json::from_str(row).unwrap())
-        .collect();
+    let parquet = parquet_columns();
+    let mut expected = Vec::new();
+    for columns in [COLUMNS, &parquet[..]] {
+        let rows: Vec<Value> = db
+            .column::<String>(&expected_sql(columns))
+            .await
+            .iter()
+            .map(|row| serde_json::from_str(row).unwrap())
+            .collect();
+        expected.push(rows);
+    }
     let app = spawn_app(db, &[("types", "types", Some("id"))]).await;
 
-    let (read, ok) = run_reader("cells", &app.url("/v1/datasets/types/rows?format=arrow")).await;
-    assert!(ok, "{read}");
+    let arrow = run_reader("cells", &app.url("/v1/datasets/types/rows?format=arrow")).await;
+    let parquet_read = run_reader("parquet-cells", &app.url("/v1/datasets/types/rows?format=parquet")).await;
+    for ((read, ok), (columns, expected)) in [arrow, parquet_read]
+        .iter()
+        .zip([COLUMNS, &parquet[..]].iter().zip(&expected))
+    {
+        assert!(ok, "{read}");
+        assert_cells(read, columns, expected);
+    }
+}
+
+/// The reader's schema and cells equal what `columns` say and Postgres rendered.
+fn assert_cells(read: &Value, columns: &[(&str, &str, &str, &str)], expected: &[Value]) {
     let schema = read["schema"].as_array().unwrap();
     assert_eq!(schema[0], serde_json::json!(["id", "int32", "integer"]));
-    for ((name, ty, arrow, _), field) in COLUMNS.iter().zip(&schema[1..]) {
+    for ((name, ty, arrow, _), field) in columns.iter().zip(&schema[1..]) {
         assert_eq!(field[0], *name);
         assert_eq!(field[1], *arrow, "{name} {ty}");
         // The field metadata names the Postgres type, user-defined ones included.
-        if matches!(*ty, "positive" | "mood" | "numeric(12,2)" | "inet") {
+        if matches!(*ty, "positive" | "mood" | "numeric(12,2)" | "inet" | "interval") {
             assert_eq!(field[2], *ty);
         }
     }
     let rows = read["rows"].as_array().unwrap();
     assert_eq!(rows.len(), expected.len());
-    for (index, (row, expected)) in rows.iter().zip(&expected).enumerate() {
+    for (index, (row, expected)) in rows.iter().zip(expected).enumerate() {
         for (column, (cell, wanted)) in row.as_array().unwrap()[1..]
             .iter()
             .zip(expected.as_array().unwrap())
@@ -197,7 +226,7 @@ async fn arrow_carries_every_type_family_with_its_edge_values_as_postgres_has_th
             assert_eq!(
                 cell, wanted,
                 "row {index}, column {} ({})",
-                COLUMNS[column].0, COLUMNS[column].1
+                columns[column].0, columns[column].1
             );
         }
     }
@@ -266,6 +295,56 @@ async fn arrow_batches_are_bounded_and_polars_and_pandas_read_the_stream() {
     }
 }
 
+/// The rows of the whole record batches in the Arrow stream `bytes` begins with.
+fn rows_in(bytes: &[u8]) -> usize {
+    let Ok(reader) = arrow_ipc::reader::StreamReader::try_new(bytes, None) else {
+        return 0;
+    };
+    reader.map_while(Result::ok).map(|batch| batch.num_rows()).sum()
+}
+
+#[tokio::test]
+async fn a_slow_query_reaches_the_client_in_batches_of_what_arrived_each_flush_interval() {
+    let db = TestDb::new().await;
+    // Ten rows of 2 KB at once (more than the 8 KB Postgres buffers before it sends), then the query waits
+    // on a lock the test holds: only a flush brings the rows that arrived out.
+    db.client
+        .batch_execute(
+            "CREATE VIEW held AS SELECT g AS id, repeat('x', 2000) AS pad FROM generate_series(1, 20) g \
+             WHERE CASE WHEN g <= 10 THEN true ELSE pg_advisory_xact_lock_shared(42)::text = '' END; \
+             SELECT pg_advisory_lock(42)",
+        )
+        .await
+        .unwrap();
+    let mut settings = crate::helpers::settings(&db, &[("held", "held", None)]);
+    settings.export.flush_interval = Duration::from_millis(100);
+    let app = crate::helpers::spawn_with(db, settings).await;
+    let mut response = app.raw("/v1/datasets/held/rows?format=arrow", &[]).await;
+    let mut bytes = Vec::new();
+    while rows_in(&bytes) == 0 {
+        let chunk = tokio::time::timeout(Duration::from_secs(60), response.next_chunk())
+            .await
+            .expect("the rows that arrived come out while the query waits")
+            .unwrap()
+            .expect("the stream goes on");
+        bytes.extend_from_slice(&chunk);
+    }
+    assert!(rows_in(&bytes) <= 10, "only rows from before the lock");
+    app.db
+        .client
+        .batch_execute("SELECT pg_advisory_unlock(42)")
+        .await
+        .unwrap();
+    let (rest, terminated) = response.read_to_end().await;
+    assert!(terminated);
+    bytes.extend(rest.concat());
+    assert_eq!(rows_in(&bytes), 20);
+    assert!(
+        bytes.ends_with(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]),
+        "the end-of-stream marker"
+    );
+}
+
 #[tokio::test]
 async fn a_value_arrow_cannot_hold_aborts_the_stream_and_the_log_names_its_column() {
     let db = TestDb::new().await;
@@ -313,6 +392,168 @@ async fn a_value_arrow_cannot_hold_aborts_the_stream_and_the_log_names_its_colum
         })
         .await;
     }
+    // Parquet: the file's footer never comes, so the download is no file, and the log names the column.
+    for index in [0, 3] {
+        let (ty, _, what) = cases[index];
+        let url = format!("http://{}/v1/datasets/bad{index}/rows?format=parquet", server.base);
+        let (read, failed) = run_reader("parquet-cut", &url).await;
+        assert!(failed, "{ty}: the reader saw a complete Parquet file: {read}");
+        let wanted = format!("value {index}\\\" holds {what}, which its Parquet type cannot hold");
+        let plain = format!("value {index}\" holds {what}, which its Parquet type cannot hold");
+        wait_for(Duration::from_secs(30), || async {
+            let text = std::fs::read_to_string(&log).unwrap();
+            (text.contains(&wanted) || text.contains(&plain)).then_some(())
+        })
+        .await;
+    }
     drop(server);
     let _ = std::fs::remove_file(&log);
+}
+
+/// An `orders` table of `rows` rows, and the sum of its amounts as Postgres prints it.
+async fn orders(db: &TestDb, rows: u32) -> String {
+    db.client
+        .batch_execute(&format!(
+            "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(8,2), note text); \
+             INSERT INTO orders SELECT g, CASE WHEN g % 7 > 0 THEN (g % 1000) * 0.01 END, 'order ' || g \
+             FROM generate_series(1, {rows}) g"
+        ))
+        .await
+        .unwrap();
+    db.client
+        .query_one("SELECT sum(amount)::text FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn arrow_and_parquet_jobs_are_files_that_pyarrow_polars_pandas_and_duckdb_read_from_their_urls() {
+    let db = TestDb::new().await;
+    let amounts = orders(&db, 30_000).await;
+    let directory = crate::jobs::temp_dir("columnar-jobs");
+    let mut settings = crate::helpers::settings(&db, &[("orders", "orders", Some("id"))]);
+    settings.jobs.directory = Some(directory.clone());
+    settings.jobs.poll_interval = Duration::from_millis(100);
+    let address = crate::helpers::serve(settings).await;
+
+    // Parquet compresses its own pages: a job asking for gzip on top is told so.
+    let refused = crate::jobs::create(
+        &address,
+        json!({"dataset": "orders", "format": "parquet", "compression": "gzip"}),
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("compresses its own pages"));
+
+    let arrow = crate::jobs::create_ok(&address, json!({"dataset": "orders", "format": "arrow"})).await;
+    let parquet = crate::jobs::create_ok(&address, json!({"dataset": "orders", "format": "parquet"})).await;
+    for id in [&arrow, &parquet] {
+        let done = wait_for(Duration::from_secs(60), || async {
+            let status = crate::jobs::status(&address, id).await;
+            (status["status"] == "completed").then_some(status)
+        })
+        .await;
+        assert_eq!(done["rows_written"], 30_000, "{done}");
+        // A columnar file cannot be appended to after its footer: the job would start over, and says so.
+        assert_eq!(done["resumable"], false, "{done}");
+        assert_eq!(done["restarts"], 0, "{done}");
+    }
+    let url = |id: &str| format!("http://{address}/v1/exports/{id}/download");
+    for (id, media_type, extension, magic) in [
+        (&arrow, "application/vnd.apache.arrow.file", "arrow", &b"ARROW1"[..]),
+        (&parquet, "application/vnd.apache.parquet", "parquet", &b"PAR1"[..]),
+    ] {
+        // The last bytes, as a reader of the footer asks for them: a byte range.
+        let tail = reqwest::Client::new()
+            .get(url(id))
+            .header("Range", "bytes=-8")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tail.status(), 206);
+        assert_eq!(tail.headers()["content-type"], media_type);
+        let disposition = tail.headers()["content-disposition"].to_str().unwrap().to_owned();
+        assert!(
+            disposition.contains(&format!("orders-{id}.{extension}")),
+            "{disposition}"
+        );
+        assert!(tail.bytes().await.unwrap().ends_with(magic));
+    }
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/arrow_read.py");
+    let output = tokio::process::Command::new(python())
+        .args([script, "job-files", &url(&arrow), &url(&parquet)])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let wanted = json!([30_000, 30_000u64 * 30_001 / 2, amounts]);
+    for reader in ["arrow_file", "pyarrow", "polars", "pandas", "duckdb"] {
+        assert_eq!(read[reader], wanted, "{reader}: {read}");
+    }
+    assert_eq!(read["duckdb_amount_type"], "DECIMAL(8,2)", "{read}");
+    for file in ["arrow_types", "parquet_types"] {
+        assert_eq!(
+            read[file],
+            json!(["int32", "decimal128(8, 2)", "string"]),
+            "{file}: {read}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&directory);
+}
+
+#[tokio::test]
+async fn a_parquet_job_killed_mid_way_starts_over_says_so_and_leaves_one_whole_file() {
+    let db = TestDb::new().await;
+    let amounts = orders(&db, 60_000).await;
+    db.client
+        .batch_execute(
+            "CREATE VIEW slow_orders AS SELECT * FROM orders \
+             WHERE CASE WHEN id % 1000 = 0 THEN pg_sleep(0.1) IS NOT NULL ELSE true END",
+        )
+        .await
+        .unwrap();
+    let directory = crate::jobs::temp_dir("parquet-restart");
+    let config = format!(
+        "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\nbatch_rows = 5000\n\n\
+         [[datasets]]\nname = \"orders\"\ntable = \"slow_orders\"\nkey = \"id\"\n",
+        directory.display().to_string()
+    );
+    let server = ServerProcess::start(&db, &config).await;
+    let id = crate::jobs::create_ok(&server.base, json!({"dataset": "orders", "format": "parquet"})).await;
+    wait_for(Duration::from_secs(60), || async {
+        let status = crate::jobs::status(&server.base, &id).await;
+        (status["rows_written"].as_i64().unwrap() >= 5000).then_some(())
+    })
+    .await;
+    drop(server); // kill -9 mid-way: the file holds row groups and no footer
+
+    let server = ServerProcess::start(&db, &config).await;
+    let done = wait_for(Duration::from_secs(120), || async {
+        let status = crate::jobs::status(&server.base, &id).await;
+        (status["status"] == "completed").then_some(status)
+    })
+    .await;
+    assert_eq!(done["rows_written"], 60_000, "{done}");
+    assert_eq!(done["restarts"], 1, "{done}");
+    let url = format!("http://{}/v1/exports/{id}/download", server.base);
+    let (read, ok) = run_reader("parquet-cells", &url).await;
+    assert!(ok, "{read}");
+    let rows = read["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 60_000);
+    let ids: Vec<i64> = rows.iter().map(|r| r[0].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(ids, (1..=60_000).collect::<Vec<_>>(), "every row once, in key order");
+    let sum: f64 = rows
+        .iter()
+        .filter_map(|r| r[1].as_str())
+        .map(|a| a.parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        (sum - amounts.parse::<f64>().unwrap()).abs() < 0.005,
+        "{sum} vs {amounts}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&directory);
 }

@@ -82,6 +82,7 @@ async fn a_keyless_job_runs_in_one_statement_and_restarts_from_its_first_row_aft
     let done = wait_status(&server.base, &id, "completed", Duration::from_secs(60)).await;
     assert_eq!(done["rows_written"], 120_000, "{done}");
     assert_eq!(done["resumable"], false);
+    assert_eq!(done["restarts"], 1, "the status says the job started over: {done}");
     let file = reqwest::get(format!("http://{}/v1/exports/{id}/download", server.base))
         .await
         .unwrap()

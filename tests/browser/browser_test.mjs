@@ -149,12 +149,17 @@ const state = (page) => page.getAttribute("#status", "data-state");
     const json = await (await fetch(link("json", ""))).json();
     const arrow = await fetch(link("arrows", ""));
     const bytes = new Uint8Array(await arrow.arrayBuffer());
+    const parquet = await fetch(link("parquet", ""));
+    const file = new Uint8Array(await parquet.arrayBuffer());
     const hex = (part) => Array.from(part, (b) => b.toString(16).padStart(2, "0")).join("");
     return {
       type: gzip.headers.get("content-type"),
       lines: csv.trimEnd().split("\n").length,
       json: json.length,
       arrow: [arrow.headers.get("content-type"), hex(bytes.slice(0, 4)), hex(bytes.slice(-8))],
+      // "PAR1" at both ends; Parquet compresses itself, so it has no compressed links.
+      parquet: [parquet.headers.get("content-type"), hex(file.slice(0, 4)), hex(file.slice(-4))],
+      compressedParquet: document.querySelectorAll('#downloads a[download^="numbers.parquet."]').length,
     };
   });
   assert.deepEqual(downloads, {
@@ -162,6 +167,8 @@ const state = (page) => page.getAttribute("#status", "data-state");
     lines: 5001,
     json: 5000,
     arrow: ["application/vnd.apache.arrow.stream", "ffffffff", "ffffffff00000000"],
+    parquet: ["application/vnd.apache.parquet", "50415231", "50415231"],
+    compressedParquet: 0,
   });
 
   // The background export panel: start one with the page's filter, follow it, download its file.
@@ -175,6 +182,22 @@ const state = (page) => page.getAttribute("#status", "data-state");
     return { count: ids.length, last: ids.at(-1) };
   }, href);
   assert.deepEqual(exported, { count: 5000, last: 5000 });
+  // The panel offers what jobs can write (from GET /v1/formats); a Parquet job takes no compression.
+  const offered = await page.$$eval("#job-format option", (options) => options.map((o) => o.value));
+  assert.deepEqual(offered, ["ndjson", "csv", "arrow", "parquet"]);
+  await page.selectOption("#job-format", "parquet");
+  assert.equal(await page.inputValue("#job-compression"), "identity");
+  await page.click("#job-start");
+  const parquetHref = await page
+    .waitForSelector("#jobs li:first-child a", { timeout: 60_000 })
+    .then((a) => a.getAttribute("href"));
+  const parquetJob = await page.evaluate(async (href) => {
+    const response = await fetch(href);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const text = (part) => String.fromCharCode(...part);
+    return [response.headers.get("content-type"), text(bytes.slice(0, 4)), text(bytes.slice(-4))];
+  }, parquetHref);
+  assert.deepEqual(parquetJob, ["application/vnd.apache.parquet", "PAR1", "PAR1"]);
   await page.close();
 }
 

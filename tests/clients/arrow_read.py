@@ -1,12 +1,21 @@
-"""Reads a pgspout `format=arrow` stream as its users do and prints what came through as JSON.
+"""Reads pgspout's `format=arrow` streams, `format=parquet` files and Arrow and Parquet job files as their
+users do, and prints what came through as JSON.
 
-Usage: arrow_read.py cells URL   — pyarrow reads the IPC stream straight off the HTTP response; prints the
-                                   schema (name, type, pgspout.type), the batches' row counts, and every cell
-                                   in a canonical text form the test compares with Postgres's own values
-       arrow_read.py frames URL  — polars (read_ipc_stream) and pandas (through pyarrow) read it; prints
-                                   their row counts and column sums
-       arrow_read.py cut URL     — reads a stream the server aborts; prints the reader's error (exit 0 only
-                                   if reading failed)
+Usage: arrow_read.py cells URL          — pyarrow reads the IPC stream straight off the HTTP response; prints
+                                          the schema (name, type, pgspout.type), the batches' row counts, and
+                                          every cell in a canonical text form the test compares with Postgres's
+                                          own values
+       arrow_read.py parquet-cells URL  — the same of a Parquet response, read by pyarrow.parquet.read_table;
+                                          "batches" are its row groups' row counts
+       arrow_read.py frames URL         — polars (read_ipc_stream) and pandas (through pyarrow) read it; prints
+                                          their row counts and column sums
+       arrow_read.py cut URL            — reads a stream the server aborts; prints the reader's error (exit 0
+                                          only if reading failed)
+       arrow_read.py parquet-cut URL    — the same of a Parquet response
+       arrow_read.py job-files ARROW_URL PARQUET_URL
+                                        — a job's Arrow IPC file (pyarrow.ipc.open_file) and Parquet file
+                                          (polars.read_parquet and DuckDB's read_parquet on the URL, through
+                                          httpfs; pyarrow and pandas): row counts and sums of id and amount
 """
 import decimal
 import json
@@ -75,15 +84,37 @@ def cells(table):
     return [list(row) for row in zip(*columns)]
 
 
+def described(table, batches):
+    schema = [
+        [f.name, str(f.type), (f.metadata or {}).get(b"pgspout.type", b"").decode()] for f in table.schema
+    ]
+    return json.dumps({"schema": schema, "batches": batches, "rows": cells(table)})
+
+
+def download(url):
+    with urllib.request.urlopen(url) as response:
+        return response.read()
+
+
+def sums(height, ids, amounts):
+    return [int(height), int(ids), str(amounts)]
+
+
 if mode == "cells":
     with urllib.request.urlopen(url) as response:
         reader = pa.ipc.open_stream(response)
         batches = list(reader)
     table = pa.Table.from_batches(batches, schema=reader.schema)
-    schema = [
-        [f.name, str(f.type), (f.metadata or {}).get(b"pgspout.type", b"").decode()] for f in table.schema
-    ]
-    print(json.dumps({"schema": schema, "batches": [b.num_rows for b in batches], "rows": cells(table)}))
+    print(described(table, [b.num_rows for b in batches]))
+elif mode == "parquet-cells":
+    import io
+
+    import pyarrow.parquet as pq
+
+    body = io.BytesIO(download(url))
+    groups = pq.ParquetFile(body).metadata
+    table = pq.read_table(body)
+    print(described(table, [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]))
 elif mode == "frames":
     import io
 
@@ -107,3 +138,57 @@ elif mode == "cut":
         sys.exit(0)
     print(json.dumps({"rows": rows}))
     sys.exit(1)
+elif mode == "parquet-cut":
+    import io
+
+    import pyarrow.parquet as pq
+
+    try:
+        # The server aborts the transfer: urllib raises, or (were it to end cleanly) the bytes are no file.
+        rows = pq.read_table(io.BytesIO(download(url))).num_rows
+    except Exception as error:  # noqa: BLE001 - any failure is the expected outcome
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
+        sys.exit(0)
+    print(json.dumps({"rows": rows}))
+    sys.exit(1)
+elif mode == "job-files":
+    import io
+
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parquet_url = sys.argv[3]
+    arrow = pa.ipc.open_file(io.BytesIO(download(url))).read_all()
+    parquet = pq.read_table(io.BytesIO(download(parquet_url)))
+    polars = pl.read_parquet(parquet_url)
+    frame = pd.read_parquet(io.BytesIO(download(parquet_url)))
+    import glob
+    import os
+
+    import duckdb_extension_httpfs
+
+    connection = duckdb.connect()
+    # The extension from its PyPI wheel, loaded by path (this machine has no route to DuckDB's repository).
+    extensions = os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), "extensions")
+    (httpfs,) = glob.glob(os.path.join(extensions, "*", "httpfs.duckdb_extension"))
+    connection.execute(f"LOAD '{httpfs}'")
+    duck = connection.execute(
+        "SELECT count(*), sum(id), sum(amount)::text FROM read_parquet(?)", [parquet_url]
+    ).fetchone()
+    amount_type = connection.execute(
+        "SELECT typeof(amount) FROM read_parquet(?) LIMIT 1", [parquet_url]
+    ).fetchone()[0]
+    total = lambda column: sum((v for v in column.to_pylist() if v is not None), decimal.Decimal(0))  # noqa: E731
+    print(json.dumps({
+        "arrow_file": sums(arrow.num_rows, pc.sum(arrow["id"]).as_py(), total(arrow["amount"])),
+        "pyarrow": sums(parquet.num_rows, pc.sum(parquet["id"]).as_py(), total(parquet["amount"])),
+        "polars": sums(polars.height, polars["id"].cast(pl.Int64).sum(), polars["amount"].sum()),
+        "pandas": sums(len(frame), frame["id"].sum(), sum(frame["amount"].dropna(), decimal.Decimal(0))),
+        "duckdb": sums(duck[0], duck[1], duck[2]),
+        "duckdb_amount_type": amount_type,
+        "arrow_types": [str(f.type) for f in arrow.schema],
+        "parquet_types": [str(f.type) for f in parquet.schema],
+    }))

@@ -63,7 +63,8 @@ impl JobStore {
                     "SELECT jsonb_build_object('id', id, 'dataset', dataset, 'format', format, \
                      'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
                      'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
-                     'error', error, 'attempts', attempts, 'resumable', resumable, 'created_at', created_at, \
+                     'error', error, 'attempts', attempts, 'resumable', resumable, 'restarts', restarts, \
+                     'created_at', created_at, \
                      'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
                      'expires_at', expires_at)::text, status \
                      FROM {s}.export_jobs WHERE id = $1 AND ($2::text IS NULL OR requested_by = $2)",

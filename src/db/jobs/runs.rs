@@ -116,6 +116,26 @@ impl JobStore {
         Ok(updated == 1)
     }
 
+    /// Starts a job that cannot resume over: no rows written, one more restart. `false` if the lease was lost.
+    pub(crate) async fn restart(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let updated = client
+            .execute(
+                &self.sql(
+                    "UPDATE {s}.export_jobs SET rows_written = 0, bytes_written = 0, position = NULL, \
+                     restarts = restarts + 1, updated_at = now() \
+                     WHERE id = $1 AND lease_owner = $2 AND status = {running}",
+                ),
+                &[&id, &owner],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
     /// Marks the job completed (its file is whole and durable) and closes its run, in one statement; `false`
     /// if the lease was lost.
     pub(crate) async fn complete(

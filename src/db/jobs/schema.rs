@@ -42,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE {schema}.export_jobs ADD COLUMN resumable boolean NOT NULL DEFAULT true",
     // 3: under [auth], who asked (`sub:…`, `key:…`), and the role and claims its batches run with.
     "ALTER TABLE {schema}.export_jobs ADD COLUMN requested_by text, ADD COLUMN run_role text, ADD COLUMN claims text",
+    // 4: how many times a job that cannot resume (keyless, or a columnar file) started over from its first row.
+    "ALTER TABLE {schema}.export_jobs ADD COLUMN restarts int NOT NULL DEFAULT 0",
 ];
 
 /// Where a job stands.

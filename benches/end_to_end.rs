@@ -101,8 +101,9 @@ fn main() {
         ("pgspout sse", curl(format!("{base}?format=sse"), None)),
         // Columnar formats last: the warm-up reads the text formats' peak memory before they run.
         ("pgspout arrow", curl(format!("{base}?format=arrow"), None)),
+        ("pgspout parquet", curl(format!("{base}?format=parquet"), None)),
     ];
-    let columnar = cases.len() - 1;
+    let columnar = cases.len() - 2;
     // Time to an Arrow table in Python, against the readers a pipeline would pick instead (BENCH_PYTHON: a
     // Python with pyarrow, DuckDB's postgres scanner, ConnectorX and ADBC; scripts/bench.sh makes one).
     if let Ok(python) = std::env::var("BENCH_PYTHON") {
@@ -111,6 +112,7 @@ fn main() {
         let postgres = postgres_url();
         let readers = [
             ("python: pgspout arrow", "pgspout", format!("{base}?format=arrow")),
+            ("python: pgspout parquet", "pgspout-parquet", format!("{base}?format=parquet")),
             ("python: duckdb scanner", "duckdb", postgres.clone()),
             ("python: connectorx x1", "connectorx1", postgres.clone()),
             ("python: connectorx x2", "connectorx2", postgres.clone()),

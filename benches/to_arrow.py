@@ -3,7 +3,8 @@ read took (imports and connection set-up excluded, so that only the transfer and
 the table's row count, as `seconds rows`.
 
 Usage: to_arrow.py READER SOURCE QUERY
-  READER  pgspout (SOURCE: the /rows URL with format=arrow), duckdb (DuckDB's postgres scanner),
+  READER  pgspout (SOURCE: the /rows URL with format=arrow), pgspout-parquet (format=parquet, read by
+          pyarrow.parquet), duckdb (DuckDB's postgres scanner),
           connectorx1 / connectorx2 (ConnectorX, one or two partitions on id), adbc (ADBC's PostgreSQL driver);
           SOURCE for the others is a postgresql:// URL
   QUERY   the SELECT the database readers run (pgspout's URL says the same)
@@ -24,6 +25,14 @@ if reader == "pgspout":
     started = time.perf_counter()
     with urllib.request.urlopen(source) as response:
         table = pa.ipc.open_stream(response).read_all()
+elif reader == "pgspout-parquet":
+    import io
+
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    with urllib.request.urlopen(source) as response:
+        table = pq.read_table(io.BytesIO(response.read()))
 elif reader == "duckdb":
     import duckdb
 

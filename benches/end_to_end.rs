@@ -112,7 +112,11 @@ fn main() {
         let postgres = postgres_url();
         let readers = [
             ("python: pgspout arrow", "pgspout", format!("{base}?format=arrow")),
-            ("python: pgspout parquet", "pgspout-parquet", format!("{base}?format=parquet")),
+            (
+                "python: pgspout parquet",
+                "pgspout-parquet",
+                format!("{base}?format=parquet"),
+            ),
             ("python: duckdb scanner", "duckdb", postgres.clone()),
             ("python: connectorx x1", "connectorx1", postgres.clone()),
             ("python: connectorx x2", "connectorx2", postgres.clone()),

@@ -129,23 +129,20 @@ elif mode == "frames":
         "polars": [polars.height, int(polars["id"].cast(pl.Int64).sum()), str(polars["amount"].sum())],
         "pandas": [len(pandas), int(pandas["id"].sum()), str(sum(pandas["amount"], decimal.Decimal(0)))],
     }))
-elif mode == "cut":
-    try:
-        with urllib.request.urlopen(url) as response:
-            rows = pa.ipc.open_stream(response).read_all().num_rows
-    except Exception as error:  # noqa: BLE001 - any failure is the expected outcome
-        print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
-        sys.exit(0)
-    print(json.dumps({"rows": rows}))
-    sys.exit(1)
-elif mode == "parquet-cut":
+elif mode in ("cut", "parquet-cut"):
     import io
 
     import pyarrow.parquet as pq
 
-    try:
+    def read(url):
+        if mode == "cut":
+            with urllib.request.urlopen(url) as response:
+                return pa.ipc.open_stream(response).read_all().num_rows
         # The server aborts the transfer: urllib raises, or (were it to end cleanly) the bytes are no file.
-        rows = pq.read_table(io.BytesIO(download(url))).num_rows
+        return pq.read_table(io.BytesIO(download(url))).num_rows
+
+    try:
+        rows = read(url)
     except Exception as error:  # noqa: BLE001 - any failure is the expected outcome
         print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
         sys.exit(0)

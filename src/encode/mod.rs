@@ -494,6 +494,44 @@ mod tests {
     }
 
     #[test]
+    fn each_format_says_how_it_takes_a_column() {
+        let interval = Columnar {
+            scalar: Scalar::Interval,
+            list: true,
+        };
+        let negative = Columnar {
+            scalar: Scalar::Decimal {
+                precision: 5,
+                scale: -2,
+            },
+            list: false,
+        };
+        let server = ValueKind::ServerFormatted;
+        assert_eq!(
+            Format::Arrow.column_style(server, interval),
+            (ValueStyle::Binary, interval)
+        );
+        assert_eq!(
+            Format::Arrow.column_style(server, negative),
+            (ValueStyle::Binary, negative)
+        );
+        // Parquet has neither: Postgres's text of both.
+        for columnar in [interval, negative] {
+            assert_eq!(
+                Format::Parquet.column_style(server, columnar),
+                (ValueStyle::Text, Columnar::TEXT)
+            );
+        }
+        assert_eq!(
+            Format::Parquet.column_style(server, Columnar::TEXT),
+            (ValueStyle::Text, Columnar::TEXT)
+        );
+        assert_eq!(Format::Csv.column_style(server, interval).0, ValueStyle::Text);
+        assert_eq!(Format::Ndjson.column_style(server, interval).0, ValueStyle::Json);
+        assert_eq!(Format::Sse.column_style(ValueKind::Int, interval).0, ValueStyle::Binary);
+    }
+
+    #[test]
     fn accept_picks_the_best_format_and_defaults_to_ndjson() {
         assert_eq!(Format::negotiate(None, None), Ok(Format::Ndjson));
         assert_eq!(Format::negotiate(None, Some("*/*")), Ok(Format::Ndjson));

@@ -511,7 +511,7 @@ async fn a_parquet_job_killed_mid_way_starts_over_says_so_and_leaves_one_whole_f
         .unwrap();
     let directory = crate::jobs::temp_dir("parquet-restart");
     let config = format!(
-        "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\nbatch_rows = 5000\n\n\
+        "[jobs]\ndirectory = {:?}\nlease = \"6s\"\npoll_interval = \"100ms\"\nbatch_rows = 5000\n\n\
          [[datasets]]\nname = \"orders\"\ntable = \"slow_orders\"\nkey = \"id\"\n",
         directory.display().to_string()
     );

@@ -13,7 +13,7 @@ use crate::jobs::{create as post, create_ok as create, status, temp_dir};
 
 fn config(directory: &Path, jobs: &str, datasets: &[(&str, &str, Option<&str>)]) -> String {
     let mut text = format!(
-        "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\n{jobs}\n",
+        "[jobs]\ndirectory = {:?}\nlease = \"6s\"\npoll_interval = \"100ms\"\n{jobs}\n",
         directory.display().to_string()
     );
     for (name, table, key) in datasets {
@@ -179,7 +179,7 @@ async fn a_checkpoint_that_cannot_be_read_back_fails_the_job_rather_than_restart
         .await
         .unwrap();
     let server = ServerProcess::start(&db, &config).await;
-    // The killed run's lease (2 s) runs out first.
+    // The killed run's lease (6 s) runs out first.
     let failed = wait_status(&server.base, &id, "failed", Duration::from_secs(60)).await;
     assert!(
         failed["error"].as_str().unwrap().contains("cannot be read back"),
@@ -205,7 +205,7 @@ async fn the_queue_limit_holds_under_fifty_concurrent_posts_and_cancelled_runs_a
     )
     .await;
     let running = create(&server.base, json!({ "dataset": "big" })).await;
-    wait_status(&server.base, &running, "running", Duration::from_secs(10)).await;
+    wait_status(&server.base, &running, "running", Duration::from_secs(60)).await;
     let posts = (0..50).map(|_| post(&server.base, json!({ "dataset": "big" })));
     let statuses: Vec<u16> = futures::future::join_all(posts)
         .await
@@ -258,13 +258,13 @@ async fn a_job_for_a_dataset_this_instance_does_not_serve_waits_for_an_instance_
         .unwrap();
     let id = "00000000-0000-4000-8000-000000000001";
     let a = create(&old.base, json!({ "dataset": "a" })).await;
-    wait_status(&old.base, &a, "completed", Duration::from_secs(10)).await;
+    wait_status(&old.base, &a, "completed", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let waiting = status(&old.base, id).await;
     assert_eq!(waiting["status"], "queued", "{waiting}");
     assert_eq!(waiting["attempts"], 0, "{waiting}");
     let new = ServerProcess::start(&db, &newer).await;
-    let done = wait_status(&new.base, id, "completed", Duration::from_secs(10)).await;
+    let done = wait_status(&new.base, id, "completed", Duration::from_secs(60)).await;
     assert_eq!(done["rows_written"], 20);
     drop((old, new));
     let _ = std::fs::remove_dir_all(&directory);

@@ -26,7 +26,7 @@ async fn orders(db: &TestDb, n: i32) {
 
 fn jobs_config(directory: &Path, extra: &str) -> String {
     format!(
-        "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\n{extra}\n\n\
+        "[jobs]\ndirectory = {:?}\nlease = \"6s\"\npoll_interval = \"100ms\"\n{extra}\n\n\
          [[datasets]]\nname = \"orders\"\ntable = \"orders\"\nkey = \"id\"\n",
         directory.display().to_string()
     )
@@ -496,7 +496,7 @@ async fn shutdown_requeues_a_running_job_a_failing_job_says_why_and_finished_job
 
     // A completed job and its file are gone after the retention.
     let short = create_ok(&base, json!({ "dataset": "orders" })).await;
-    wait_completed(&base, std::slice::from_ref(&short), Duration::from_secs(10)).await;
+    wait_completed(&base, std::slice::from_ref(&short), Duration::from_secs(60)).await;
     wait_for(Duration::from_secs(60), || async {
         let response = reqwest::get(format!("http://{base}/v1/exports/{short}")).await.unwrap();
         (response.status() == 404).then_some(())
@@ -549,7 +549,7 @@ async fn a_job_whose_batches_stall_is_retried_then_failed_never_left_running() {
     let server = ServerProcess::start(
         &db,
         &format!(
-            "[jobs]\ndirectory = {:?}\nlease = \"2s\"\npoll_interval = \"100ms\"\nbatch_timeout = \"1s\"\n\
+            "[jobs]\ndirectory = {:?}\nlease = \"6s\"\npoll_interval = \"100ms\"\nbatch_timeout = \"1s\"\n\
              max_attempts = 2\n\n[[datasets]]\nname = \"slow\"\ntable = \"slow\"\nkey = \"id\"\n",
             directory.display().to_string()
         ),

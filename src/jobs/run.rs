@@ -55,18 +55,7 @@ impl Context {
         };
         if !job.resumable && (job.rows_written > 0 || job.bytes_written > 0) {
             tracing::info!(job = %job.id, "a job that cannot resume restarts from its first row");
-            let restarted = self
-                .pool
-                .with(async |client| {
-                    if !lease.is_valid() {
-                        return Err(JobError::LeaseLost);
-                    }
-                    Ok(self.store.restart(client, job.id, self.owner).await?)
-                })
-                .await?;
-            if !restarted {
-                return Err(JobError::LeaseLost);
-            }
+            self.record(job, lease, Record::Restart).await?;
         }
         let (source, columns) = if job.resumable {
             let scan = KeysetScan::new(dataset, &request, format, settings.batch_rows).resumed(position, rows_before);
@@ -126,7 +115,7 @@ impl Context {
                         bytes: file.len() as i64,
                         position: None,
                     };
-                    self.record(job, lease, &progress, false).await?;
+                    self.record(job, lease, Record::Checkpoint(&progress)).await?;
                     state.metrics.job_rows(rows - counted);
                     counted = rows;
                 }
@@ -139,7 +128,12 @@ impl Context {
                 bytes: file.len() as i64,
                 position: position.as_ref(),
             };
-            self.record(job, lease, &progress, done).await?;
+            let record = if done {
+                Record::Complete(&progress)
+            } else {
+                Record::Checkpoint(&progress)
+            };
+            self.record(job, lease, record).await?;
             state.metrics.job_rows(rows - counted);
             counted = rows;
             if done {
@@ -150,32 +144,39 @@ impl Context {
         }
     }
 
-    /// Records progress (a checkpoint once its bytes are durable), or completes the job.
-    async fn record(
-        &self,
-        job: &ClaimedJob,
-        lease: &LeaseClock,
-        progress: &Progress<'_>,
-        done: bool,
-    ) -> Result<(), JobError> {
+    /// Writes `record` to the job's row, fenced by the lease: not at all once it may have run out, and a
+    /// `LeaseLost` when another instance took the job over.
+    async fn record(&self, job: &ClaimedJob, lease: &LeaseClock, record: Record<'_>) -> Result<(), JobError> {
         let recorded = self
             .pool
             .with(async |client| {
                 if !lease.is_valid() {
                     return Err(JobError::LeaseLost);
                 }
-                Ok(if done {
-                    let retention = self.settings.retention;
-                    self.store
-                        .complete(client, job.id, self.owner, progress, retention)
-                        .await?
-                } else {
-                    self.store.checkpoint(client, job.id, self.owner, progress).await?
+                let (id, owner) = (job.id, self.owner);
+                Ok(match record {
+                    Record::Checkpoint(progress) => self.store.checkpoint(client, id, owner, progress).await?,
+                    Record::Complete(progress) => {
+                        let retention = self.settings.retention;
+                        self.store.complete(client, id, owner, progress, retention).await?
+                    }
+                    Record::Restart => self.store.restart(client, id, owner).await?,
                 })
             })
             .await?;
         if recorded { Ok(()) } else { Err(JobError::LeaseLost) }
     }
+}
+
+/// What a run records of its job.
+#[derive(Clone, Copy)]
+enum Record<'a> {
+    /// Progress: a checkpoint once its bytes are durable (rows alone for a job that cannot resume).
+    Checkpoint(&'a Progress<'a>),
+    /// The last row is written: the job is completed.
+    Complete(&'a Progress<'a>),
+    /// A job that cannot resume starts over from its first row (and counts a restart).
+    Restart,
 }
 
 /// The rows a job had written and the position it continues after, read back from its last checkpoint;

@@ -79,45 +79,55 @@ async fn a_dataset_can_default_to_chunked_but_only_with_a_key() {
     settings.datasets[0].consistency = Consistency::Chunked;
     settings.export.batch_rows = 1000;
     let app = spawn_with(db, settings).await;
-    let xmins = xmins_during_export(&app, "").await;
-    assert!(xmins.0 < xmins.1, "the dataset's default is chunked: {xmins:?}");
+    let (first, later) = seen_during_export(&app, "").await;
+    assert!(
+        first.xact_start_us < later.xact_start_us,
+        "the dataset's default is chunked: {first:?} then {later:?}"
+    );
 }
 
-/// The export backend's `backend_xmin` early in a slow export, and again after other transactions have
-/// committed and the export has moved on by several batches.
-async fn xmins_during_export(app: &TestApp, query: &str) -> (i64, i64) {
+/// What `pg_stat_activity` shows of the export's backend: its snapshot's xmin and when its transaction began.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    xmin: i64,
+    xact_start_us: i64,
+}
+
+/// The export backend early in a slow export, and again once the export has moved on by several batches.
+///
+/// A chunked export is told apart by its transactions, not by its xmin: a snapshot's xmin is the oldest
+/// transaction running anywhere in the cluster, so one long write in another test's database (a `CREATE
+/// DATABASE`, a seeding `INSERT`) holds every snapshot's xmin still while it runs.
+async fn seen_during_export(app: &TestApp, query: &str) -> (Seen, Seen) {
     let mut response = RawResponse::get(&app.address, &format!("/v1/datasets/t/rows?{query}"), &[]).await;
     assert_eq!(response.status, 200);
     let mut read = response.next_chunk().await.unwrap().unwrap().len();
-    let xmin = || async {
+    let seen = || async {
         app.db
             .client
             .query_opt(
-                "SELECT backend_xmin::text::bigint FROM pg_stat_activity \
+                "SELECT backend_xmin::text::bigint, (extract(epoch FROM xact_start) * 1000000)::bigint \
+                 FROM pg_stat_activity \
                  WHERE datname = current_database() AND application_name LIKE 'pgspout%' AND backend_xmin IS NOT NULL \
                    AND application_name <> 'pgspout listener'",
                 &[],
             )
             .await
             .unwrap()
-            .map(|row| row.get::<_, i64>(0))
+            .map(|row| Seen {
+                xmin: row.get(0),
+                xact_start_us: row.get(1),
+            })
     };
-    let first = wait_for(std::time::Duration::from_secs(30), xmin).await;
-    for _ in 0..3 {
-        app.db
-            .client
-            .batch_execute("CREATE TEMP TABLE IF NOT EXISTS bump (n int); INSERT INTO bump VALUES (1)")
-            .await
-            .unwrap();
-    }
+    let first = wait_for(std::time::Duration::from_secs(30), seen).await;
     // Past what socket buffers can hold ahead of the reader (a few MB), the backend is many batches further.
     let mut later = None;
     while let Some(chunk) = response.next_chunk().await.unwrap() {
         read += chunk.len();
         if read > 12_000_000 && later.is_none() {
-            // Between two batches there is no snapshot for a moment; once the reader pauses, the backend
+            // Between two batches there is no transaction for a moment; once the reader pauses, the backend
             // waits inside a batch.
-            later = Some(wait_for(std::time::Duration::from_secs(30), xmin).await);
+            later = Some(wait_for(std::time::Duration::from_secs(30), seen).await);
         }
     }
     (first, later.expect("the export is larger than 12 MB"))
@@ -133,10 +143,20 @@ async fn a_chunked_export_moves_its_snapshot_forward_and_a_snapshot_export_holds
     let mut settings = settings(&db, &[("t", "t", Some("id"))]);
     settings.export.batch_rows = 1000;
     let app = spawn_with(db, settings).await;
-    let (first, later) = xmins_during_export(&app, "consistency=snapshot").await;
-    assert_eq!(first, later, "one snapshot for the whole export");
-    eprintln!("figure: snapshot export: backend_xmin {first} early, {later} 12 MB later");
-    let (first, later) = xmins_during_export(&app, "consistency=chunked").await;
-    assert!(first < later, "each batch takes a fresh snapshot: {first} then {later}");
-    eprintln!("figure: chunked export: backend_xmin {first} early, {later} 12 MB later");
+    let (first, later) = seen_during_export(&app, "consistency=snapshot").await;
+    assert_eq!(first, later, "one transaction and one snapshot for the whole export");
+    eprintln!(
+        "figure: snapshot export: backend_xmin {} early and 12 MB later",
+        first.xmin
+    );
+    let (first, later) = seen_during_export(&app, "consistency=chunked").await;
+    assert!(
+        first.xact_start_us < later.xact_start_us,
+        "each batch is a transaction of its own: {first:?} then {later:?}"
+    );
+    assert!(first.xmin <= later.xmin, "{first:?} then {later:?}");
+    eprintln!(
+        "figure: chunked export: transaction began {} ms later 12 MB on",
+        (later.xact_start_us - first.xact_start_us) / 1000
+    );
 }

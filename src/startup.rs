@@ -221,13 +221,17 @@ impl Application {
                 .configure(|config| routes::configure(config, !metrics_apart))
         })
         // A client that stops reading leaves actix waiting to write, with no timeout of its own; the kernel's
-        // user timeout (which also bounds zero-window probes) closes such a connection. It is twice the stall
-        // timeout, so the export's own stall detection (which frees the backend and records the stall) always
-        // comes first: the kernel's clock starts when the window closes, a little before the export's.
+        // user timeout (which also bounds zero-window probes) closes such a connection. The export's own stall
+        // detection (which frees the backend and records the stall) must come first, but the kernel's clock
+        // starts when the client's window closes, and the export's only once the server's send buffer (up to
+        // 4 MiB) has filled too: on a loaded machine that takes seconds. Hence twice the stall timeout, and
+        // ten seconds more.
         .on_connect(move |connection, _| {
+            let user_timeout = stall_timeout
+                .saturating_mul(2)
+                .saturating_add(std::time::Duration::from_secs(10));
             if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-                && let Err(error) =
-                    socket2::SockRef::from(stream).set_tcp_user_timeout(Some(stall_timeout.saturating_mul(2)))
+                && let Err(error) = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(user_timeout))
             {
                 tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
             }

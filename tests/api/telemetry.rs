@@ -75,13 +75,28 @@ async fn each_export_outcome_is_counted_once() {
             counts
         }
     };
+    // Waits until the dataset's outcome counts are `expected`, naming the last counts if they never are.
+    let settled = |dataset: &'static str, expected: [f64; 5]| {
+        let counts = &counts;
+        async move {
+            let start = std::time::Instant::now();
+            loop {
+                let counts = counts(dataset).await;
+                if counts == expected {
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{dataset}: {outcomes:?} counted {counts:?} after 30 s, not {expected:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
 
     // Completed: every row and byte counted.
     let body = app.get("/v1/datasets/small/rows", &[]).await.bytes().await.unwrap();
-    wait_until(Duration::from_secs(30), || async {
-        counts("small").await == [1.0, 0.0, 0.0, 0.0, 0.0]
-    })
-    .await;
+    settled("small", [1.0, 0.0, 0.0, 0.0, 0.0]).await;
     let text = scrape(&base).await;
     let ndjson = [("dataset", "small"), ("format", "ndjson")];
     assert_eq!(metric(&text, "pgspout_export_rows_total", &ndjson), Some(100.0));
@@ -108,24 +123,21 @@ async fn each_export_outcome_is_counted_once() {
 
     // The client leaves.
     let mut leaving = app.raw("/v1/datasets/big/rows", &[]).await;
+    assert_eq!(leaving.status, 200);
     leaving.next_chunk().await.unwrap().unwrap();
     drop(leaving);
-    wait_until(Duration::from_secs(30), || async {
-        counts("big").await == [0.0, 1.0, 0.0, 0.0, 0.0]
-    })
-    .await;
+    settled("big", [0.0, 1.0, 0.0, 0.0, 0.0]).await;
 
     // The client stops reading past the stall timeout.
     let mut stalled = app.raw("/v1/datasets/big/rows", &[]).await;
+    assert_eq!(stalled.status, 200);
     stalled.next_chunk().await.unwrap().unwrap();
-    wait_until(Duration::from_secs(30), || async {
-        counts("big").await == [0.0, 1.0, 1.0, 0.0, 0.0]
-    })
-    .await;
+    settled("big", [0.0, 1.0, 1.0, 0.0, 0.0]).await;
     drop(stalled);
 
     // The backend is killed mid-export while the client reads.
     let mut killed = app.raw("/v1/datasets/big/rows", &[]).await;
+    assert_eq!(killed.status, 200);
     let pid = app.db.active_export().await;
     let reader = tokio::spawn(async move { killed.read_to_end().await.1 });
     app.db
@@ -134,10 +146,7 @@ async fn each_export_outcome_is_counted_once() {
         .await
         .unwrap();
     assert!(!reader.await.unwrap(), "a failed export must not end cleanly");
-    wait_until(Duration::from_secs(30), || async {
-        counts("big").await == [0.0, 1.0, 1.0, 1.0, 0.0]
-    })
-    .await;
+    settled("big", [0.0, 1.0, 1.0, 1.0, 0.0]).await;
 
     // Past max_duration, while the client reads.
     let (_, terminated) = RawResponse::get(&timed, "/v1/datasets/big/rows", &[])

@@ -270,6 +270,33 @@ async fn arrow_batches_are_bounded_and_polars_and_pandas_read_the_stream() {
         response.headers()
     );
 
+    // Parquet compresses its own pages: asked for a gzip file it answers 400 before any byte, and it ignores
+    // Accept-Encoding (a coding on top would only cost CPU).
+    let refused = app
+        .get("/v1/datasets/many/rows?format=parquet&compression=gzip", &[])
+        .await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("compresses its own pages"),
+        "{problem}"
+    );
+    let plain = app
+        .get(
+            "/v1/datasets/many/rows?format=parquet&limit=10",
+            &[("Accept-Encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["content-type"], "application/vnd.apache.parquet");
+    assert!(
+        plain.headers().get("content-encoding").is_none(),
+        "{:?}",
+        plain.headers()
+    );
+    assert!(plain.bytes().await.unwrap().starts_with(b"PAR1"));
+
     let url = app.url("/v1/datasets/many/rows?format=arrow");
     let (read, ok) = run_reader("cells", &url).await;
     assert!(ok, "{read}");

@@ -3,14 +3,16 @@
 //! Hand-written rather than csv-core: COPY's rules hinge on the NULL/empty-string distinction (NULL is an
 //! empty field, `''` is `""`) and on quoting a lone `\.`, which a general CSV writer cannot express per field.
 
-use super::value::{self, Style};
+use super::scan::{copy_unless, has_byte};
+use super::value::{self, LastDate, Style};
 use super::{Cells, EncodeError, EncodedColumn, ValueKind};
 
 /// Writes a header line, then one line per row.
 #[derive(Debug)]
 pub struct CsvEncoder {
     names: Vec<String>,
-    kinds: Vec<ValueKind>,
+    /// Per column: its kind and the date it printed last.
+    kinds: Vec<(ValueKind, LastDate)>,
 }
 
 impl CsvEncoder {
@@ -18,7 +20,7 @@ impl CsvEncoder {
     pub fn new(columns: &[EncodedColumn]) -> Self {
         CsvEncoder {
             names: columns.iter().map(|c| c.name.clone()).collect(),
-            kinds: columns.iter().map(|c| c.kind).collect(),
+            kinds: columns.iter().map(|c| (c.kind, LastDate::default())).collect(),
         }
     }
 
@@ -38,12 +40,12 @@ impl CsvEncoder {
     #[inline]
     pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         let single = self.kinds.len() == 1;
-        for (i, kind) in self.kinds.iter().enumerate() {
+        for (i, (kind, last)) in self.kinds.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             if let Some(raw) = row.cell(i)? {
-                write_value(*kind, raw, single, out)?;
+                write_value(*kind, raw, single, last, out)?;
             }
         }
         out.push(b'\n');
@@ -52,15 +54,21 @@ impl CsvEncoder {
 }
 
 #[inline]
-fn write_value(kind: ValueKind, raw: &[u8], single: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn write_value(
+    kind: ValueKind,
+    raw: &[u8],
+    single: bool,
+    last: &LastDate,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     match kind {
         ValueKind::Int => value::write_int(raw, out)?,
         ValueKind::Text | ValueKind::Json | ValueKind::ServerFormatted => write_field(raw, single, out),
         ValueKind::Numeric => value::write_numeric(raw, false, out)?,
-        ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Iso, true, out)?,
-        ValueKind::Timestamp => value::write_timestamp(raw, Style::Iso, false, out)?,
+        ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Iso, true, last, out)?,
+        ValueKind::Timestamp => value::write_timestamp(raw, Style::Iso, false, last, out)?,
         ValueKind::Bool => value::write_bool(raw, false, out)?,
-        ValueKind::Date => value::write_date(raw, false, out)?,
+        ValueKind::Date => value::write_date(raw, false, last, out)?,
         ValueKind::Uuid => value::write_uuid(raw, out)?,
         ValueKind::Bytea => value::write_bytea(raw, false, out),
         ValueKind::Jsonb => match raw.split_first() {
@@ -73,12 +81,13 @@ fn write_value(kind: ValueKind, raw: &[u8], single: bool, out: &mut Vec<u8>) -> 
 
 /// A non-NULL text field, quoted when COPY would quote it: when it is empty (it would read back as NULL),
 /// contains a comma, quote, CR or LF, or is the lone `\.` end-of-data marker of a one-column file.
-fn write_field(text: &[u8], single_column: bool, out: &mut Vec<u8>) {
-    let needs_quotes = text.is_empty()
-        || (single_column && text == b"\\.")
-        || text.iter().any(|&b| matches!(b, b',' | b'"' | b'\n' | b'\r'));
-    if !needs_quotes {
-        out.extend_from_slice(text);
+pub(super) fn write_field(text: &[u8], single_column: bool, out: &mut Vec<u8>) {
+    let quoted = text.is_empty() || (single_column && text == b"\\.");
+    if !quoted
+        && copy_unless(text, out, |w| {
+            has_byte(w, b',') || has_byte(w, b'"') || has_byte(w, b'\n') || has_byte(w, b'\r')
+        })
+    {
         return;
     }
     out.reserve(text.len() + 2);

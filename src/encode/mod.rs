@@ -7,6 +7,7 @@ mod arrow;
 mod csv;
 mod ndjson;
 mod parquet;
+mod scan;
 mod sse;
 mod value;
 

@@ -1,13 +1,35 @@
 //! NDJSON: one object per row, keys in column order, each value as Postgres's `to_json()` prints it.
 
-use super::value::{self, Style};
+use super::scan::{copy_padded, copy_unless, has_below, has_byte};
+use super::value::{self, LastDate, Style};
 use super::{Cells, EncodeError, EncodedColumn, ValueKind};
 
 /// Writes rows as `{"col":value,…}\n`, byte-identical to `row_to_json(row)`.
 #[derive(Debug)]
 pub struct NdjsonEncoder {
-    /// Per column: the key text that precedes its value (`{"id":` or `,"name":`) and its kind.
-    columns: Vec<(Vec<u8>, ValueKind)>,
+    columns: Vec<Column>,
+}
+
+/// A column as the NDJSON encoder writes it.
+#[derive(Debug)]
+struct Column {
+    /// The text that precedes its value: `{"id":` or `,"name":`.
+    key: Vec<u8>,
+    /// The key padded to 32 bytes, when it fits (most do), for a copy of fixed size.
+    padded: Option<[u8; 32]>,
+    kind: ValueKind,
+    /// The date it printed last.
+    last: LastDate,
+}
+
+impl Column {
+    #[inline]
+    fn write_key(&self, out: &mut Vec<u8>) {
+        match &self.padded {
+            Some(padded) => copy_padded(padded, self.key.len(), out),
+            None => out.extend_from_slice(&self.key),
+        }
+    }
 }
 
 impl NdjsonEncoder {
@@ -20,7 +42,17 @@ impl NdjsonEncoder {
                 let mut key = vec![if i == 0 { b'{' } else { b',' }];
                 write_json_string(column.name.as_bytes(), &mut key);
                 key.push(b':');
-                (key, column.kind)
+                let padded = (key.len() <= 32).then(|| {
+                    let mut padded = [0; 32];
+                    padded[..key.len()].copy_from_slice(&key);
+                    padded
+                });
+                Column {
+                    key,
+                    padded,
+                    kind: column.kind,
+                    last: LastDate::default(),
+                }
             })
             .collect();
         NdjsonEncoder { columns }
@@ -40,11 +72,11 @@ impl NdjsonEncoder {
         if self.columns.is_empty() {
             out.push(b'{');
         }
-        for (i, (key, kind)) in self.columns.iter().enumerate() {
-            out.extend_from_slice(key);
+        for (i, column) in self.columns.iter().enumerate() {
+            column.write_key(out);
             match row.cell(i)? {
                 None => out.extend_from_slice(b"null"),
-                Some(raw) => write_value(*kind, raw, out)?,
+                Some(raw) => write_value(column.kind, raw, &column.last, out)?,
             }
         }
         out.push(b'}');
@@ -53,15 +85,15 @@ impl NdjsonEncoder {
 }
 
 #[inline]
-fn write_value(kind: ValueKind, raw: &[u8], out: &mut Vec<u8>) -> Result<(), EncodeError> {
+fn write_value(kind: ValueKind, raw: &[u8], last: &LastDate, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match kind {
         ValueKind::Int => value::write_int(raw, out)?,
         ValueKind::Text => write_json_string(raw, out),
         ValueKind::Numeric => value::write_numeric(raw, true, out)?,
-        ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Xsd, true, out)?,
-        ValueKind::Timestamp => value::write_timestamp(raw, Style::Xsd, false, out)?,
+        ValueKind::TimestampUtc => value::write_timestamp(raw, Style::Xsd, true, last, out)?,
+        ValueKind::Timestamp => value::write_timestamp(raw, Style::Xsd, false, last, out)?,
         ValueKind::Bool => value::write_bool(raw, true, out)?,
-        ValueKind::Date => value::write_date(raw, true, out)?,
+        ValueKind::Date => value::write_date(raw, true, last, out)?,
         ValueKind::Uuid => {
             out.push(b'"');
             value::write_uuid(raw, out)?;
@@ -91,12 +123,22 @@ const ESCAPED: [bool; 256] = {
     table
 };
 
+/// Whether some byte of the word `w` is one that [`write_json_string`] escapes.
+#[inline]
+fn has_json_escape(w: u64) -> bool {
+    has_below(w, 0x20) || has_byte(w, b'"') || has_byte(w, b'\\')
+}
+
 /// A JSON string as Postgres's `escape_json` writes it: `"`, `\` and control characters escaped, the rest
 /// (including non-ASCII UTF-8) copied as is.
 #[inline]
 pub(crate) fn write_json_string(text: &[u8], out: &mut Vec<u8>) {
-    out.reserve(text.len() + 2);
     out.push(b'"');
+    if copy_unless(text, out, has_json_escape) {
+        out.push(b'"');
+        return;
+    }
+    out.reserve(text.len() + 1);
     let mut rest = text;
     // Copy the runs between escapes whole; most values have none.
     while let Some(at) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {

@@ -3,6 +3,8 @@
 //! Each writer takes one column's raw binary bytes (as sent in the extended protocol) and appends the same
 //! text as the type's output function (`COPY`) or `to_json()` would produce. All are allocation-free.
 
+use std::cell::Cell;
+
 use super::EncodeError;
 
 /// How dates and times are spelt: `COPY` (DateStyle ISO) or `to_json()` (XSD, with a `T`).
@@ -182,9 +184,47 @@ fn write_padded(value: u64, width: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(text.as_bytes());
 }
 
+/// The last four-digit-year date a column printed, for its next value of the same day: most dates and
+/// timestamps in a table, sorted or recent, share their day with the row before, and a `YYYY-MM-DD` costs a
+/// dozen divisions.
+#[derive(Debug)]
+pub(crate) struct LastDate(Cell<(i64, [u8; 10])>);
+
+impl Default for LastDate {
+    fn default() -> Self {
+        // No day is `i64::MIN` (days come from an `i32`, or an `i64` of microseconds divided by a day's).
+        LastDate(Cell::new((i64::MIN, [0; 10])))
+    }
+}
+
 /// Writes `YYYY-MM-DD` (BC years as their positive number; the caller appends ` BC`) and returns whether it is BC.
-fn write_civil_date(days_since_pg_epoch: i64, out: &mut Vec<u8>) -> bool {
+#[inline]
+fn write_civil_date(days_since_pg_epoch: i64, last: &LastDate, out: &mut Vec<u8>) -> bool {
+    let (day_before, text) = last.0.get();
+    if day_before == days_since_pg_epoch {
+        out.extend_from_slice(&text);
+        return false;
+    }
     let (year, month, day) = civil_from_days(days_since_pg_epoch + PG_EPOCH_DAYS_FROM_UNIX);
+    if (1..=9999).contains(&year) {
+        // The common case in one piece: four-digit years need no padding logic.
+        let year = year as u32;
+        let text = [
+            digit(year / 1000),
+            digit(year / 100),
+            digit(year / 10),
+            digit(year),
+            b'-',
+            digit(month / 10),
+            digit(month),
+            b'-',
+            digit(day / 10),
+            digit(day),
+        ];
+        last.0.set((days_since_pg_epoch, text));
+        out.extend_from_slice(&text);
+        return false;
+    }
     let bc = year <= 0;
     write_padded(if bc { (1 - year) as u64 } else { year as u64 }, 4, out);
     out.push(b'-');
@@ -194,8 +234,55 @@ fn write_civil_date(days_since_pg_epoch: i64, out: &mut Vec<u8>) -> bool {
     bc
 }
 
+/// The ASCII digit of `value`'s last decimal digit.
+#[inline]
+fn digit(value: u32) -> u8 {
+    b'0' + (value % 10) as u8
+}
+
+/// `HH:MM:SS` and, unless it is zero, the fraction of a second without trailing zeros, as `time_out` prints a
+/// time of day of `micros`.
+#[inline]
+fn write_time_of_day(micros: u64, out: &mut Vec<u8>) {
+    let seconds = (micros / 1_000_000) as u32;
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    let fraction = (micros % 1_000_000) as u32;
+    let text = [
+        digit(hours / 10),
+        digit(hours),
+        b':',
+        digit(minutes / 10),
+        digit(minutes),
+        b':',
+        digit(seconds / 10),
+        digit(seconds),
+        b'.',
+        digit(fraction / 100_000),
+        digit(fraction / 10_000),
+        digit(fraction / 1000),
+        digit(fraction / 100),
+        digit(fraction / 10),
+        digit(fraction),
+    ];
+    let len = if fraction == 0 {
+        8
+    } else {
+        let mut len = text.len();
+        let mut rest = fraction;
+        while rest.is_multiple_of(10) {
+            rest /= 10;
+            len -= 1;
+        }
+        len
+    };
+    // All fifteen bytes, then cut back: a copy of fixed size is a store, one of unknown size a call.
+    let start = out.len();
+    out.extend_from_slice(&text);
+    out.truncate(start + len);
+}
+
 /// `date`: `2024-02-29`, `0044-03-15 BC`, `infinity`; quoted in JSON.
-pub(crate) fn write_date(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+pub(crate) fn write_date(raw: &[u8], json: bool, last: &LastDate, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let days = i32::from_be_bytes(array(raw, "date")?);
     if json {
         out.push(b'"');
@@ -204,7 +291,7 @@ pub(crate) fn write_date(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<()
         i32::MAX => out.extend_from_slice(b"infinity"),
         i32::MIN => out.extend_from_slice(b"-infinity"),
         _ => {
-            if write_civil_date(i64::from(days), out) {
+            if write_civil_date(i64::from(days), last, out) {
                 out.extend_from_slice(b" BC");
             }
         }
@@ -216,7 +303,13 @@ pub(crate) fn write_date(raw: &[u8], json: bool, out: &mut Vec<u8>) -> Result<()
 }
 
 /// `timestamp` and (in a UTC session) `timestamptz`, as `timestamp_out` or `to_json()` prints them.
-pub(crate) fn write_timestamp(raw: &[u8], style: Style, utc: bool, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+pub(crate) fn write_timestamp(
+    raw: &[u8],
+    style: Style,
+    utc: bool,
+    last: &LastDate,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
     let micros = i64::from_be_bytes(array(raw, "timestamp")?);
     let json = style == Style::Xsd;
     if json {
@@ -226,25 +319,9 @@ pub(crate) fn write_timestamp(raw: &[u8], style: Style, utc: bool, out: &mut Vec
         i64::MAX => out.extend_from_slice(b"infinity"),
         i64::MIN => out.extend_from_slice(b"-infinity"),
         _ => {
-            let bc = write_civil_date(micros.div_euclid(MICROS_PER_DAY), out);
+            let bc = write_civil_date(micros.div_euclid(MICROS_PER_DAY), last, out);
             out.push(if json { b'T' } else { b' ' });
-            let time = micros.rem_euclid(MICROS_PER_DAY) as u64;
-            let seconds = time / 1_000_000;
-            write_two(seconds / 3600, out);
-            out.push(b':');
-            write_two(seconds / 60 % 60, out);
-            out.push(b':');
-            write_two(seconds % 60, out);
-            let mut fraction = time % 1_000_000;
-            if fraction != 0 {
-                let mut width = 6;
-                while fraction.is_multiple_of(10) {
-                    fraction /= 10;
-                    width -= 1;
-                }
-                out.push(b'.');
-                write_padded(fraction, width, out);
-            }
+            write_time_of_day(micros.rem_euclid(MICROS_PER_DAY) as u64, out);
             if utc {
                 out.extend_from_slice(if json { b"+00:00" } else { b"+00" });
             }
@@ -309,29 +386,46 @@ pub(super) mod tests {
         let micros: i64 = 1_234_567; // 2000-01-01 00:00:01.234567
         let raw = micros.to_be_bytes();
         assert_eq!(
-            render(|o| write_timestamp(&raw, Style::Iso, true, o)),
+            render(|o| write_timestamp(&raw, Style::Iso, true, &LastDate::default(), o)),
             "2000-01-01 00:00:01.234567+00"
         );
         assert_eq!(
-            render(|o| write_timestamp(&raw, Style::Xsd, false, o)),
+            render(|o| write_timestamp(&raw, Style::Xsd, false, &LastDate::default(), o)),
             "\"2000-01-01T00:00:01.234567\""
         );
         let half = 500_000i64.to_be_bytes();
         assert_eq!(
-            render(|o| write_timestamp(&half, Style::Iso, false, o)),
+            render(|o| write_timestamp(&half, Style::Iso, false, &LastDate::default(), o)),
             "2000-01-01 00:00:00.5"
         );
+        // One column's values in turn: a day seen before is the day printed before.
+        let last = LastDate::default();
+        for (micros, text) in [
+            (1, "2000-01-01 00:00:00.000001"),
+            (50_000, "2000-01-01 00:00:00.05"),
+            (MICROS_PER_DAY - 1, "2000-01-01 23:59:59.999999"),
+            (MICROS_PER_DAY + 3_600_000_000, "2000-01-02 01:00:00"),
+            // Years 999 and 10000, on either side of the four-digit fast path.
+            (-365_243 * MICROS_PER_DAY, "0999-12-31 00:00:00"),
+            (2_921_940 * MICROS_PER_DAY, "10000-01-01 00:00:00"),
+            (2_921_940 * MICROS_PER_DAY + 1, "10000-01-01 00:00:00.000001"),
+            (5, "2000-01-01 00:00:00.000005"),
+        ] {
+            let raw = micros.to_be_bytes();
+            assert_eq!(render(|o| write_timestamp(&raw, Style::Iso, false, &last, o)), text);
+        }
         let bc = (-(2_000i64 * 366 * MICROS_PER_DAY)).to_be_bytes();
-        assert!(render(|o| write_timestamp(&bc, Style::Iso, true, o)).ends_with("+00 BC"));
+        assert!(render(|o| write_timestamp(&bc, Style::Iso, true, &LastDate::default(), o)).ends_with("+00 BC"));
         assert_eq!(
-            render(|o| write_timestamp(&i64::MAX.to_be_bytes(), Style::Xsd, true, o)),
+            render(|o| write_timestamp(&i64::MAX.to_be_bytes(), Style::Xsd, true, &LastDate::default(), o)),
             "\"infinity\""
         );
     }
 
     #[test]
     fn dates_handle_leap_days_and_bc() {
-        let d = |days: i32| render(|o| write_date(&days.to_be_bytes(), false, o));
+        let last = LastDate::default();
+        let d = |days: i32| render(|o| write_date(&days.to_be_bytes(), false, &last, o));
         assert_eq!(d(0), "2000-01-01");
         assert_eq!(d(59), "2000-02-29");
         assert_eq!(d(-730_119), "0001-01-01");

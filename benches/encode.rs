@@ -78,7 +78,7 @@ fn encode_all(encoder: &RowEncoder, rows: &[Row], out: &mut Vec<u8>) {
     for row in rows {
         encoder.write_row(&row[..], out).unwrap();
     }
-    encoder.end_piece(None, 0, out).unwrap();
+    encoder.end_piece(0, None, out).unwrap();
 }
 
 fn encoders(c: &mut Criterion) {

@@ -14,7 +14,6 @@ use crate::compress::{Compressor, Encoding, Levels};
 use crate::db::rows::{Next, ReadError, Rows};
 use crate::encode::{Cells, EncodeError, RowEncoder};
 use crate::query::Position;
-use crate::query::cursor::ResumeTokens;
 
 /// What shapes every export's pipeline, from `[export]` and `[compression]`.
 #[derive(Clone, Debug)]
@@ -78,8 +77,6 @@ pub(crate) struct Pipeline {
     plain: Vec<u8>,
     /// How much of `plain` the compressor has taken (it takes it in slices).
     fed: usize,
-    /// An event stream's event ids.
-    tokens: Option<ResumeTokens>,
     /// Whether the trailer is in `plain` (a cancelled `finish` is resumed by the next call).
     trailer_written: bool,
     /// Whether the compressor holds input that has not been flushed out.
@@ -114,7 +111,6 @@ impl Pipeline {
             limits: limits.clone(),
             plain,
             fed: 0,
-            tokens: None,
             trailer_written: false,
             unflushed: false,
             end: None,
@@ -128,12 +124,6 @@ impl Pipeline {
     /// not stuck.
     pub(crate) fn with_progress_every(mut self, rows: u64) -> Pipeline {
         self.progress_every = Some(rows.max(1));
-        self
-    }
-
-    /// Gives an event stream's events resume tokens as ids (the rows must carry positions).
-    pub(crate) fn with_resume_tokens(mut self, tokens: ResumeTokens) -> Pipeline {
-        self.tokens = Some(tokens);
         self
     }
 
@@ -271,15 +261,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Ends the piece before its bytes leave (see [`RowEncoder::end_piece`]): an event stream's event gets a
-    /// resume token after its last row as its id.
+    /// Ends the piece before its bytes leave (see [`RowEncoder::end_piece`]).
     fn end_piece(&mut self) -> Result<(), EncodeError> {
-        let rows = self.rows();
-        let id = match &self.tokens {
-            Some(tokens) if self.encoder.writes_events() => self.position().map(|p| tokens.token(p, rows)),
-            _ => None,
-        };
-        self.encoder.end_piece(id.as_deref(), rows, &mut self.plain)
+        self.encoder.end_piece(self.rows(), self.position(), &mut self.plain)
     }
 
     /// Everything buffered, made decodable by the reader.

@@ -12,12 +12,14 @@ mod sse;
 mod value;
 
 use crate::negotiate;
+use crate::query::cursor::ResumeTokens;
 
 pub use self::arrow::{ArrowEncoder, Container};
 pub use self::csv::CsvEncoder;
 pub use self::ndjson::NdjsonEncoder;
 pub use self::sse::SseEncoder;
 pub use crate::dataset::{Columnar, Scalar, ValueKind};
+pub use crate::query::Position;
 
 /// An output format of `/rows`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,21 +390,24 @@ impl RowEncoder {
         Ok(RowEncoder::Arrow(Box::new(std::cell::RefCell::new(encoder))))
     }
 
-    /// An SSE encoder reporting progress against `total`, counting on after `sent_before` rows.
-    pub fn sse(columns: &[EncodedColumn], total: Option<i64>, sent_before: u64) -> Self {
-        RowEncoder::Sse(SseEncoder::new(columns, total, sent_before))
+    /// An SSE encoder reporting progress against `total`, counting on after `sent_before` rows, whose events'
+    /// ids are `tokens`' resume tokens.
+    pub(crate) fn sse(
+        columns: &[EncodedColumn],
+        total: Option<i64>,
+        sent_before: u64,
+        tokens: Option<ResumeTokens>,
+    ) -> Self {
+        RowEncoder::Sse(SseEncoder::new(columns, total, sent_before).with_resume_tokens(tokens))
     }
 
-    /// Whether rows travel in events that [`RowEncoder::end_piece`] must end, with an id (SSE).
-    pub fn writes_events(&self) -> bool {
-        matches!(self, RowEncoder::Sse(_))
-    }
-
-    /// The end of a piece, before its bytes leave: an event stream ends its open event (with its id and the
-    /// rows sent so far), a columnar format writes the rows it gathered as a batch. A no-op for the others.
-    pub fn end_piece(&self, id: Option<&str>, rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// The end of a piece, before its bytes leave, after `rows` rows, the last at `position` (when the rows
+    /// carry positions): an event stream ends its open event (with a resume token for that row as its id,
+    /// and the rows sent so far), a columnar format writes the rows it gathered as a batch. A no-op for the
+    /// others.
+    pub fn end_piece(&self, rows: u64, position: Option<Position>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         match self {
-            RowEncoder::Sse(sse) => sse.close_event(id, rows, out),
+            RowEncoder::Sse(sse) => sse.close_event(position, rows, out),
             RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_batch(out)?,
             RowEncoder::Ndjson(_) | RowEncoder::Csv(_) | RowEncoder::JsonArray { .. } => {}
         }

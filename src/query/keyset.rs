@@ -12,7 +12,7 @@ use crate::encode::{EncodedColumn, Format};
 /// (`None` is NULL). Chunked exports continue after one, page cursors carry one, job checkpoints store one.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub(crate) struct Position(pub(crate) Vec<Option<String>>);
+pub struct Position(pub(crate) Vec<Option<String>>);
 
 /// A request read as keyset batches (chunked exports, background jobs): the plan of each batch, and where
 /// the scan starts.

@@ -16,7 +16,8 @@ pub(crate) mod params;
 use crate::dataset::{Column, Dataset};
 use crate::encode::{EncodedColumn, Format, ValueStyle};
 
-pub(crate) use self::keyset::{KeysetScan, Position};
+pub(crate) use self::keyset::KeysetScan;
+pub use self::keyset::Position;
 pub(crate) use self::params::{Endpoint, Filter, Operator, OrderTerm, ParamError, Request};
 
 /// A value that must be checked against its column's type before the query runs, so that a bad one is a 400

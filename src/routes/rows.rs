@@ -142,15 +142,16 @@ pub(super) async fn rows(
         total_count_headers(&mut response, count, total);
         server_timing(&mut response, rows.timings());
         let encoder = match format {
-            Format::Sse => RowEncoder::sse(&columns, total, sent_before),
+            Format::Sse => {
+                let tokens = tokens.map(|(signature, digest)| {
+                    ResumeTokens::new(&state.cursor_key, &dataset.name, signature, digest, sent_before)
+                });
+                RowEncoder::sse(&columns, total, sent_before, tokens)
+            }
             _ => RowEncoder::new(format, &columns).map_err(|e| ApiError::Internal(Box::new(e)))?,
         };
-        let mut pipeline =
+        let pipeline =
             Pipeline::new(rows, encoder, encoding, &state.limits, true).map_err(|e| ApiError::Internal(Box::new(e)))?;
-        if let Some((signature, digest)) = tokens {
-            let tokens = ResumeTokens::new(&state.cursor_key, &dataset.name, signature, digest, sent_before);
-            pipeline = pipeline.with_resume_tokens(tokens);
-        }
         let meter = context.metrics().export(
             context.clone(),
             &dataset.name,

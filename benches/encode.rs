@@ -72,8 +72,15 @@ fn orders(n: i64) -> (Vec<EncodedColumn>, Vec<Row>) {
     (columns, rows)
 }
 
+/// An encoder of owned rows.
+type Encoder = RowEncoder<[Option<Vec<u8>>]>;
+
+fn encoder(format: Format, columns: &[EncodedColumn]) -> Encoder {
+    format.encoder(columns).unwrap()
+}
+
 /// Encodes `rows` into `out`, ending the piece (a columnar format writes its batch there).
-fn encode_all(encoder: &RowEncoder, rows: &[Row], out: &mut Vec<u8>) {
+fn encode_all(encoder: &mut Encoder, rows: &[Row], out: &mut Vec<u8>) {
     out.clear();
     for row in rows {
         encoder.write_row(&row[..], out).unwrap();
@@ -85,17 +92,17 @@ fn encoders(c: &mut Criterion) {
     let (columns, rows) = orders(10_000);
     let mut group = c.benchmark_group("encode_10k_orders");
     for format in [Format::Ndjson, Format::Csv, Format::Arrow] {
-        let encoder = RowEncoder::new(format, &columns).unwrap();
+        let mut encoder = encoder(format, &columns);
         let mut out = Vec::with_capacity(4 << 20);
-        encode_all(&encoder, &rows, &mut out);
+        encode_all(&mut encoder, &rows, &mut out);
         group.throughput(Throughput::Bytes(out.len() as u64));
         group.bench_function(format!("{format:?}"), |b| {
-            b.iter(|| encode_all(&encoder, black_box(&rows), &mut out));
+            b.iter(|| encode_all(&mut encoder, black_box(&rows), &mut out));
         });
     }
     // A whole Parquet file each time: its rows wait in the row group until the footer is written.
     let parquet_file = |out: &mut Vec<u8>| {
-        let encoder = RowEncoder::new(Format::Parquet, &columns).unwrap();
+        let mut encoder = encoder(Format::Parquet, &columns);
         out.clear();
         encoder.write_header(out).unwrap();
         for row in &rows {
@@ -113,7 +120,7 @@ fn encoders(c: &mut Criterion) {
 fn compressors(c: &mut Criterion) {
     let (columns, rows) = orders(10_000);
     let mut ndjson = Vec::new();
-    encode_all(&RowEncoder::new(Format::Ndjson, &columns).unwrap(), &rows, &mut ndjson);
+    encode_all(&mut encoder(Format::Ndjson, &columns), &rows, &mut ndjson);
     let mut group = c.benchmark_group("compress_10k_orders_ndjson");
     group.throughput(Throughput::Bytes(ndjson.len() as u64));
     for encoding in [Encoding::Gzip, Encoding::Zstd, Encoding::Brotli] {
@@ -135,7 +142,7 @@ fn compressors(c: &mut Criterion) {
 fn slices_at_the_highest_levels(c: &mut Criterion) {
     let (columns, rows) = orders(2_000);
     let mut ndjson = Vec::new();
-    encode_all(&RowEncoder::new(Format::Ndjson, &columns).unwrap(), &rows, &mut ndjson);
+    encode_all(&mut encoder(Format::Ndjson, &columns), &rows, &mut ndjson);
     let highest = Levels::highest();
     let mut group = c.benchmark_group("compress_64k_slice_at_highest_levels");
     group.throughput(Throughput::Bytes(64 * 1024));

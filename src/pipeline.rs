@@ -12,6 +12,8 @@ use futures::FutureExt;
 
 use crate::compress::{Compressor, Encoding, Levels};
 use crate::db::rows::{Next, ReadError, Rows};
+use tokio_postgres::Row;
+
 use crate::encode::{Cells, EncodeError, RowEncoder};
 use crate::query::Position;
 
@@ -69,7 +71,7 @@ pub(crate) enum PipelineError {
 pub(crate) struct Pipeline {
     /// `None` once finished.
     rows: Option<Rows>,
-    encoder: RowEncoder,
+    encoder: RowEncoder<Row>,
     encoding: Encoding,
     limits: Limits,
     compressor: Option<Compressor>,
@@ -94,7 +96,7 @@ impl Pipeline {
     /// with `header`, the format's header comes first (a resumed job's file has it already).
     pub(crate) fn new(
         rows: Rows,
-        encoder: RowEncoder,
+        mut encoder: RowEncoder<Row>,
         encoding: Encoding,
         limits: &Limits,
         header: bool,
@@ -261,7 +263,7 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Ends the piece before its bytes leave (see [`RowEncoder::end_piece`]).
+    /// Ends the piece before its bytes leave (see [`crate::encode::Encoder::end_piece`]).
     fn end_piece(&mut self) -> Result<(), EncodeError> {
         self.encoder.end_piece(self.rows(), self.position(), &mut self.plain)
     }

@@ -22,7 +22,7 @@ use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 
 use super::parquet::{ParquetSink, ROW_GROUP_BYTES};
 use super::value::array;
-use super::{Cells, Columnar, EncodeError, EncodedColumn, Scalar};
+use super::{Cells, Columnar, EncodeError, EncodedColumn, Encoder, Position, Scalar};
 
 /// A batch ends after this many rows…
 const BATCH_ROWS: usize = 64 * 1024;
@@ -205,6 +205,33 @@ impl ArrowEncoder {
             written.clear();
         }
         Ok(())
+    }
+}
+
+impl<R: Cells + ?Sized> Encoder<R> for ArrowEncoder {
+    fn write_header(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        ArrowEncoder::write_header(self, out)
+    }
+
+    #[inline]
+    fn write_row(&mut self, row: &R, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        ArrowEncoder::write_row(self, row, out)
+    }
+
+    fn end_piece(&mut self, _rows: u64, _position: Option<Position>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.write_batch(out)
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending_rows() > 0
+    }
+
+    fn pending_bytes(&self) -> usize {
+        ArrowEncoder::pending_bytes(self)
+    }
+
+    fn write_trailer(&mut self, _rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        ArrowEncoder::write_trailer(self, out)
     }
 }
 

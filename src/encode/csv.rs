@@ -5,7 +5,7 @@
 
 use super::scan::{copy_unless, has_byte};
 use super::value::{self, LastDate, Style};
-use super::{Cells, EncodeError, EncodedColumn, ValueKind};
+use super::{Cells, EncodeError, EncodedColumn, Encoder, ValueKind};
 
 /// Writes a header line, then one line per row.
 #[derive(Debug)]
@@ -50,6 +50,18 @@ impl CsvEncoder {
         }
         out.push(b'\n');
         Ok(())
+    }
+}
+
+impl<R: Cells + ?Sized> Encoder<R> for CsvEncoder {
+    fn write_header(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        CsvEncoder::write_header(self, out);
+        Ok(())
+    }
+
+    #[inline]
+    fn write_row(&mut self, row: &R, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        CsvEncoder::write_row(self, row, out)
     }
 }
 

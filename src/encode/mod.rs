@@ -1,7 +1,8 @@
 //! Rows → bytes: one encoder per output format, all synchronous and free of I/O.
 //!
-//! Encoders read each cell's raw binary wire bytes through [`Cells`] and append text to a reused `Vec<u8>`;
-//! `body.rs` decides when that buffer becomes an HTTP chunk. A new format is a new file here.
+//! Encoders read each cell's raw binary wire bytes through [`Cells`] and append bytes to a reused `Vec<u8>`;
+//! the pipeline decides when that buffer becomes a piece (an HTTP chunk, a job's batch). A new format is a
+//! file here implementing [`Encoder`], a row in [`FORMATS`] and an arm in [`Format::encoder`].
 
 mod arrow;
 mod csv;
@@ -16,7 +17,7 @@ use crate::query::cursor::ResumeTokens;
 
 pub use self::arrow::{ArrowEncoder, Container};
 pub use self::csv::CsvEncoder;
-pub use self::ndjson::NdjsonEncoder;
+pub use self::ndjson::{JsonArrayEncoder, NdjsonEncoder};
 pub use self::sse::SseEncoder;
 pub use crate::dataset::{Columnar, Scalar, ValueKind};
 pub use crate::query::Position;
@@ -339,148 +340,80 @@ impl EncodedColumn {
     }
 }
 
-/// The encoder for one export: a format bound to its columns. Writes a header before the first row and a
-/// trailer after the last, for formats that have them.
-#[derive(Debug)]
-pub enum RowEncoder {
-    /// See [`NdjsonEncoder`].
-    Ndjson(NdjsonEncoder),
-    /// See [`CsvEncoder`].
-    Csv(CsvEncoder),
-    /// See [`SseEncoder`].
-    Sse(SseEncoder),
-    /// See [`ArrowEncoder`] (Arrow and Parquet); it gathers rows into batches, hence the `RefCell` (writing
-    /// takes `&self`).
-    Arrow(Box<std::cell::RefCell<ArrowEncoder>>),
-    /// One JSON array of `row_to_json` objects (a page's rows, `format=json`): `[`, objects separated by
-    /// `,`, `]`.
-    JsonArray {
-        /// The objects' encoder.
-        objects: NdjsonEncoder,
-        /// Whether a row has been written (the next needs a separator). A `Cell`, so that writing takes
-        /// `&self`: the encoders' hot loop is measurably faster when the encoder is not borrowed mutably.
-        started: std::cell::Cell<bool>,
-    },
+/// One export's encoder: a format bound to its columns, for rows of type `R` (the database's rows, or owned
+/// values in tests and benches). Each format implements it in a file of its own, and the pipeline calls it in
+/// this order: the header, then rows, with the end of each piece (a body chunk, a job's batch) between them,
+/// and after the last row the trailer.
+pub trait Encoder<R: Cells + ?Sized>: Send {
+    /// Appends what precedes the first row (the CSV header, the array's `[`, the Arrow schema, a file's magic
+    /// bytes).
+    fn write_header(&mut self, _out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        Ok(())
+    }
+
+    /// Appends one row, with its line terminator or separator, or takes it into a batch in the making.
+    fn write_row(&mut self, row: &R, out: &mut Vec<u8>) -> Result<(), EncodeError>;
+
+    /// The end of a piece, before its bytes leave, after `rows` rows, the last at `position` (when the rows
+    /// carry positions): an event stream ends its open event (with a resume token for that row as its id), a
+    /// columnar format writes the rows it gathered as a batch.
+    fn end_piece(&mut self, _rows: u64, _position: Option<Position>, _out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        Ok(())
+    }
+
+    /// Whether rows were taken that no bytes show yet (a columnar batch in the making).
+    fn has_pending(&self) -> bool {
+        false
+    }
+
+    /// The bytes of the values taken that no bytes show yet.
+    fn pending_bytes(&self) -> usize {
+        0
+    }
+
+    /// Appends what follows the last row (the array's `]`, the event stream's `end` event after `rows` rows,
+    /// the last batch and the Arrow stream's end-of-stream marker or the file's footer); written only when
+    /// every row was.
+    fn write_trailer(&mut self, _rows: u64, _out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        Ok(())
+    }
 }
 
-impl RowEncoder {
-    /// An encoder of `format` for rows with these columns, in order, as a response streams them (SSE events
-    /// without a total or earlier rows; see [`RowEncoder::sse`]).
-    pub fn new(format: Format, columns: &[EncodedColumn]) -> Result<Self, EncodeError> {
-        Ok(match format {
-            Format::Ndjson => RowEncoder::Ndjson(NdjsonEncoder::new(columns)),
-            Format::Csv => RowEncoder::Csv(CsvEncoder::new(columns)),
-            Format::Json => RowEncoder::json_array(columns),
-            Format::Sse => RowEncoder::Sse(SseEncoder::new(columns, None, 0)),
-            Format::Arrow => RowEncoder::columnar(columns, Container::IpcStream)?,
-            Format::Parquet => RowEncoder::columnar(columns, Container::Parquet)?,
+/// An encoder as the pipeline holds it.
+pub type RowEncoder<R> = Box<dyn Encoder<R>>;
+
+impl Format {
+    /// The encoder of this format for rows with these columns, in order, as a response streams them (SSE
+    /// events without a total, earlier rows or ids; see [`sse_encoder`]).
+    pub fn encoder<R: Cells + ?Sized>(self, columns: &[EncodedColumn]) -> Result<RowEncoder<R>, EncodeError> {
+        Ok(match self {
+            Format::Ndjson => Box::new(NdjsonEncoder::new(columns)),
+            Format::Csv => Box::new(CsvEncoder::new(columns)),
+            Format::Json => Box::new(JsonArrayEncoder::new(columns)),
+            Format::Sse => Box::new(SseEncoder::new(columns, None, 0)),
+            Format::Arrow => Box::new(ArrowEncoder::new(columns, Container::IpcStream)?),
+            Format::Parquet => Box::new(ArrowEncoder::new(columns, Container::Parquet)?),
         })
     }
 
-    /// An encoder of `format` for a job's file (see [`JobFile`]).
-    pub fn for_file(format: Format, columns: &[EncodedColumn]) -> Result<Self, EncodeError> {
-        match format {
-            Format::Arrow => RowEncoder::columnar(columns, Container::IpcFile),
-            _ => RowEncoder::new(format, columns),
-        }
-    }
-
-    fn columnar(columns: &[EncodedColumn], container: Container) -> Result<Self, EncodeError> {
-        let encoder = ArrowEncoder::new(columns, container)?;
-        Ok(RowEncoder::Arrow(Box::new(std::cell::RefCell::new(encoder))))
-    }
-
-    /// An SSE encoder reporting progress against `total`, counting on after `sent_before` rows, whose events'
-    /// ids are `tokens`' resume tokens.
-    pub(crate) fn sse(
-        columns: &[EncodedColumn],
-        total: Option<i64>,
-        sent_before: u64,
-        tokens: Option<ResumeTokens>,
-    ) -> Self {
-        RowEncoder::Sse(SseEncoder::new(columns, total, sent_before).with_resume_tokens(tokens))
-    }
-
-    /// The end of a piece, before its bytes leave, after `rows` rows, the last at `position` (when the rows
-    /// carry positions): an event stream ends its open event (with a resume token for that row as its id,
-    /// and the rows sent so far), a columnar format writes the rows it gathered as a batch. A no-op for the
-    /// others.
-    pub fn end_piece(&self, rows: u64, position: Option<Position>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+    /// The encoder of this format for a job's file (see [`JobFile`]).
+    pub fn file_encoder<R: Cells + ?Sized>(self, columns: &[EncodedColumn]) -> Result<RowEncoder<R>, EncodeError> {
         match self {
-            RowEncoder::Sse(sse) => sse.close_event(position, rows, out),
-            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_batch(out)?,
-            RowEncoder::Ndjson(_) | RowEncoder::Csv(_) | RowEncoder::JsonArray { .. } => {}
+            Format::Arrow => Ok(Box::new(ArrowEncoder::new(columns, Container::IpcFile)?)),
+            _ => self.encoder(columns),
         }
-        Ok(())
     }
+}
 
-    /// Whether rows were taken that no bytes show yet (a columnar format's batch in the making).
-    pub fn has_pending(&self) -> bool {
-        match self {
-            RowEncoder::Arrow(arrow) => arrow.borrow().pending_rows() > 0,
-            _ => false,
-        }
-    }
-
-    /// The bytes of values taken that no bytes show yet.
-    #[inline]
-    pub fn pending_bytes(&self) -> usize {
-        match self {
-            RowEncoder::Arrow(arrow) => arrow.borrow().pending_bytes(),
-            _ => 0,
-        }
-    }
-
-    /// An encoder of one JSON array of objects.
-    pub fn json_array(columns: &[EncodedColumn]) -> Self {
-        RowEncoder::JsonArray {
-            objects: NdjsonEncoder::new(columns),
-            started: std::cell::Cell::new(false),
-        }
-    }
-
-    /// Appends what precedes the first row (the CSV header, the array's `[`, the Arrow schema, a file's
-    /// magic bytes).
-    pub fn write_header(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        match self {
-            RowEncoder::Csv(csv) => csv.write_header(out),
-            RowEncoder::JsonArray { .. } => out.push(b'['),
-            RowEncoder::Sse(sse) => sse.write_header(out),
-            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_header(out)?,
-            RowEncoder::Ndjson(_) => {}
-        }
-        Ok(())
-    }
-
-    /// Appends one row, including its line terminator or separator.
-    #[inline]
-    pub fn write_row<C: Cells + ?Sized>(&self, row: &C, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        match self {
-            RowEncoder::Ndjson(e) => e.write_row(row, out),
-            RowEncoder::Csv(e) => e.write_row(row, out),
-            RowEncoder::Sse(e) => e.write_row(row, out),
-            RowEncoder::Arrow(e) => e.borrow_mut().write_row(row, out),
-            RowEncoder::JsonArray { objects, started } => {
-                if started.replace(true) {
-                    out.push(b',');
-                }
-                objects.write_object(row, out)
-            }
-        }
-    }
-
-    /// Appends what follows the last row (the array's `]`, the event stream's `end` event after `rows`
-    /// rows, the last batch and the Arrow stream's end-of-stream marker or the file's footer); written only
-    /// when every row was.
-    pub fn write_trailer(&self, rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        match self {
-            RowEncoder::JsonArray { .. } => out.push(b']'),
-            RowEncoder::Sse(sse) => sse.write_trailer(rows, out),
-            RowEncoder::Arrow(arrow) => arrow.borrow_mut().write_trailer(out)?,
-            RowEncoder::Ndjson(_) | RowEncoder::Csv(_) => {}
-        }
-        Ok(())
-    }
+/// An SSE encoder reporting progress against `total`, counting on after `sent_before` rows, whose events' ids
+/// are `tokens`' resume tokens.
+pub(crate) fn sse_encoder<R: Cells + ?Sized>(
+    columns: &[EncodedColumn],
+    total: Option<i64>,
+    sent_before: u64,
+    tokens: Option<ResumeTokens>,
+) -> RowEncoder<R> {
+    Box::new(SseEncoder::new(columns, total, sent_before).with_resume_tokens(tokens))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::scan::{copy_padded, copy_unless, has_below, has_byte};
 use super::value::{self, LastDate, Style};
-use super::{Cells, EncodeError, EncodedColumn, ValueKind};
+use super::{Cells, EncodeError, EncodedColumn, Encoder, ValueKind};
 
 /// Writes rows as `{"col":value,…}\n`, byte-identical to `row_to_json(row)`.
 #[derive(Debug)]
@@ -80,6 +80,51 @@ impl NdjsonEncoder {
             }
         }
         out.push(b'}');
+        Ok(())
+    }
+}
+
+impl<R: Cells + ?Sized> Encoder<R> for NdjsonEncoder {
+    #[inline]
+    fn write_row(&mut self, row: &R, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        NdjsonEncoder::write_row(self, row, out)
+    }
+}
+
+/// One JSON array of `row_to_json` objects (a page's rows, `format=json`): `[`, objects separated by `,`, `]`.
+#[derive(Debug)]
+pub struct JsonArrayEncoder {
+    objects: NdjsonEncoder,
+    /// Whether a row has been written (the next needs a separator).
+    started: bool,
+}
+
+impl JsonArrayEncoder {
+    /// An encoder for rows with these columns.
+    pub fn new(columns: &[EncodedColumn]) -> Self {
+        JsonArrayEncoder {
+            objects: NdjsonEncoder::new(columns),
+            started: false,
+        }
+    }
+}
+
+impl<R: Cells + ?Sized> Encoder<R> for JsonArrayEncoder {
+    fn write_header(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        out.push(b'[');
+        Ok(())
+    }
+
+    #[inline]
+    fn write_row(&mut self, row: &R, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        if std::mem::replace(&mut self.started, true) {
+            out.push(b',');
+        }
+        self.objects.write_object(row, out)
+    }
+
+    fn write_trailer(&mut self, _rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        out.push(b']');
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 
-use super::{Cells, EncodeError, EncodedColumn, NdjsonEncoder, Position};
+use super::{Cells, EncodeError, EncodedColumn, Encoder, NdjsonEncoder, Position};
 use crate::query::cursor::ResumeTokens;
 
 /// How long a browser waits before reconnecting, in milliseconds (the stream's `retry:` field).
@@ -88,6 +88,28 @@ impl SseEncoder {
     pub fn write_trailer(&self, rows: u64, out: &mut Vec<u8>) {
         let rows = self.sent_before + rows;
         out.extend_from_slice(format!("event: end\ndata: {{\"rows\":{rows}}}\n\n").as_bytes());
+    }
+}
+
+impl<R: Cells + ?Sized> Encoder<R> for SseEncoder {
+    fn write_header(&mut self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        SseEncoder::write_header(self, out);
+        Ok(())
+    }
+
+    #[inline]
+    fn write_row(&mut self, row: &R, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        SseEncoder::write_row(self, row, out)
+    }
+
+    fn end_piece(&mut self, rows: u64, position: Option<Position>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.close_event(position, rows, out);
+        Ok(())
+    }
+
+    fn write_trailer(&mut self, rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        SseEncoder::write_trailer(self, rows, out);
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use crate::compress::Encoding;
 use crate::db;
 use crate::db::jobs::{ClaimedJob, Progress};
 use crate::db::rows::{Rows, Source};
-use crate::encode::{Format, RowEncoder};
+use crate::encode::Format;
 use crate::pipeline::{Piece, Pipeline, PipelineError};
 use crate::query::{self, Endpoint, KeysetScan, Position};
 
@@ -84,7 +84,7 @@ impl Context {
             .await
             .map_err(|_| too_slow())??;
         rows.pause_between_batches();
-        let encoder = RowEncoder::for_file(format, &columns).map_err(PipelineError::from)?;
+        let encoder = format.file_encoder(&columns).map_err(PipelineError::from)?;
         let mut pipeline = Pipeline::new(rows, encoder, encoding, &state.limits, file.is_empty())?;
         if !job.resumable {
             pipeline = pipeline.with_progress_every(settings.batch_rows);

@@ -7,7 +7,7 @@ use super::caller::Caller;
 use super::{count_preference, server_timing, total_count_headers};
 use crate::compress::Encoding;
 use crate::db::rows::{Rows, Source};
-use crate::encode::RowEncoder;
+use crate::encode::JsonArrayEncoder;
 use crate::error::ApiError;
 use crate::pipeline::{Piece, Pipeline};
 use crate::query::cursor::Cursor;
@@ -68,7 +68,7 @@ pub(super) async fn page(
             ));
         }
 
-        let encoder = RowEncoder::json_array(&plan.columns);
+        let encoder = Box::new(JsonArrayEncoder::new(&plan.columns));
         let begin = caller.begin(&state, &context, &request);
         let (mut rows, total) = Rows::open(&pools.readers, &begin, Source::Statement(plan), count).await?;
         let timings = rows.timings();

@@ -11,7 +11,7 @@ use crate::compress::Encoding;
 use crate::dataset::Consistency;
 use crate::db::error::OpenError;
 use crate::db::rows::{Rows, Source};
-use crate::encode::{Format, RowEncoder};
+use crate::encode::{self, Format};
 use crate::error::ApiError;
 use crate::pipeline::Pipeline;
 use crate::query::cursor::{ResumeTokens, request_digest};
@@ -146,9 +146,9 @@ pub(super) async fn rows(
                 let tokens = tokens.map(|(signature, digest)| {
                     ResumeTokens::new(&state.cursor_key, &dataset.name, signature, digest, sent_before)
                 });
-                RowEncoder::sse(&columns, total, sent_before, tokens)
+                encode::sse_encoder(&columns, total, sent_before, tokens)
             }
-            _ => RowEncoder::new(format, &columns).map_err(|e| ApiError::Internal(Box::new(e)))?,
+            _ => format.encoder(&columns).map_err(|e| ApiError::Internal(Box::new(e)))?,
         };
         let pipeline =
             Pipeline::new(rows, encoder, encoding, &state.limits, true).map_err(|e| ApiError::Internal(Box::new(e)))?;

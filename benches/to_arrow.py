@@ -61,3 +61,8 @@ elif reader == "adbc":
 else:
     sys.exit(f"unknown reader {reader}")
 print(f"{time.perf_counter() - started:.6f} {table.num_rows}")
+# Out at once, output flushed: pyarrow's thread pools (DuckDB's too) can abort with std::terminate, or hang,
+# while the interpreter tears them down at exit, after the work is done (apache/arrow#34314, #50482); seen
+# here as "terminate called without an active exception" (SIGABRT) on a loaded machine.
+sys.stdout.flush()
+os._exit(0)

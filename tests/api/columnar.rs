@@ -30,6 +30,14 @@ async fn run_reader(mode: &str, url: &str) -> (Value, bool) {
             String::from_utf8_lossy(&output.stderr)
         )
     });
+    if !output.status.success() {
+        // Shown with the test's failure: what the reader said, and how it ended.
+        eprintln!(
+            "arrow_read.py {mode} ended with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     (parsed, output.status.success())
 }
 

@@ -19,6 +19,7 @@ Usage: arrow_read.py cells URL          — pyarrow reads the IPC stream straigh
 """
 import decimal
 import json
+import os
 import struct
 import sys
 import urllib.request
@@ -27,6 +28,15 @@ import uuid
 import pyarrow as pa
 
 mode, url = sys.argv[1], sys.argv[2]
+
+
+def finish(code):
+    # Out at once, output flushed: pyarrow's thread pools (DuckDB's too) can abort with std::terminate, or hang,
+    # while the interpreter tears them down at exit, after the work is done (apache/arrow#34314, #50482); seen
+    # here as "terminate called without an active exception" (SIGABRT) on a loaded machine.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def canonical(value, arrow_type):
@@ -145,9 +155,9 @@ elif mode in ("cut", "parquet-cut"):
         rows = read(url)
     except Exception as error:  # noqa: BLE001 - any failure is the expected outcome
         print(json.dumps({"error": f"{type(error).__name__}: {error}"}))
-        sys.exit(0)
+        finish(0)
     print(json.dumps({"rows": rows}))
-    sys.exit(1)
+    finish(1)
 elif mode == "job-files":
     import io
 
@@ -163,7 +173,6 @@ elif mode == "job-files":
     polars = pl.read_parquet(parquet_url)
     frame = pd.read_parquet(io.BytesIO(download(parquet_url)))
     import glob
-    import os
 
     import duckdb_extension_httpfs
 
@@ -189,3 +198,4 @@ elif mode == "job-files":
         "arrow_types": [str(f.type) for f in arrow.schema],
         "parquet_types": [str(f.type) for f in parquet.schema],
     }))
+finish(0)

@@ -100,6 +100,9 @@ pub enum CatalogError {
         /// The schema.
         schema: String,
     },
+    /// The catalog's snapshot could not be taken or ended.
+    #[error("opening or ending the catalog's read-only snapshot")]
+    Snapshot(#[source] tokio_postgres::Error),
     /// A catalog query failed.
     #[error("reading the catalog for dataset {dataset:?}")]
     Query {
@@ -122,8 +125,23 @@ pub(crate) struct Sources {
     pub(crate) utc: bool,
 }
 
-/// Resolves every configured dataset, then discovers the served schemas' relations.
+/// Resolves every configured dataset, then discovers the served schemas' relations, all in one read-only
+/// snapshot: read statement by statement, a change committed between two of them (a configured table renamed
+/// away and a new one created, in one transaction) could be half seen, and a reload that should fail would
+/// serve a catalog that never existed. `client` is a connection of the catalog's own, never a pooled one.
 pub(crate) async fn load(client: &Client, sources: &Sources) -> Result<Catalog, CatalogError> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(CatalogError::Snapshot)?;
+    let loaded = read(client, sources).await;
+    // A failed read leaves the transaction aborted; ROLLBACK ends that as well as a good one.
+    client.batch_execute("ROLLBACK").await.map_err(CatalogError::Snapshot)?;
+    loaded
+}
+
+/// [`load`]'s statements.
+async fn read(client: &Client, sources: &Sources) -> Result<Catalog, CatalogError> {
     let mut datasets = Vec::new();
     for settings in &sources.datasets {
         let dataset = resolve(client, settings, sources.utc).await?;

@@ -337,7 +337,7 @@ range, NaN in a decimal, a second array dimension) aborts the stream; a stream w
 incomplete.";
 
 /// How `format=parquet` differs from Arrow.
-const PARQUET_TYPES: &str = "A Parquet file (zstd pages, row groups of about 16 MiB, the footer last: a cut \
+const PARQUET_TYPES: &str = "A Parquet file (zstd pages, row groups of at most 131,072 rows or 16 MiB, the footer last: a cut \
 download is no valid file; never compressed over HTTP). The Arrow types of format=arrow, through Parquet's logical \
 types (UUID, JSON, DECIMAL, DATE, TIME, TIMESTAMP, LIST; the Arrow schema travels in the footer), except interval and \
 numeric with a negative scale, which are Postgres's exact text.";

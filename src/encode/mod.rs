@@ -161,7 +161,7 @@ pub const FORMATS: [FormatInfo; 6] = [
             media_type: "application/vnd.apache.parquet",
             resumes: false,
         }),
-        summary: "a Parquet file of typed columns, zstd-compressed, in row groups of about 16 MiB",
+        summary: "a Parquet file of typed columns, zstd-compressed, in row groups of at most 131,072 rows or 16 MiB",
     },
 ];
 

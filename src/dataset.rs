@@ -20,6 +20,10 @@ pub(crate) struct Dataset {
     pub(crate) key: Option<usize>,
     /// How `/rows` reads it unless a request says otherwise.
     pub(crate) consistency: Consistency,
+    /// Whether requests may summarise it with aggregates (`query.aggregates`, or the dataset's own setting).
+    pub(crate) aggregates: bool,
+    /// The highest estimated cost a summary's plan may have (`query.max_cost`).
+    pub(crate) max_cost: Option<f64>,
 }
 
 /// A column of a dataset.
@@ -48,6 +52,68 @@ pub(crate) struct Column {
     pub(crate) enum_labels: Option<Vec<String>>,
     /// What its type can be compared and sorted with.
     pub(crate) operators: Operators,
+    /// What its type can be summarised with.
+    pub(crate) aggregates: Aggregates,
+}
+
+/// The aggregates a column's type has, as Postgres resolves `pg_catalog.sum`, `avg`, `min` and `max` for it
+/// (`count` takes any type). A summary the type lacks is refused before any query runs.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Aggregates {
+    /// What `sum` returns, if the type has it.
+    pub(crate) sum: Option<ValueType>,
+    /// What `avg` returns, if the type has it.
+    pub(crate) avg: Option<ValueType>,
+    /// Whether `min` and `max` exist; they return values of the column's own type.
+    pub(crate) min_max: bool,
+}
+
+/// A type as a column describes it: what an aggregate returns.
+#[derive(Clone, Debug)]
+pub(crate) struct ValueType {
+    /// As [`Column::type_name`].
+    pub(crate) type_name: String,
+    /// As [`Column::cast_type`].
+    pub(crate) cast_type: String,
+    /// As [`Column::kind`].
+    pub(crate) kind: ValueKind,
+    /// As [`Column::columnar`].
+    pub(crate) columnar: Columnar,
+    /// As [`Column::output_function`].
+    pub(crate) output_function: String,
+    /// As [`Column::operators`].
+    pub(crate) operators: Operators,
+}
+
+impl Column {
+    /// This column's type.
+    pub(crate) fn value_type(&self) -> ValueType {
+        ValueType {
+            type_name: self.type_name.clone(),
+            cast_type: self.cast_type.clone(),
+            kind: self.kind,
+            columnar: self.columnar,
+            output_function: self.output_function.clone(),
+            operators: self.operators,
+        }
+    }
+
+    /// A column of a derived relation (a summary's output): `name` for clients, `ident` in SQL.
+    pub(crate) fn derived(name: String, ident: String, value: ValueType, nullable: bool) -> Column {
+        Column {
+            name,
+            ident,
+            type_name: value.type_name,
+            cast_type: value.cast_type,
+            nullable,
+            kind: value.kind,
+            columnar: value.columnar,
+            output_function: value.output_function,
+            enum_labels: None,
+            operators: value.operators,
+            aggregates: Aggregates::default(),
+        }
+    }
 }
 
 /// The comparisons a column's type supports, as Postgres resolves and executes them. A filter or an `order`

@@ -145,7 +145,7 @@ impl ApiError {
             ApiError::ValueTooLarge(_) => ("urn:pgspout:problem:value-too-large", "Value too large"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("urn:pgspout:problem:method-not-allowed", "Method not allowed"),
-            ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. }) => {
+            ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. } | OpenError::TooCostly { .. }) => {
                 ("urn:pgspout:problem:bad-query", "Bad query parameter")
             }
             ApiError::Format(FormatError::Unknown(_)) => ("urn:pgspout:problem:unknown-format", "Unknown format"),
@@ -185,7 +185,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_)
             | ApiError::Format(FormatError::Unknown(_))
-            | ApiError::Open(OpenError::InvalidValue { .. }) => StatusCode::BAD_REQUEST,
+            | ApiError::Open(OpenError::InvalidValue { .. } | OpenError::TooCostly { .. }) => StatusCode::BAD_REQUEST,
             ApiError::Format(FormatError::NotAcceptable) | ApiError::Encoding(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::Open(
                 OpenError::PoolExhausted

@@ -381,6 +381,7 @@ fn catalog_sources(settings: &Settings) -> db::catalog::Sources {
         schemas: settings.served_schemas(),
         hidden_schema: settings.jobs.directory.as_ref().map(|_| settings.jobs.schema.clone()),
         utc: db::is_utc(&settings.database.timezone),
+        query: settings.query.clone(),
     }
 }
 

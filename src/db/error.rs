@@ -30,6 +30,17 @@ pub(crate) enum OpenError {
         /// Postgres's message, which quotes the value and names the type.
         message: String,
     },
+    /// A summary's plan costs more than `query.max_cost`.
+    #[error(
+        "query parameter \"select\": the planner estimates this summary at cost {cost:.0}, above query.max_cost \
+         ({max}); filter it further"
+    )]
+    TooCostly {
+        /// The plan's estimated total cost.
+        cost: f64,
+        /// `query.max_cost`.
+        max: f64,
+    },
     /// The query ran into `statement_timeout`.
     #[error("the query exceeded the statement timeout")]
     StatementTimeout(#[source] tokio_postgres::Error),

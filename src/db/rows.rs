@@ -141,6 +141,9 @@ impl Rows {
         .map_err(OpenError::from_begin)?;
         let client = lease.client();
         check_values(client, &plan.checks).await?;
+        if let Some(max) = plan.max_cost {
+            check_cost(client, &plan, max).await?;
+        }
         let total = match &plan.count {
             None => None,
             Some(count) => {
@@ -457,14 +460,45 @@ pub(crate) async fn estimate_rows(
 }
 
 /// The top plan node's row estimate from `EXPLAIN (FORMAT JSON)` output (binary `json` is its text).
-fn planned_rows(explain: &[u8]) -> Option<i64> {
+/// Refuses `plan` if the planner estimates its cost above `max` (`EXPLAIN`, under the caller's role). The
+/// cost is the summary's before any `LIMIT`: a limit rarely spares the grouping, and a job is checked with
+/// `LIMIT 0` when it is created.
+async fn check_cost(client: &tokio_postgres::Client, plan: &Plan, max: f64) -> Result<(), OpenError> {
+    let params = plan.params.iter().map(|p| (p.as_str(), Type::TEXT));
+    let rows = client
+        .query_typed_raw(&format!("EXPLAIN (FORMAT JSON) {}", plan.sql), params)
+        .await?;
+    let rows: Vec<Row> = futures::TryStreamExt::try_collect(rows).await?;
+    let cost = rows
+        .first()
+        .map(|row| row.try_get::<_, Raw<'_>>(0))
+        .transpose()?
+        .and_then(|explain| summary_cost(explain.0))
+        .ok_or_else(|| OpenError::Unavailable("EXPLAIN gave no cost".into()))?;
+    if cost > max {
+        return Err(OpenError::TooCostly { cost, max });
+    }
+    Ok(())
+}
+
+/// A number of the top plan node of `EXPLAIN (FORMAT JSON)`.
+fn plan_field(explain: &[u8], field: &str) -> Option<f64> {
     let plans: serde_json::Value = serde_json::from_slice(explain).ok()?;
-    plans
-        .get(0)?
-        .get("Plan")?
-        .get("Plan Rows")?
-        .as_f64()
-        .map(|rows| rows as i64)
+    plans.get(0)?.get("Plan")?.get(field)?.as_f64()
+}
+
+/// The total cost of the top plan node below a `Limit`.
+fn summary_cost(explain: &[u8]) -> Option<f64> {
+    let plans: serde_json::Value = serde_json::from_slice(explain).ok()?;
+    let mut node = plans.get(0)?.get("Plan")?;
+    while node.get("Node Type")?.as_str()? == "Limit" {
+        node = node.get("Plans")?.get(0)?;
+    }
+    node.get("Total Cost")?.as_f64()
+}
+
+fn planned_rows(explain: &[u8]) -> Option<i64> {
+    plan_field(explain, "Plan Rows").map(|rows| rows as i64)
 }
 
 /// Any column's raw binary bytes.

@@ -111,6 +111,7 @@ impl JobError {
                 | OpenError::Conflict(_) => false,
                 OpenError::StatementTimeout(_)
                 | OpenError::InvalidValue { .. }
+                | OpenError::TooCostly { .. }
                 | OpenError::Forbidden(_)
                 | OpenError::RoleSwitch(_)
                 | OpenError::Refused(_)

@@ -32,7 +32,10 @@ pub(crate) struct KeysetScan {
 impl KeysetScan {
     /// A scan of `request` over `dataset` (which must have a key) in `batch_rows`-row batches.
     pub(crate) fn new(dataset: &Dataset, request: &Request, format: Format, batch_rows: u64) -> KeysetScan {
-        debug_assert!(dataset.key.is_some(), "a keyset scan needs a key");
+        debug_assert!(
+            dataset.key.is_some() && request.summary.is_none(),
+            "a keyset scan needs a key"
+        );
         KeysetScan {
             dataset: dataset.clone(),
             request: request.clone(),
@@ -93,7 +96,7 @@ pub(super) fn plan_keyset(
         let predicate = keyset_predicate(&mut sql, &keyset, &after.0);
         sql.where_clauses.push(predicate);
     }
-    let (expressions, columns) = select_list(dataset, &request.select, format);
+    let (expressions, columns) = select_list(request.output(dataset), &request.select, format);
     sql.into_plan(expressions, keyset, limit, count, columns, true)
 }
 

@@ -12,9 +12,12 @@
 pub(crate) mod cursor;
 mod keyset;
 pub(crate) mod params;
+mod summary;
 
 use crate::dataset::{Column, Dataset};
 use crate::encode::{EncodedColumn, Format, ValueStyle};
+
+use self::summary::Summary;
 
 pub(crate) use self::keyset::KeysetScan;
 pub use self::keyset::Position;
@@ -67,6 +70,8 @@ pub(crate) struct Plan {
     pub(crate) columns: Vec<EncodedColumn>,
     /// The sort terms of a keyset plan; each row carries its position after the encoded columns.
     pub(crate) keyset: Vec<OrderTerm>,
+    /// A summary's cost cap: the statement is refused if the planner estimates it above this.
+    pub(crate) max_cost: Option<f64>,
 }
 
 impl Plan {
@@ -79,19 +84,28 @@ impl Plan {
 /// The signature of the order `request` reads `dataset` in (its own, with the key as tie-breaker), which a
 /// page cursor or resume token must match.
 pub(crate) fn order_signature(dataset: &Dataset, request: &Request) -> String {
-    effective_order(dataset, request)
+    let order = effective_order(dataset, request)
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(",")
+        .join(",");
+    match &request.summary {
+        // A summary's positions are of its own columns: never confused with the dataset's.
+        Some(summary) => format!("{}|{order}", summary.signature()),
+        None => order,
+    }
 }
 
 /// SQL text under construction with its parameters.
 struct Sql<'a> {
+    /// The relation read (the dataset, or a summary's output).
     dataset: &'a Dataset,
+    /// Its SQL: the dataset's relation, or a summary's derived table.
+    relation: String,
     where_clauses: Vec<String>,
     params: Vec<String>,
     checks: Vec<Check>,
+    max_cost: Option<f64>,
 }
 
 /// Types whose text input accepts any string, so their values need no check.
@@ -106,9 +120,22 @@ impl<'a> Sql<'a> {
     fn new(dataset: &'a Dataset) -> Self {
         Sql {
             dataset,
+            relation: dataset.relation.clone(),
             where_clauses: Vec::new(),
             params: Vec::new(),
             checks: Vec::new(),
+            max_cost: None,
+        }
+    }
+
+    /// From here on, the SQL reads `summary` of the rows filtered so far (their parameters come first).
+    fn summarised(self, summary: &'a Summary) -> Self {
+        Sql {
+            relation: summary.relation(self.dataset, &self.where_sql()),
+            max_cost: self.dataset.max_cost,
+            dataset: &summary.output,
+            where_clauses: Vec::new(),
+            ..self
         }
     }
 
@@ -184,6 +211,7 @@ impl<'a> Sql<'a> {
             count,
             columns,
             keyset: if hidden_sort_values { order } else { Vec::new() },
+            max_cost: self.max_cost,
         }
     }
 
@@ -245,8 +273,10 @@ fn order_sql(dataset: &Dataset, terms: &[OrderTerm]) -> String {
     }
 }
 
-/// The order an export or page uses: the request's, then the key as a tie-breaker; or just the key.
+/// The order an export or page uses: the request's, then the key as a tie-breaker; or just the key. (A
+/// summary's order already ends with its groups.)
 fn effective_order(dataset: &Dataset, request: &Request) -> Vec<OrderTerm> {
+    let dataset = request.output(dataset);
     let mut order = request.order.clone();
     if let Some(key) = dataset.key
         && !order.iter().any(|t| t.column == key)
@@ -260,11 +290,19 @@ fn effective_order(dataset: &Dataset, request: &Request) -> Vec<OrderTerm> {
     order
 }
 
-/// The request's filters as SQL, and the count over them if one is asked for.
-fn filtered<'a>(dataset: &'a Dataset, request: &Request, count: Option<CountMethod>) -> (Sql<'a>, Option<CountPlan>) {
+/// The request's filters as SQL (and its summary of the rows they keep), and the count over them if one is
+/// asked for.
+fn filtered<'a>(
+    dataset: &'a Dataset,
+    request: &'a Request,
+    count: Option<CountMethod>,
+) -> (Sql<'a>, Option<CountPlan>) {
     let mut sql = Sql::new(dataset);
     for filter in &request.filters {
         sql.filter(filter);
+    }
+    if let Some(summary) = &request.summary {
+        sql = sql.summarised(summary);
     }
     let count = count_plan(&sql, count);
     // `after` resumes a download: rows past a key value (it is refused with any order but the key's).
@@ -281,14 +319,14 @@ fn select_from(expressions: &[String], sql: &Sql<'_>) -> String {
     format!(
         "SELECT {} FROM {} AS t{}",
         expressions.join(", "),
-        sql.dataset.relation,
+        sql.relation,
         sql.where_sql()
     )
 }
 
 fn count_plan(sql: &Sql<'_>, method: Option<CountMethod>) -> Option<CountPlan> {
     let method = method?;
-    let from = format!("FROM {} AS t{}", sql.dataset.relation, sql.where_sql());
+    let from = format!("FROM {} AS t{}", sql.relation, sql.where_sql());
     let text = match method {
         CountMethod::Exact => format!("SELECT count(*) {from}"),
         CountMethod::Estimated => format!("EXPLAIN (FORMAT JSON) SELECT 1 {from}"),
@@ -317,7 +355,7 @@ pub(crate) fn plan_rows_with_keys(
 
 fn rows_plan(dataset: &Dataset, request: &Request, format: Format, count: Option<CountMethod>, keys: bool) -> Plan {
     let (sql, count) = filtered(dataset, request, count);
-    let (expressions, columns) = select_list(dataset, &request.select, format);
+    let (expressions, columns) = select_list(request.output(dataset), &request.select, format);
     sql.into_plan(
         expressions,
         effective_order(dataset, request),
@@ -513,6 +551,156 @@ mod tests {
             "{}",
             plan.sql
         );
+    }
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::params::tests::dataset;
+    use super::*;
+    use crate::dataset::{Aggregates, ValueType};
+
+    /// The test dataset with aggregates on: `amount` (numeric) has sum and avg, every column but `paid` min
+    /// and max.
+    fn summarised() -> Dataset {
+        let mut dataset = dataset();
+        dataset.aggregates = true;
+        let numeric = dataset.columns[2].value_type();
+        dataset.columns[2].aggregates = Aggregates {
+            sum: Some(numeric.clone()),
+            avg: Some(ValueType { ..numeric }),
+            min_max: true,
+        };
+        dataset.columns[0].aggregates.min_max = true;
+        dataset.columns[1].aggregates.min_max = true;
+        dataset
+    }
+
+    fn parse(endpoint: Endpoint, query: &str) -> Result<Request, ParamError> {
+        params::parse(
+            &summarised(),
+            endpoint,
+            &serde_urlencoded::from_str::<Vec<_>>(query).unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_summary_groups_by_its_plain_columns_after_the_filters() {
+        let dataset = summarised();
+        let request = parse(
+            Endpoint::Rows,
+            "select=name,total:amount.sum(),count()&amount=gt.1&order=total.desc&limit=5",
+        )
+        .unwrap();
+        let plan = plan_rows(&dataset, &request, Format::Csv, Some(CountMethod::Exact));
+        let relation = "(SELECT t.\"name\" AS s1, pg_catalog.sum(t.\"amount\") AS s2, pg_catalog.count(*) AS s3 \
+                        FROM public.orders AS t WHERE t.\"amount\" > $1::text::numeric GROUP BY t.\"name\") AS t";
+        assert!(
+            plan.sql.contains(&format!(
+                "FROM {relation} ORDER BY t.s2 DESC NULLS FIRST, t.s1 ASC NULLS LAST LIMIT $2::text::bigint"
+            )),
+            "{}",
+            plan.sql
+        );
+        assert_eq!(plan.params, vec!["1", "5"]);
+        let names: Vec<&str> = plan.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["name", "total", "count"]);
+        assert_eq!(
+            plan.count.unwrap().sql,
+            format!("SELECT count(*) FROM {relation}"),
+            "a count counts groups"
+        );
+        // Without groups: one row, no GROUP BY; unaliased items are named after their functions.
+        let request = parse(Endpoint::Rows, "select=count(),amount.avg(),id.max()").unwrap();
+        let plan = plan_rows(&dataset, &request, Format::Ndjson, None);
+        assert!(
+            plan.sql.contains("pg_catalog.count(*) AS s1, pg_catalog.avg(t.\"amount\") AS s2, pg_catalog.max(t.\"id\") AS s3 FROM public.orders AS t) AS t"),
+            "{}",
+            plan.sql
+        );
+        let names: Vec<&str> = plan.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["count", "avg", "max"]);
+        assert_eq!(plan.columns[0].kind, crate::dataset::ValueKind::Int);
+    }
+
+    #[test]
+    fn order_names_an_aggregate_by_alias_name_or_call() {
+        let dataset = summarised();
+        for order in ["total.desc", "amount.sum().desc"] {
+            let request = parse(Endpoint::Rows, &format!("select=paid,total:amount.sum()&order={order}")).unwrap();
+            let plan = plan_rows(&dataset, &request, Format::Csv, None);
+            assert!(
+                plan.sql
+                    .ends_with("ORDER BY t.s2 DESC NULLS FIRST, t.s1 ASC NULLS LAST"),
+                "{order}: {}",
+                plan.sql
+            );
+        }
+        let request = parse(Endpoint::Rows, "select=paid,count()&order=count.desc,paid.desc").unwrap();
+        let plan = plan_rows(&dataset, &request, Format::Csv, None);
+        assert!(
+            plan.sql
+                .ends_with("ORDER BY t.s2 DESC NULLS FIRST, t.s1 DESC NULLS FIRST"),
+            "{}",
+            plan.sql
+        );
+    }
+
+    #[test]
+    fn a_summary_pages_on_its_groups_with_a_signature_of_its_own() {
+        let dataset = summarised();
+        let request = parse(Endpoint::Page, "select=name,total:amount.sum()&order=total.desc").unwrap();
+        let after = Position(vec![Some("9.5".into()), Some("x".into())]);
+        let plan = plan_page(&dataset, &request, Some(&after), 10, None);
+        assert!(
+            plan.sql.contains(
+                ") AS t WHERE ((t.s2 < $1::text::numeric) OR (t.s2 = $1::text::numeric AND (t.s1 > $2::text::text OR t.s1 IS NULL))) ORDER BY"
+            ),
+            "{}",
+            plan.sql
+        );
+        assert_eq!(plan.keyset.len(), 2);
+        let plain = params::parse(&dataset, Endpoint::Page, &[("order".into(), "amount.desc".into())]).unwrap();
+        assert_ne!(order_signature(&dataset, &request), order_signature(&dataset, &plain));
+        assert!(order_signature(&dataset, &request).starts_with("g1,sum(2)|"));
+    }
+
+    #[test]
+    fn summaries_the_types_or_settings_do_not_allow_are_refused_naming_the_parameter() {
+        for (query, parameter, reason) in [
+            ("select=name.sum()", "select", "text"),
+            ("select=paid.min()", "select", "boolean"),
+            ("select=amount.sum(),id.count()&order=nope", "order", "nope"),
+            ("select=amount.sum(),id.sum()", "select", "bigint"),
+            (
+                "select=amount.sum(),amount.avg(),s:amount.sum(),s:id.count()",
+                "select",
+                "\"s\"",
+            ),
+            ("select=amount.sum(),amount.sum()", "select", "\"sum\""),
+            ("select=n:name,count()", "select", "alias"),
+            ("select=amount.median()", "select", "median"),
+            ("select=sum()", "select", "column"),
+            ("select=amount.sum()::int", "select", "amount.sum()::int"),
+            ("select=name,count()&order=id", "order", "not in select"),
+            ("select=count()&after=3", "after", "summary"),
+            ("select=count()&consistency=chunked", "consistency", "snapshot"),
+            ("select=b@d:count()", "select", "alias"),
+        ] {
+            let error = parse(Endpoint::Rows, query).unwrap_err();
+            assert_eq!(error.parameter, parameter, "{query}: {error}");
+            assert!(error.reason.contains(reason), "{query}: {error}");
+        }
+        let mut off = summarised();
+        off.aggregates = false;
+        let error = params::parse(&off, Endpoint::Rows, &[("select".into(), "count()".into())]).unwrap_err();
+        assert_eq!(error.parameter, "select");
+        assert!(error.reason.contains("query.aggregates"), "{error}");
+        let mut unsortable = summarised();
+        unsortable.columns[1].operators = crate::dataset::Operators::default();
+        let error =
+            params::parse(&unsortable, Endpoint::Rows, &[("select".into(), "name,count()".into())]).unwrap_err();
+        assert!(error.reason.contains("cannot be grouped"), "{error}");
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::summary::{self, Item, Summary};
 use crate::compress::Encoding;
 use crate::dataset::{Consistency, Dataset, ValueKind};
 
@@ -84,12 +85,14 @@ impl fmt::Display for OrderTerm {
 /// A parsed, validated request against one dataset.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Request {
-    /// Output columns (indexes into the dataset's columns), in order.
+    /// Output columns (indexes into the columns of [`Request::output`]), in order.
     pub(crate) select: Vec<usize>,
-    /// Filters, ANDed.
+    /// Filters (on the dataset's columns), ANDed.
     pub(crate) filters: Vec<Filter>,
-    /// Explicit `order`; empty means the key's order.
+    /// Explicit `order` (on the columns of [`Request::output`]); empty means the key's order.
     pub(crate) order: Vec<OrderTerm>,
+    /// `select` with aggregates: the rows are the summary's, and `select` and `order` are on its output.
+    pub(crate) summary: Option<Box<Summary>>,
     /// `limit`.
     pub(crate) limit: Option<u64>,
     /// `after`: resume after this key value.
@@ -123,6 +126,7 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
         ..Request::default()
     };
     let mut seen = std::collections::HashSet::new();
+    let (mut select, mut order) = (None, None);
     for (name, value) in pairs {
         if name.contains('\0') || value.contains('\0') {
             return Err(reject(name, "contains a NUL byte, which PostgreSQL text cannot hold"));
@@ -132,8 +136,8 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
             return Err(reject(name, "given more than once"));
         }
         match (name.as_str(), endpoint) {
-            ("select", _) => request.select = parse_select(dataset, name, value)?,
-            ("order", _) => request.order = parse_order(dataset, name, value)?,
+            ("select", _) => select = Some(value),
+            ("order", _) => order = Some(value),
             ("limit", _) => request.limit = Some(parse_limit(name, value)?),
             ("after", Endpoint::Rows | Endpoint::Job) => request.after = Some(value.clone()),
             ("format", Endpoint::Rows) => request.format = Some(value.clone()),
@@ -154,6 +158,63 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
             _ => request.filters.push(parse_filter(dataset, name, value)?),
         }
     }
+    let selected = match select {
+        Some(value) => parse_select(dataset, value)?,
+        None => Vec::new(),
+    };
+    if selected.iter().any(|s| matches!(s.item, Item::Aggregate(..))) {
+        if !dataset.aggregates {
+            return Err(reject(
+                "select",
+                "aggregates are off for this dataset (the operator enables them with query.aggregates = true, \
+                 or aggregates = true on the dataset)",
+            ));
+        }
+        let summary = Summary::new(dataset, selected)?;
+        request.select = (0..summary.output.columns.len()).collect();
+        if let Some(value) = order {
+            let named = summary_order_names(dataset, &summary, value);
+            request.order = parse_order(&summary.output, "order", &named).map_err(|mut error| {
+                if let Some(name) = error.reason.strip_prefix("no column ") {
+                    error.reason = format!(
+                        "{name} is not in select: a summary is ordered by its groups and aggregates \
+                         (by alias, name or call: total, sum, amount.sum())"
+                    );
+                }
+                error
+            })?;
+        }
+        // The groups, in select order, make the order total (pages and resume need one).
+        for column in summary.groups() {
+            if !request.order.iter().any(|t| t.column == column) {
+                request.order.push(OrderTerm {
+                    column,
+                    descending: false,
+                    nulls_first: false,
+                });
+            }
+        }
+        if request.after.is_some() {
+            return Err(reject("after", "a summary has no key to resume by; page it with /page"));
+        }
+        if request.consistency == Some(Consistency::Chunked) {
+            return Err(reject("consistency", "a summary is read in one snapshot"));
+        }
+        request.summary = Some(Box::new(summary));
+        return Ok(request);
+    }
+    if select.is_some() {
+        request.select = selected
+            .into_iter()
+            .map(|s| match s.item {
+                Item::Group(column) => column,
+                Item::Aggregate(..) => unreachable!("no aggregates here"),
+            })
+            .collect();
+    }
+    if let Some(value) = order {
+        request.order = parse_order(dataset, "order", value)?;
+    }
     if request.after.is_some() {
         if dataset.key.is_none() {
             return Err(reject("after", "this dataset has no key to resume by"));
@@ -165,7 +226,36 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
     Ok(request)
 }
 
+/// A summary's `order` with the terms that name an aggregate by its call (`amount.sum().desc`) renamed to the
+/// aggregate's output name.
+fn summary_order_names(dataset: &Dataset, summary: &Summary, value: &str) -> String {
+    value
+        .split(',')
+        .map(|term| match term.split_once("()") {
+            Some((call, modifiers)) => match summary.find_call(dataset, call) {
+                Some(name) => format!("{name}{modifiers}"),
+                None => term.to_owned(),
+            },
+            None => term.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Request {
+    /// The relation `select` and `order` are on: the dataset, or its summary.
+    pub(crate) fn output<'a>(&'a self, dataset: &'a Dataset) -> &'a Dataset {
+        self.summary.as_ref().map_or(dataset, |s| &s.output)
+    }
+
+    /// How the rows are read: a summary in one snapshot, else as the request or the dataset says.
+    pub(crate) fn consistency(&self, dataset: &Dataset) -> Consistency {
+        match self.summary {
+            Some(_) => Consistency::Snapshot,
+            None => self.consistency.unwrap_or(dataset.consistency),
+        }
+    }
+
     /// Whether rows come in the key's ascending order (the default order): the order `after` resumes in.
     pub(crate) fn is_key_ordered(&self, dataset: &Dataset) -> bool {
         let Some(key) = dataset.key else {
@@ -199,17 +289,17 @@ fn column(dataset: &Dataset, parameter: &str, name: &str) -> Result<usize, Param
         .ok_or_else(|| reject(parameter, format!("no column {name:?}")))
 }
 
-fn parse_select(dataset: &Dataset, parameter: &str, value: &str) -> Result<Vec<usize>, ParamError> {
-    let mut select = Vec::new();
-    for name in value.split(',').map(str::trim) {
-        if name.is_empty() {
-            return Err(reject(parameter, "has an empty column name"));
+fn parse_select(dataset: &Dataset, value: &str) -> Result<Vec<summary::Selected>, ParamError> {
+    let mut select: Vec<summary::Selected> = Vec::new();
+    for text in value.split(',') {
+        let selected = summary::parse_item(text, |name| column(dataset, "select", name))?;
+        if let Item::Group(index) = selected.item
+            && select.iter().any(|s| s.item == selected.item)
+        {
+            let name = &dataset.columns[index].name;
+            return Err(reject("select", format!("names {name:?} twice")));
         }
-        let index = column(dataset, parameter, name)?;
-        if select.contains(&index) {
-            return Err(reject(parameter, format!("names {name:?} twice")));
-        }
-        select.push(index);
+        select.push(selected);
     }
     Ok(select)
 }
@@ -399,7 +489,7 @@ fn parse_list(parameter: &str, argument: &str) -> Result<Vec<String>, ParamError
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::dataset::{Column, Operators};
+    use crate::dataset::{Aggregates, Column, Operators};
 
     pub(crate) fn dataset() -> Dataset {
         let column = |name: &str, kind, cast: &str| Column {
@@ -413,6 +503,7 @@ pub(crate) mod tests {
             output_function: "pg_catalog.textout".into(),
             enum_labels: None,
             operators: Operators::ALL,
+            aggregates: Aggregates::default(),
         };
         Dataset {
             name: "orders".into(),
@@ -425,6 +516,8 @@ pub(crate) mod tests {
             ],
             key: Some(0),
             consistency: Consistency::Snapshot,
+            aggregates: false,
+            max_cost: None,
         }
     }
 

@@ -134,9 +134,9 @@ pub(super) async fn create(
         format: format.name(),
         compression,
         query: &query,
-        // A keyless dataset has no position to continue after, and a columnar file cannot be appended to
-        // after its footer: such a job restarts from the first row (and counts it in `restarts`).
-        resumable: dataset.key.is_some() && file.resumes,
+        // A keyless dataset (or a summary) has no position to continue after, and a columnar file cannot be
+        // appended to after its footer: such a job restarts from the first row (and counts it in `restarts`).
+        resumable: dataset.key.is_some() && file.resumes && parsed.summary.is_none(),
         requester: caller.identity().map(|identity| Requester {
             owner: &identity.owner,
             role: &identity.role,

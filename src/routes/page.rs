@@ -30,13 +30,14 @@ pub(super) async fn page(
     let response: Result<HttpResponse, ApiError> = async {
         let dataset = state.dataset(&name)?;
         let dataset = &*dataset;
-        if dataset.key.is_none() {
+        let parsed = query::params::parse(dataset, Endpoint::Page, &params)?;
+        // A summary is paged on its groups.
+        if dataset.key.is_none() && parsed.summary.is_none() {
             return Err(ApiError::BadQuery(format!(
                 "dataset {:?} has no key, so it cannot be paged",
                 dataset.name
             )));
         }
-        let parsed = query::params::parse(dataset, Endpoint::Page, &params)?;
         let limit = parsed.limit.unwrap_or(state.pages.default_limit);
         if limit == 0 || limit > state.pages.max_limit {
             let reason = format!("must be between 1 and {}", state.pages.max_limit);

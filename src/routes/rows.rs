@@ -43,14 +43,17 @@ pub(super) async fn rows(
         let format = Format::negotiate(parsed.format.as_deref(), header_value(&request, header::ACCEPT))?;
         // An event stream of a keyed dataset gives each event a resume token as its id; a reconnecting
         // EventSource sends the last one back, and the stream goes on after it.
-        let tokens = (format == Format::Sse && dataset.key.is_some()).then(|| {
+        let tokens = (format == Format::Sse && dataset.key.is_some() && parsed.summary.is_none()).then(|| {
             let signature = query::order_signature(dataset, &parsed);
             (signature, request_digest(&params))
         });
         let resume = match (format, header_value(&request, LAST_EVENT_ID)) {
             (Format::Sse, Some(token)) => {
                 let (signature, digest) = tokens.as_ref().ok_or_else(|| {
-                    ApiError::BadQuery("Last-Event-ID: this dataset has no key, so its streams cannot resume".into())
+                    ApiError::BadQuery(
+                        "Last-Event-ID: this stream has no key (a keyless dataset, or a summary), so it cannot resume"
+                            .into(),
+                    )
                 })?;
                 let cursor = state
                     .cursor_key
@@ -114,7 +117,7 @@ pub(super) async fn rows(
             .await
             .map_err(|_| ApiError::Open(OpenError::ExportsBusy))?
             .expect("the semaphore is never closed");
-        let (source, columns) = match parsed.consistency.unwrap_or(dataset.consistency) {
+        let (source, columns) = match parsed.consistency(dataset) {
             Consistency::Snapshot => {
                 // Resumable event streams carry each row's position, for their events' ids.
                 let plan = match (&resume, &tokens) {

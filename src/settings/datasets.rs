@@ -19,6 +19,8 @@ pub struct DatasetSettings {
     /// `snapshot` (default) or `chunked`; a request's `consistency` parameter overrides it.
     #[serde(default)]
     pub consistency: Consistency,
+    /// Whether requests may use aggregates on it; unset: `query.aggregates`.
+    pub aggregates: Option<bool>,
 }
 
 /// One `[[schemas]]` entry: every table, view, materialized view, foreign table and partitioned table of the
@@ -36,6 +38,8 @@ pub struct SchemaSettings {
     /// `snapshot` (default) or `chunked` for the schema's datasets; those without a key read as `snapshot`.
     #[serde(default)]
     pub consistency: Consistency,
+    /// Whether requests may use aggregates on the schema's datasets; unset: `query.aggregates`.
+    pub aggregates: Option<bool>,
 }
 
 impl SchemaSettings {
@@ -46,6 +50,7 @@ impl SchemaSettings {
             include: None,
             exclude: Vec::new(),
             consistency: Consistency::Snapshot,
+            aggregates: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub use self::database::{DatabaseSettings, ReplicaFallback};
 pub use self::datasets::{DatasetSettings, SchemaSettings};
 pub use self::export::{ExportSettings, PageSettings};
 pub use self::jobs::JobSettings;
+pub use self::query::QuerySettings;
 pub use self::server::{CorsSettings, LogFormat, LogSettings, ServerSettings};
 pub use crate::auth::{ApiKeySettings, AuthSettings};
 use crate::compress::Levels;
@@ -30,6 +31,7 @@ mod database;
 mod datasets;
 mod export;
 mod jobs;
+mod query;
 mod server;
 
 /// Everything pgspout is configured with.
@@ -51,6 +53,9 @@ pub struct Settings {
     /// `/page` limits and cursors.
     #[serde(default)]
     pub pages: PageSettings,
+    /// Aggregates and their cost cap.
+    #[serde(default)]
+    pub query: QuerySettings,
     /// Background export jobs; off unless `jobs.directory` is set.
     #[serde(default)]
     pub jobs: JobSettings,
@@ -129,6 +134,7 @@ impl Settings {
         self.export.validate().map_err(SettingsError::Invalid)?;
         self.compression.validate().map_err(SettingsError::Invalid)?;
         self.pages.validate().map_err(SettingsError::Invalid)?;
+        self.query.validate().map_err(SettingsError::Invalid)?;
         self.jobs.validate().map_err(SettingsError::Invalid)?;
         datasets::validate(&self.datasets, &self.schemas).map_err(SettingsError::Invalid)?;
         if let Some(auth) = &self.auth {

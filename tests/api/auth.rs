@@ -98,6 +98,7 @@ fn auth_settings(db: &TestDb, roles: &Roles) -> Settings {
         url.replace(&format!("user={user}"), &format!("user={}", roles.login))
             .replace(&format!("password={password}"), "password=login-password"),
     );
+    settings.query.aggregates = true;
     settings.auth = Some(AuthSettings {
         jwt_secret: Some(SECRET.into()),
         jwks: None,
@@ -192,6 +193,14 @@ async fn row_level_security_decides_what_each_caller_sees_on_every_path() {
     )
     .await;
     assert_eq!(counted.headers()["x-total-count"], "10");
+    // A tenant's summary counts only its rows.
+    for (token, tenant, count) in [(&a, "a", 10), (&b, "b", 15)] {
+        let path = "/v1/datasets/docs/rows?select=tenant,count()";
+        let summary = get(&address, path, &[("Authorization", token)]).await;
+        assert_eq!(summary.status(), 200);
+        let expected = format!("{{\"tenant\":\"{tenant}\",\"count\":{count}}}\n");
+        assert_eq!(summary.text().await.unwrap(), expected);
+    }
     // The cookie carries a token too (for EventSource).
     let cookie = format!("access_token={}", tenant_token(&roles, "a"));
     assert_eq!(

@@ -198,6 +198,7 @@ pub(crate) fn settings_for(url: String, datasets: &[(&str, &str, Option<&str>)])
             key: key.map(Into::into),
             columns: None,
             consistency: Default::default(),
+            aggregates: None,
         })
         .collect();
     settings

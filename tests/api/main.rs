@@ -19,6 +19,7 @@ mod schemas;
 mod shutdown;
 mod storm;
 mod streaming;
+mod summaries;
 mod telemetry;
 mod tls;
 mod types;

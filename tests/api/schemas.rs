@@ -91,6 +91,7 @@ async fn a_schema_serves_every_relation_the_role_may_read_with_its_key() {
             include: None,
             exclude: vec!["tmp_*".into()],
             consistency: Consistency::Chunked,
+            aggregates: Some(true),
         },
         SchemaSettings::public(),
     ];
@@ -101,6 +102,7 @@ async fn a_schema_serves_every_relation_the_role_may_read_with_its_key() {
         key: Some("id".into()),
         columns: Some(vec!["id".into()]),
         consistency: Consistency::Snapshot,
+        aggregates: None,
     }];
     let address = serve(settings).await;
 
@@ -161,6 +163,13 @@ async fn a_schema_serves_every_relation_the_role_may_read_with_its_key() {
     // The schema's consistency: keyed datasets read in batches, keyless ones in one snapshot.
     let (status, orders) = body_of(&address, "/v1/datasets/shop.orders/rows?select=id&limit=3").await;
     assert_eq!((status, orders.as_str()), (200, "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n"));
+    // The schema's aggregates = true reaches its datasets (a summary reads in one snapshot even where the
+    // schema says chunked); public's datasets keep query.aggregates' default, off.
+    let (status, count) = body_of(&address, "/v1/datasets/shop.orders/rows?select=count()").await;
+    assert_eq!((status, count.trim()), (200, "{\"count\":20}"), "{count}");
+    let (status, refused) = body_of(&address, "/v1/datasets/public.orders/rows?select=count()").await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.contains("query.aggregates"), "{refused}");
     let (status, totals) = body_of(&address, "/v1/datasets/totals/rows?order=customer").await;
     assert_eq!(status, 200, "{totals}");
     assert_eq!(totals.lines().count(), 3);

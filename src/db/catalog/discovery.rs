@@ -18,6 +18,7 @@ pub(super) struct Found {
     /// The columns pgspout's role may read, when it may not read them all (column privileges).
     columns: Option<Vec<String>>,
     consistency: Consistency,
+    aggregates: Option<bool>,
 }
 
 /// The relations of `schema` that pgspout's role may SELECT (all its columns, or some), with their keys: a
@@ -84,6 +85,7 @@ pub(super) async fn discover(client: &Client, schema: &SchemaSettings) -> Result
                 key,
                 columns,
                 consistency,
+                aggregates: schema.aggregates,
             })
         })
         .collect())
@@ -117,6 +119,7 @@ pub(super) fn name_discovered(found: Vec<Found>, configured: &[DatasetSettings])
                 key: f.key,
                 columns: f.columns,
                 consistency: f.consistency,
+                aggregates: f.aggregates,
             })
         })
         .collect()

@@ -123,6 +123,8 @@ pub(crate) struct Sources {
     pub(crate) hidden_schema: Option<String>,
     /// Whether the session TimeZone lets pgspout print timestamptz.
     pub(crate) utc: bool,
+    /// `[query]`: aggregates for datasets that do not say, and the cost cap.
+    pub(crate) query: crate::settings::QuerySettings,
 }
 
 /// Resolves every configured dataset, then discovers the served schemas' relations, all in one read-only
@@ -144,7 +146,7 @@ pub(crate) async fn load(client: &Client, sources: &Sources) -> Result<Catalog, 
 async fn read(client: &Client, sources: &Sources) -> Result<Catalog, CatalogError> {
     let mut datasets = Vec::new();
     for settings in &sources.datasets {
-        let dataset = resolve(client, settings, sources.utc).await?;
+        let dataset = resolve(client, settings, sources).await?;
         tracing::debug!(dataset = %dataset.name, relation = %dataset.relation, columns = dataset.columns.len(), "dataset ready");
         datasets.push(dataset);
     }
@@ -157,7 +159,7 @@ async fn read(client: &Client, sources: &Sources) -> Result<Catalog, CatalogErro
         discovered.extend(discover(client, schema).await?);
     }
     for settings in name_discovered(discovered, &sources.datasets) {
-        match resolve(client, &settings, sources.utc).await {
+        match resolve(client, &settings, sources).await {
             Ok(dataset) => datasets.push(dataset),
             Err(error @ CatalogError::Query { .. }) => return Err(error),
             // A relation pgspout cannot serve as it found it is left out; configuring it names the problem.

@@ -4,13 +4,18 @@ use postgres_protocol::escape::escape_identifier;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
-use super::CatalogError;
-use super::types::{BaseTypes, columnar, enum_labels, value_kind};
+use super::types::{AggregateFunctions, BaseTypes, base_oids, columnar, enum_labels, value_kind};
+use super::{CatalogError, Sources};
 use crate::dataset::{Column, Consistency, Dataset};
 use crate::settings::DatasetSettings;
 
 /// The dataset `settings` configures, as the catalog describes it.
-pub(super) async fn resolve(client: &Client, settings: &DatasetSettings, utc: bool) -> Result<Dataset, CatalogError> {
+pub(super) async fn resolve(
+    client: &Client,
+    settings: &DatasetSettings,
+    sources: &Sources,
+) -> Result<Dataset, CatalogError> {
+    let utc = sources.utc;
     let dataset = settings.name.clone();
     let table = settings.table.clone();
     let query_error = |source| CatalogError::Query {
@@ -66,13 +71,22 @@ pub(super) async fn resolve(client: &Client, settings: &DatasetSettings, utc: bo
         .await
         .map_err(query_error)?;
     let types: Vec<&Type> = statement.columns().iter().map(|c| c.type_()).collect();
-    let base = BaseTypes::load(client, &types).await.map_err(query_error)?;
+    let mut oids = base_oids(&types);
+    let aggregates_on = settings.aggregates.unwrap_or(sources.query.aggregates);
+    let functions = if aggregates_on {
+        AggregateFunctions::load(client, &oids).await.map_err(query_error)?
+    } else {
+        AggregateFunctions::default()
+    };
+    oids.extend(functions.returned_oids());
+    let base = BaseTypes::load(client, &oids).await.map_err(query_error)?;
     let columns: Vec<Column> = rows
         .iter()
         .zip(&types)
         .map(|(row, ty)| {
             let name: String = row.get(0);
             let type_name: String = row.get(3);
+            let aggregates = base.aggregates(ty, &type_name, &functions, utc);
             Column {
                 ident: escape_identifier(&name),
                 name,
@@ -84,6 +98,7 @@ pub(super) async fn resolve(client: &Client, settings: &DatasetSettings, utc: bo
                 cast_type: row.get(5),
                 enum_labels: enum_labels(ty),
                 operators: base.operators(ty),
+                aggregates,
             }
         })
         .collect();
@@ -175,5 +190,7 @@ pub(super) async fn resolve(client: &Client, settings: &DatasetSettings, utc: bo
         columns,
         key,
         consistency: settings.consistency,
+        aggregates: aggregates_on,
+        max_cost: sources.query.max_cost,
     })
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::{Kind, Type};
 
-use crate::dataset::{Columnar, Operators, Scalar, ValueKind};
+use crate::dataset::{Aggregates, Columnar, Operators, Scalar, ValueKind, ValueType};
 
 /// What the catalog says of the base types a dataset's columns are built from: their default operator
 /// classes and comparison operators (binary-coercible types count, as `varchar` uses `text`'s).
@@ -23,11 +23,8 @@ struct BaseType {
 }
 
 impl BaseTypes {
-    pub(super) async fn load(client: &Client, types: &[&Type]) -> Result<BaseTypes, tokio_postgres::Error> {
-        let mut oids = Vec::new();
-        for ty in types {
-            collect_base_oids(ty, &mut oids);
-        }
+    /// What the catalog says of `oids` (base types: see [`base_oids`]).
+    pub(super) async fn load(client: &Client, oids: &[u32]) -> Result<BaseTypes, tokio_postgres::Error> {
         let rows = client
             .query(
                 "WITH ty AS (SELECT t.oid, ARRAY(SELECT t.oid UNION SELECT k.casttarget FROM pg_catalog.pg_cast k \
@@ -105,11 +102,138 @@ impl BaseTypes {
     }
 }
 
+/// The base types `types` are built from (through domains, arrays and composites).
+pub(super) fn base_oids(types: &[&Type]) -> Vec<u32> {
+    let mut oids = Vec::new();
+    for ty in types {
+        collect_base_oids(ty, &mut oids);
+    }
+    oids
+}
+
 fn collect_base_oids(ty: &Type, oids: &mut Vec<u32>) {
     match ty.kind() {
         Kind::Domain(inner) | Kind::Array(inner) => collect_base_oids(inner, oids),
         Kind::Composite(fields) => fields.iter().for_each(|f| collect_base_oids(f.type_(), oids)),
         _ => oids.push(ty.oid()),
+    }
+}
+
+/// A type an aggregate returns, as the catalog names it.
+#[derive(Clone)]
+pub(super) struct Returned {
+    oid: u32,
+    /// `format_type(oid, NULL)`.
+    type_name: String,
+    /// Its output function as quoted SQL.
+    output_function: String,
+}
+
+/// The `pg_catalog` aggregates (`sum`, `avg`, `min`, `max`) that take each base type, found as Postgres's
+/// parser finds them: a function of the type itself, else of a type it converts to without a cast function
+/// (`varchar` uses `text`'s). Polymorphic ones (`min(anyenum)`, `min(anyarray)`) are [`BaseTypes::aggregates`]'.
+#[derive(Default)]
+pub(super) struct AggregateFunctions(HashMap<(u32, String), Returned>);
+
+impl AggregateFunctions {
+    pub(super) async fn load(client: &Client, oids: &[u32]) -> Result<AggregateFunctions, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT t.oid, p.proname::text, p.prorettype, pg_catalog.format_type(p.prorettype, NULL), \
+                   pg_catalog.quote_ident(on_.nspname) || '.' || pg_catalog.quote_ident(o.proname) \
+                 FROM pg_catalog.pg_type t \
+                 JOIN pg_catalog.pg_proc p ON p.prokind = 'a' AND p.pronargs = 1 \
+                   AND p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace \
+                   AND p.proname IN ('sum', 'avg', 'min', 'max') \
+                   AND (p.proargtypes[0] = t.oid OR EXISTS (SELECT 1 FROM pg_catalog.pg_cast k \
+                     WHERE k.castsource = t.oid AND k.casttarget = p.proargtypes[0] \
+                       AND k.castmethod = 'b' AND k.castcontext = 'i')) \
+                 JOIN pg_catalog.pg_type r ON r.oid = p.prorettype \
+                 JOIN pg_catalog.pg_proc o ON o.oid = r.typoutput \
+                 JOIN pg_catalog.pg_namespace on_ ON on_.oid = o.pronamespace \
+                 WHERE t.oid = ANY($1) \
+                 ORDER BY (p.proargtypes[0] = t.oid) DESC",
+                &[&oids],
+            )
+            .await?;
+        let mut functions = HashMap::new();
+        for row in rows {
+            let returned = Returned {
+                oid: row.get(2),
+                type_name: row.get(3),
+                output_function: row.get(4),
+            };
+            // An exact match comes first and wins, as in Postgres.
+            functions.entry((row.get::<_, u32>(0), row.get(1))).or_insert(returned);
+        }
+        Ok(AggregateFunctions(functions))
+    }
+
+    fn get(&self, oid: u32, function: &str) -> Option<&Returned> {
+        self.0.get(&(oid, function.to_owned()))
+    }
+
+    /// The types the aggregates return.
+    pub(super) fn returned_oids(&self) -> Vec<u32> {
+        self.0.values().map(|r| r.oid).collect()
+    }
+}
+
+impl BaseTypes {
+    /// What a column of type `ty` (`type_name` as `format_type` prints it) can be summarised with. `sum` of
+    /// a `numeric(p,s)` is a `decimal128(38,s)` in columnar formats: its values keep the scale.
+    pub(super) fn aggregates(
+        &self,
+        ty: &Type,
+        type_name: &str,
+        functions: &AggregateFunctions,
+        utc: bool,
+    ) -> Aggregates {
+        match ty.kind() {
+            Kind::Domain(base) => return self.aggregates(base, "", functions, utc),
+            Kind::Enum(_) => {
+                return Aggregates {
+                    min_max: true,
+                    ..Aggregates::default()
+                };
+            }
+            Kind::Array(_) => {
+                return Aggregates {
+                    min_max: self.operators(ty).sortable,
+                    ..Aggregates::default()
+                };
+            }
+            Kind::Pseudo | Kind::Range(_) | Kind::Multirange(_) | Kind::Composite(_) => return Aggregates::default(),
+            _ => {}
+        }
+        let value_type = |returned: &Returned| {
+            let returned_type = Type::from_oid(returned.oid);
+            let mut columnar = returned_type
+                .as_ref()
+                .map_or(Columnar::TEXT, |t| columnar(t, &returned.type_name));
+            if *ty == Type::NUMERIC
+                && returned.oid == Type::NUMERIC.oid()
+                && let Some(Scalar::Decimal { scale, .. }) = decimal(type_name)
+            {
+                columnar.scalar = Scalar::Decimal { precision: 38, scale };
+            }
+            ValueType {
+                type_name: returned.type_name.clone(),
+                cast_type: returned.type_name.clone(),
+                kind: returned_type
+                    .as_ref()
+                    .map_or(ValueKind::ServerFormatted, |t| value_kind(t, utc)),
+                columnar,
+                output_function: returned.output_function.clone(),
+                operators: self.0.get(&returned.oid).copied().unwrap_or_default().operators,
+            }
+        };
+        let oid = ty.oid();
+        Aggregates {
+            sum: functions.get(oid, "sum").map(value_type),
+            avg: functions.get(oid, "avg").map(value_type),
+            min_max: functions.get(oid, "min").is_some() && functions.get(oid, "max").is_some(),
+        }
     }
 }
 

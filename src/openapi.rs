@@ -104,6 +104,40 @@ fn value_pattern(column: &Column) -> Option<String> {
     })
 }
 
+/// For a dataset with aggregates: the pattern of a `select` item (a column, or an aggregate its type has,
+/// with an optional alias) and of an `order` term's name (a column, an alias or a call).
+fn summary_patterns(dataset: &Dataset) -> (String, String) {
+    let names = |keep: &dyn Fn(&Column) -> bool| {
+        let names: Vec<String> = dataset
+            .columns
+            .iter()
+            .filter(|c| keep(c))
+            .map(|c| regex_escape(&c.name))
+            .collect();
+        (!names.is_empty()).then(|| format!("({})", names.join("|")))
+    };
+    let column = names(&|_| true).unwrap_or_default();
+    let mut calls = vec!["count\\(\\)".to_owned(), format!("{column}\\.count\\(\\)")];
+    for (function, keep) in [
+        (
+            "sum",
+            &(|c: &Column| c.aggregates.sum.is_some()) as &dyn Fn(&Column) -> bool,
+        ),
+        ("avg", &|c: &Column| c.aggregates.avg.is_some()),
+        ("(min|max)", &|c: &Column| c.aggregates.min_max),
+    ] {
+        if let Some(columns) = names(keep) {
+            calls.push(format!("{columns}\\.{function}\\(\\)"));
+        }
+    }
+    let call = format!("({})", calls.join("|"));
+    let alias = "[A-Za-z0-9_]+";
+    (
+        format!("({column}|({alias}:)?{call})"),
+        format!("({column}|{alias}|{call})"),
+    )
+}
+
 /// The pattern of a filter on `column`: `[not.]op.value` for the operators its type supports.
 fn filter_pattern(column: &Column) -> String {
     let mut alternatives = vec!["is\\.null".to_owned()];
@@ -126,7 +160,12 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
         "({})",
         names.iter().map(|n| regex_escape(n)).collect::<Vec<_>>().join("|")
     );
-    let term = format!("{column}(\\.(asc|desc))?(\\.(nullsfirst|nullslast))?");
+    let summaries = dataset.aggregates.then(|| summary_patterns(dataset));
+    let (item, sorted) = match &summaries {
+        Some((item, sorted)) => (item.clone(), sorted.clone()),
+        None => (column.clone(), column.clone()),
+    };
+    let term = format!("{sorted}(\\.(asc|desc))?(\\.(nullsfirst|nullslast))?");
     let limit = if page {
         json!({ "type": "integer", "minimum": 1, "maximum": max_limit })
     } else {
@@ -135,13 +174,24 @@ fn query_parameters(dataset: &Dataset, page: bool, max_limit: u64) -> Vec<Value>
     let mut parameters = vec![
         parameter(
             "select",
-            &format!("Comma-separated columns, in output order: {}", names.join(", ")),
-            json!({ "type": "string", "pattern": format!("^{column}(,{column})*$") }),
+            &match summaries {
+                None => format!("Comma-separated columns, in output order: {}", names.join(", ")),
+                Some(_) => format!(
+                    "Comma-separated columns and aggregates, in output order: {}; count(), col.count(), col.sum(), \
+                     col.avg(), col.min(), col.max() (where the column's type has them), each optionally named \
+                     alias:amount.sum() (else after its function). With an aggregate, every plain column is a \
+                     group: one row per group, filters applied before grouping",
+                    names.join(", ")
+                ),
+            },
+            json!({ "type": "string", "pattern": format!("^{item}(,{item})*$") }),
         ),
         parameter(
             "order",
-            "Comma-separated col[.asc|.desc][.nullsfirst|.nullslast], each column once; the key breaks ties",
-            json!({ "type": "string", "pattern": format!("^{term}$") }),
+            "Comma-separated col[.asc|.desc][.nullsfirst|.nullslast], each column once; the key breaks ties. A \
+             summary orders by its groups and aggregates (by alias, name or call, e.g. total.desc or \
+             amount.sum().desc); its groups break ties",
+            json!({ "type": "string", "pattern": format!("^{term}(,{term})*$") }),
         ),
         parameter("limit", "Maximum number of rows", limit),
     ];

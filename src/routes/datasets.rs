@@ -14,10 +14,24 @@ fn describe(dataset: &Dataset, estimate: Option<i64>) -> Value {
     let columns: Vec<Value> = dataset
         .columns
         .iter()
-        .map(|c| json!({ "name": c.name, "type": c.type_name, "nullable": c.nullable }))
+        .map(|c| {
+            let mut column = json!({ "name": c.name, "type": c.type_name, "nullable": c.nullable });
+            if dataset.aggregates {
+                let functions = [
+                    ("count", true),
+                    ("sum", c.aggregates.sum.is_some()),
+                    ("avg", c.aggregates.avg.is_some()),
+                    ("min", c.aggregates.min_max),
+                    ("max", c.aggregates.min_max),
+                ];
+                column["aggregates"] = functions.iter().filter(|(_, has)| *has).map(|(f, _)| *f).collect();
+            }
+            column
+        })
         .collect();
     json!({
         "name": dataset.name,
+        "aggregates": dataset.aggregates,
         "columns": columns,
         "key": dataset.key.map(|k| dataset.columns[k].name.clone()),
         "estimated_rows": estimate,

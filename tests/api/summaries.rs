@@ -286,3 +286,79 @@ async fn summaries_the_types_the_settings_or_the_cost_cap_refuse_are_400s_naming
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn the_catalog_and_the_openapi_document_describe_summaries() {
+    let app = app(|_| {}).await;
+    let sales: Value = app.get("/v1/datasets/sales", &[]).await.json().await.unwrap();
+    assert_eq!(sales["aggregates"], true);
+    let functions = |name: &str| {
+        let column = sales["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        column["aggregates"].clone()
+    };
+    assert_eq!(
+        functions("amount"),
+        serde_json::json!(["count", "sum", "avg", "min", "max"])
+    );
+    assert_eq!(functions("note"), serde_json::json!(["count", "min", "max"]));
+    assert_eq!(functions("ok"), serde_json::json!(["count"]));
+    let plain: Value = app.get("/v1/datasets/plain", &[]).await.json().await.unwrap();
+    assert_eq!(plain["aggregates"], false);
+    assert!(plain["columns"][0].get("aggregates").is_none());
+
+    // The document is valid, and its patterns take the summaries these tests send and refuse what the
+    // types lack (pattern and value checked by Python's re, which reads these patterns as ECMA-262 does).
+    let document: Value = app.get("/v1/openapi.json", &[]).await.json().await.unwrap();
+    let parameters = document["paths"]["/v1/datasets/sales/rows"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let pattern = |name: &str| {
+        parameters.iter().find(|p| p["name"] == name).unwrap()["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let checks = serde_json::json!([
+        [pattern("select"), "category,total:amount.sum(),count()", true],
+        [
+            pattern("select"),
+            "tier,amount.sum(),took.avg(),flags.min(),n:note.count()",
+            true
+        ],
+        [pattern("select"), "note.sum()", false],
+        [pattern("select"), "ok.max()", false],
+        [
+            pattern("order"),
+            "total.desc,amount.sum().asc.nullsfirst,category",
+            true
+        ],
+    ]);
+    let python = std::env::var("PGSPOUT_TEST_PYTHON").expect("PGSPOUT_TEST_PYTHON: run scripts/test.sh");
+    let path = std::env::temp_dir().join(format!("pgspout-openapi-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        serde_json::json!({ "document": document, "checks": checks }).to_string(),
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, re, sys\n\
+             from openapi_spec_validator import validate\n\
+             given = json.load(open(sys.argv[1]))\n\
+             validate(given['document'])\n\
+             for pattern, value, matches in given['checks']:\n\
+             \x20   assert bool(re.search(pattern, value)) == matches, (pattern, value)\n",
+        ])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -95,6 +95,8 @@ function chooseDataset() {
     ),
   );
   $("filters").replaceChildren();
+  $("aggregates").replaceChildren();
+  $("summary").hidden = !dataset?.aggregates;
   $("order").replaceChildren();
   $("estimate").textContent =
     dataset?.estimated_rows != null ? `about ${number.format(dataset.estimated_rows)} rows` : "";
@@ -129,10 +131,54 @@ function addFilter() {
   update();
 }
 
+const FUNCTIONS = ["count", "sum", "avg", "min", "max"];
+/** `count` of rows rather than of a column's values. */
+const ROWS = "(rows)";
+
+/** The columns whose type has `fn` (from the catalog). */
+function columnsFor(fn) {
+  const columns = dataset.columns.filter((c) => (c.aggregates ?? []).includes(fn)).map((c) => c.name);
+  return fn === "count" ? [ROWS, ...columns] : columns;
+}
+
+/** A summary's aggregate: a function, its column, an optional alias. The first one unchecks every column, so
+ * that the columns checked afterwards are the groups. */
+function addAggregate() {
+  if (!dataset) return;
+  if ($("aggregates").children.length === 0) {
+    for (const box of $("columns").querySelectorAll("input")) box.checked = false;
+  }
+  const remove = element("button", { type: "button", textContent: "×", title: "Remove", onclick: () => clause.remove() });
+  const fn = select(FUNCTIONS);
+  const column = select(columnsFor("count"));
+  const alias = element("input", { type: "text", placeholder: "count", className: "alias", title: "Name (alias)" });
+  fn.addEventListener("change", () => {
+    column.replaceChildren(...columnsFor(fn.value).map((name) => element("option", { value: name, textContent: name })));
+    alias.placeholder = fn.value;
+  });
+  const clause = element("div", { className: "clause aggregate" }, fn, column, alias, remove);
+  remove.addEventListener("click", update);
+  clause.addEventListener("input", update);
+  clause.addEventListener("change", update);
+  $("aggregates").append(clause);
+  update();
+}
+
+/** The aggregates chosen: each one's `select` item and output name. */
+function aggregates() {
+  return [...$("aggregates").children].map((clause) => {
+    const [fn, column] = clause.querySelectorAll("select");
+    const alias = clause.querySelector(".alias").value.trim();
+    const call = column.value === ROWS || !column.value ? `${fn.value}()` : `${column.value}.${fn.value}()`;
+    return { item: alias ? `${alias}:${call}` : call, name: alias || fn.value };
+  });
+}
+
 function addOrder() {
   if (!dataset) return;
   const remove = element("button", { type: "button", textContent: "×", title: "Remove", onclick: () => clause.remove() });
-  const clause = element("div", { className: "clause order" }, select(columnNames()), select(["asc", "desc"]), remove);
+  const names = [...columnNames(), ...aggregates().map((a) => a.name)];
+  const clause = element("div", { className: "clause order" }, select(names), select(["asc", "desc"]), remove);
   remove.addEventListener("click", update);
   clause.addEventListener("change", update);
   $("order").append(clause);
@@ -143,7 +189,9 @@ function addOrder() {
 function query({ job = false } = {}) {
   const params = new URLSearchParams();
   const chosen = [...$("columns").querySelectorAll("input:checked")].map((c) => c.value);
-  if (chosen.length !== dataset.columns.length) params.set("select", chosen.join(","));
+  const summary = aggregates();
+  if (summary.length) params.set("select", [...chosen, ...summary.map((a) => a.item)].join(","));
+  else if (chosen.length !== dataset.columns.length) params.set("select", chosen.join(","));
   for (const clause of $("filters").children) {
     const [column, operator] = clause.querySelectorAll("select");
     let value = clause.querySelector(".value").value;
@@ -157,7 +205,8 @@ function query({ job = false } = {}) {
   });
   if (order.length) params.set("order", order.join(","));
   if ($("limit").value !== "") params.set("limit", $("limit").value);
-  if (!job && $("consistency").value) params.set("consistency", $("consistency").value);
+  // A summary is read in one snapshot.
+  if (!job && !summary.length && $("consistency").value) params.set("consistency", $("consistency").value);
   return params.toString();
 }
 
@@ -166,11 +215,17 @@ function chosenColumns() {
   return dataset.columns.map((c) => c.name).filter((name) => chosen.has(name));
 }
 
+/** The columns of the result: the chosen ones, then the aggregates'. */
+function outputColumns() {
+  return [...chosenColumns(), ...aggregates().map((a) => a.name)];
+}
+
 /** Whether a cut transfer can resume with `after`: key order, and the key among the columns. */
 function resumable() {
   const order = [...$("order").children].map((clause) => [...clause.querySelectorAll("select")].map((s) => s.value));
   const keyOrder = order.length === 0 || (order.length === 1 && order[0][0] === dataset.key && order[0][1] === "asc");
-  return dataset.key != null && keyOrder && chosenColumns().includes(dataset.key);
+  const summary = aggregates().length > 0;
+  return dataset.key != null && !summary && keyOrder && chosenColumns().includes(dataset.key);
 }
 
 function rowsUrl(extra = "") {
@@ -247,7 +302,7 @@ function setStatus(state, text = state) {
 async function stream() {
   if (!dataset) return;
   run?.controller.abort();
-  const columns = chosenColumns();
+  const columns = outputColumns();
   const current = {
     controller: new AbortController(),
     columns,
@@ -422,6 +477,7 @@ $("token").addEventListener("change", () => {
 $("dataset").addEventListener("change", chooseDataset);
 $("add-filter").addEventListener("click", addFilter);
 $("add-order").addEventListener("click", addOrder);
+$("add-aggregate").addEventListener("click", addAggregate);
 $("limit").addEventListener("input", update);
 $("consistency").addEventListener("change", update);
 $("columns").addEventListener("change", update);

@@ -46,6 +46,7 @@ async fn chromium_renders_cancels_resumes_and_keeps_origins_apart_on_a_million_r
     });
     settings.jobs.directory = Some(directory.clone());
     settings.jobs.poll_interval = Duration::from_millis(100);
+    settings.query.aggregates = true;
     let address = crate::helpers::serve(settings).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/browser_test.mjs");
     // Bounded: a page that never settles must fail the test, not hang it.

@@ -202,6 +202,39 @@ const state = (page) => page.getAttribute("#status", "data-state");
 }
 
 // -----------------------------------------------------------------------------------------------------------
+// 1b. A summary from the query builder: a count and an aliased sum of the filtered rows, as Postgres has them.
+{
+  const page = await livePage(base, "numbers");
+  assert.ok(await page.isVisible("#summary"), "the aggregates panel shows for a dataset with aggregates on");
+  await page.click("#add-filter");
+  await page.selectOption("#filters .clause select >> nth=0", "id");
+  await page.selectOption("#filters .clause select >> nth=1", "lte");
+  await page.fill("#filters .value", "5000");
+  await page.click("#add-aggregate");
+  await page.click("#add-aggregate");
+  const second = page.locator("#aggregates .clause").nth(1);
+  await second.locator("select").nth(0).selectOption("sum");
+  await second.locator("select").nth(1).selectOption("amount");
+  await second.locator(".alias").fill("total");
+  assert.equal(
+    await page.textContent("#url"),
+    "/v1/datasets/numbers/rows?select=count(),total:amount.sum()&id=lte.5000",
+  );
+  await page.click("#stream");
+  await until("the summary to stream", async () => (await state(page)) === "complete");
+  const head = await page.$$eval("#grid-head > div", (cells) => cells.map((c) => c.textContent));
+  assert.deepEqual(head, ["count", "total"]);
+  const cells = await page.$$eval("#window .grid-row > div", (cells) => cells.map((c) => c.textContent));
+  const expected = execFileSync("psql", ["-XAtc", "SELECT count(*), sum(amount) FROM numbers WHERE id <= 5000"], {
+    encoding: "utf8",
+  })
+    .trim()
+    .split("|");
+  assert.deepEqual(cells.map(Number), expected.map(Number));
+  await page.close();
+}
+
+// -----------------------------------------------------------------------------------------------------------
 // 2. From another origin: the allowed one reads (preflighted too, with exposed headers); the other is blocked.
 const allowed = await origin(allowedPort);
 const blocked = await origin(blockedPort);

@@ -15,7 +15,7 @@ CREATE TYPE tier AS ENUM ('bronze', 'silver', 'gold');
 CREATE TABLE sales (
   id bigint PRIMARY KEY, category text, region text, amount numeric(12,2), qty int, small smallint,
   big bigint, ratio float8, price money, took interval, at timestamptz, day date, tier tier, flags int[],
-  note text, ok boolean
+  note text, ok boolean, r real, tm time, exact numeric
 );
 INSERT INTO sales
 SELECT g,
@@ -31,7 +31,7 @@ SELECT g,
        date '2023-12-01' + g,
        (ARRAY['bronze', 'silver', 'gold'])[1 + g % 3]::tier,
        ARRAY[g % 5, g % 7],
-       'note ' || g, g % 2 = 0
+       'note ' || g, g % 2 = 0, g / 3.0, time '00:00' + g * interval '7 minutes', g / 7.0
 FROM generate_series(1, 240) g;
 "#;
 
@@ -74,13 +74,15 @@ async fn every_aggregate_grouped_or_not_filtered_aliased_and_ordered_equals_the_
              amount_max:amount.max(),qty_sum:qty.sum(),small_sum:small.sum(),big_sum:big.sum(),big_avg:big.avg(),\
              ratio_sum:ratio.sum(),ratio_avg:ratio.avg(),price_sum:price.sum(),price_max:price.max(),\
              took_sum:took.sum(),took_avg:took.avg(),at_min:at.min(),day_max:day.max(),tier_max:tier.max(),\
-             flags_min:flags.min(),notes:note.count(),amounts:amount.count()",
+             flags_min:flags.min(),notes:note.count(),amounts:amount.count(),r_sum:r.sum(),r_avg:r.avg(),\
+             tm_min:tm.min(),exact_sum:exact.sum(),exact_avg:exact.avg()",
             "SELECT count(*) AS n, sum(amount) AS amount_sum, avg(amount) AS amount_avg, min(amount) AS amount_min, \
              max(amount) AS amount_max, sum(qty) AS qty_sum, sum(small) AS small_sum, sum(big) AS big_sum, \
              avg(big) AS big_avg, sum(ratio) AS ratio_sum, avg(ratio) AS ratio_avg, sum(price) AS price_sum, \
              max(price) AS price_max, sum(took) AS took_sum, avg(took) AS took_avg, min(at) AS at_min, \
              max(day) AS day_max, max(tier) AS tier_max, min(flags) AS flags_min, count(note) AS notes, \
-             count(amount) AS amounts FROM sales",
+             count(amount) AS amounts, sum(r) AS r_sum, avg(r) AS r_avg, min(tm) AS tm_min, sum(exact) AS exact_sum, \
+             avg(exact) AS exact_avg FROM sales",
             "1",
         ),
         (
@@ -251,7 +253,10 @@ async fn summaries_the_types_the_settings_or_the_cost_cap_refuse_are_400s_naming
     }
     let (status, problem) = body(&app, "/v1/datasets/plain/rows?select=count()").await;
     assert_eq!(status, 400);
-    assert!(problem.contains("query.aggregates"), "{problem}");
+    assert!(
+        problem.contains("query.aggregates") && problem.contains("\\\"select\\\""),
+        "{problem}"
+    );
 
     // The cost cap: a cheap summary runs, a costly one (a self-join's worth of rows) is refused before it runs.
     app.db

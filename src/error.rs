@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::compress::NoAcceptableEncoding;
 use crate::db::error::OpenError;
 use crate::db::rows::ReadError;
-use crate::encode::FormatError;
+use crate::encode::{EncodeError, FormatError};
 use crate::pipeline::PipelineError;
 use crate::report::chain;
 
@@ -70,6 +70,9 @@ pub(crate) enum ApiError {
     /// A page holds a value larger than `export.max_value_bytes`.
     #[error(transparent)]
     ValueTooLarge(PipelineError),
+    /// The first row holds a value the format's type for its column cannot hold.
+    #[error("{0}; ask for another format (NDJSON, CSV and JSON carry every value)")]
+    Unrepresentable(EncodeError),
     /// The readiness check failed.
     #[error("the database does not answer")]
     NotReady(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -97,6 +100,7 @@ impl From<PipelineError> for ApiError {
         match error {
             PipelineError::Read(error) => error.into(),
             error @ PipelineError::TooLarge { .. } => ApiError::ValueTooLarge(error),
+            PipelineError::Encode(error @ EncodeError::Unrepresentable { .. }) => ApiError::Unrepresentable(error),
             other => ApiError::Internal(Box::new(other)),
         }
     }
@@ -143,6 +147,7 @@ impl ApiError {
             ApiError::JobNotCompleted(_) => ("urn:pgspout:problem:export-not-completed", "Export not completed"),
             ApiError::QueueFull => ("urn:pgspout:problem:queue-full", "Export queue full"),
             ApiError::ValueTooLarge(_) => ("urn:pgspout:problem:value-too-large", "Value too large"),
+            ApiError::Unrepresentable(_) => ("urn:pgspout:problem:unrepresentable", "Value not representable"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
             ApiError::MethodNotAllowed(_) => ("urn:pgspout:problem:method-not-allowed", "Method not allowed"),
             ApiError::BadQuery(_) | ApiError::Open(OpenError::InvalidValue { .. } | OpenError::TooCostly { .. }) => {
@@ -180,7 +185,7 @@ impl ResponseError for ApiError {
             }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::JobNotCompleted(_) => StatusCode::CONFLICT,
-            ApiError::ValueTooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::ValueTooLarge(_) | ApiError::Unrepresentable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_)

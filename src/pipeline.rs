@@ -153,15 +153,7 @@ impl Pipeline {
             }?;
             match next {
                 Next::Row(row) => {
-                    let before = self.plain.len() + self.encoder.pending_bytes();
-                    self.encoder.write_row(&row, &mut self.plain)?;
-                    // Only a row whose output is large can hold a value over the limit (text is never less
-                    // than half a large value's wire size, a columnar batch takes the value whole), so most
-                    // rows cost one comparison here.
-                    let after = self.plain.len() + self.encoder.pending_bytes();
-                    if after.saturating_sub(before) > self.limits.max_value_bytes / 2 {
-                        self.check_values(&row)?;
-                    }
+                    self.encode(&row)?;
                     if self.plain.len() >= self.limits.chunk_size
                         && let Some(chunk) = self.chunk().await?
                     {
@@ -179,6 +171,37 @@ impl Pipeline {
                 Next::End => return self.finish().await.map(|b| Some(Piece::End(b))),
             }
         }
+    }
+
+    /// Encodes the first row, which [`Rows::open`] has read already, so that a value the format cannot hold
+    /// (or one over `max_value_bytes`) in it is refused before the response begins, as a problem+json, not a
+    /// cut transfer. Later rows can only abort the transfer.
+    pub(crate) fn encode_first(&mut self) -> Result<(), PipelineError> {
+        let Some(rows) = self.rows.as_mut() else {
+            return Ok(());
+        };
+        if !rows.has_first() {
+            return Ok(());
+        }
+        match rows.next().now_or_never() {
+            Some(Ok(Next::Row(row))) => self.encode(&row),
+            Some(Ok(_)) => Ok(()),
+            Some(Err(error)) => Err(error.into()),
+            None => unreachable!("a row already read is handed out at once"),
+        }
+    }
+
+    /// Encodes one row.
+    fn encode(&mut self, row: &Row) -> Result<(), PipelineError> {
+        let before = self.plain.len() + self.encoder.pending_bytes();
+        self.encoder.write_row(row, &mut self.plain)?;
+        // Only a row whose output is large can hold a value over the limit (text is never less than half a
+        // large value's wire size, a columnar batch takes the value whole), so most rows cost one comparison.
+        let after = self.plain.len() + self.encoder.pending_bytes();
+        if after.saturating_sub(before) > self.limits.max_value_bytes / 2 {
+            self.check_values(row)?;
+        }
+        Ok(())
     }
 
     /// Refuses a row holding a value over `max_value_bytes`, naming its column.

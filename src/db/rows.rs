@@ -189,6 +189,11 @@ impl Rows {
         Ok((rows, total))
     }
 
+    /// Whether the first row has been read and not yet handed out.
+    pub(crate) fn has_first(&self) -> bool {
+        self.first.is_some()
+    }
+
     /// Returns at most `cap` rows; [`Rows::has_more`] then tells whether more matched.
     pub(crate) fn cap(&mut self, cap: u64) {
         self.cap = Some(cap);

@@ -153,8 +153,9 @@ pub(super) async fn rows(
             }
             _ => format.encoder(&columns).map_err(|e| ApiError::Internal(Box::new(e)))?,
         };
-        let pipeline =
+        let mut pipeline =
             Pipeline::new(rows, encoder, encoding, &state.limits, true).map_err(|e| ApiError::Internal(Box::new(e)))?;
+        pipeline.encode_first()?;
         let meter = context.metrics().export(
             context.clone(),
             &dataset.name,

@@ -435,6 +435,22 @@ async fn a_value_arrow_cannot_hold_aborts_the_stream_and_the_log_names_its_colum
         })
         .await;
     }
+    // The bad value in the first row: refused before the response begins, a 422 naming the column.
+    for (format, index) in [("arrow", 0), ("parquet", 3)] {
+        let url = format!(
+            "http://{}/v1/datasets/bad{index}/rows?format={format}&order=id.desc",
+            server.base
+        );
+        let response = reqwest::get(&url).await.unwrap();
+        assert_eq!(response.status(), 422, "{format}");
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("\"value {index}\"")) && detail.contains(cases[index].2),
+            "{detail}"
+        );
+    }
     drop(server);
     let _ = std::fs::remove_file(&log);
 }

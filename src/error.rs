@@ -58,6 +58,9 @@ pub(crate) enum ApiError {
     /// The job queue is full.
     #[error("the export queue is full; retry later")]
     QueueFull,
+    /// An `Idempotency-Key` the caller already used for another request.
+    #[error("this Idempotency-Key was used for another request (dataset, format, compression or query); use a new key")]
+    IdempotencyKeyReused,
     /// No token where one is needed, or a token that does not verify.
     #[error(transparent)]
     Unauthorized(#[from] crate::auth::AuthError),
@@ -146,6 +149,7 @@ impl ApiError {
             ApiError::UnknownJob(_) => ("urn:pgspout:problem:unknown-export", "Unknown export"),
             ApiError::JobNotCompleted(_) => ("urn:pgspout:problem:export-not-completed", "Export not completed"),
             ApiError::QueueFull => ("urn:pgspout:problem:queue-full", "Export queue full"),
+            ApiError::IdempotencyKeyReused => ("urn:pgspout:problem:idempotency-key-reused", "Idempotency key reused"),
             ApiError::ValueTooLarge(_) => ("urn:pgspout:problem:value-too-large", "Value too large"),
             ApiError::Unrepresentable(_) => ("urn:pgspout:problem:unrepresentable", "Value not representable"),
             ApiError::NoRoute => ("urn:pgspout:problem:not-found", "Not found"),
@@ -185,7 +189,9 @@ impl ResponseError for ApiError {
             }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::JobNotCompleted(_) => StatusCode::CONFLICT,
-            ApiError::ValueTooLarge(_) | ApiError::Unrepresentable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::ValueTooLarge(_) | ApiError::Unrepresentable(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadQuery(_)

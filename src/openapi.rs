@@ -335,6 +335,7 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
         &[
             ("403", "The database role may not read the dataset"),
             ("404", "Background exports are off"),
+            ("422", "The Idempotency-Key was used for another request"),
         ],
     );
     create["202"] = json!({ "description": "Queued; Location names the status resource", "content": { "application/json": {
@@ -345,6 +346,10 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
         "/v1/exports".into(),
         json!({ "post": {
         "summary": "Queue a background export to a file", "operationId": "createExport",
+        "parameters": [{ "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Makes a retry safe: the same key and request name the same export (the caller's own keys; \
+                another request under a used key is a 422)",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 257 } }],
         "requestBody": { "required": true, "content": { "application/json": {
             "schema": { "$ref": "#/components/schemas/ExportRequest" } } } },
         "responses": create } }),

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::caller::Caller;
 use crate::compress::Encoding;
-use crate::db::jobs::{JobStatus, NewJob, Requester};
+use crate::db::jobs::{Created, Idempotency, JobStatus, NewJob, Requester};
 use crate::db::rows::{Next, Rows, Source};
 use crate::encode::{FORMATS, Format};
 use crate::error::ApiError;
@@ -112,6 +112,7 @@ pub(super) async fn create(
             )));
         }
     }
+    let key = idempotency_key(&request)?;
     let query = create.query;
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.trim_start_matches('?'))
         .map_err(|error| ApiError::BadRequest(format!("query is no query string: {error}")))?;
@@ -129,6 +130,7 @@ pub(super) async fn create(
     while !matches!(rows.next().await.map_err(|e| caller.refine(e.into()))?, Next::End) {}
     rows.finish().await?;
 
+    let digest = request_digest(&dataset.name, format.name(), compression, &query);
     let job = NewJob {
         dataset: &dataset.name,
         format: format.name(),
@@ -142,16 +144,59 @@ pub(super) async fn create(
             role: &identity.role,
             claims: &identity.claims,
         }),
+        idempotency: key.as_deref().map(|key| Idempotency { key, digest: &digest }),
     };
-    let id = pools
+    let created = pools
         .exports
         .with(async |client| Ok::<_, ApiError>(jobs.store.create(client, &job, jobs.settings.max_queued).await?))
-        .await?
-        .ok_or(ApiError::QueueFull)?;
+        .await?;
+    let (id, replayed) = match created {
+        Created::New(id) => (id, false),
+        Created::Replayed(id) => (id, true),
+        Created::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        Created::QueueFull => return Err(ApiError::QueueFull),
+    };
     let status_url = format!("/v1/exports/{id}");
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, status_url.clone()))
-        .json(serde_json::json!({ "id": id.to_string(), "status": "queued", "status_url": status_url })))
+    let mut response = HttpResponse::Accepted();
+    response.insert_header((header::LOCATION, status_url.clone()));
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    // A replay answers as the first request was answered.
+    Ok(response.json(serde_json::json!({ "id": id.to_string(), "status": "queued", "status_url": status_url })))
+}
+
+/// The `Idempotency-Key` header (IETF draft-ietf-httpapi-idempotency-key-header): a Structured Fields string,
+/// `"…"`, or the same text bare, as many clients send it; 1 to 255 visible ASCII characters.
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::BadRequest(
+            "Idempotency-Key must be a string of 1 to 255 visible ASCII characters, e.g. \"8e03978e-40d5\"".into(),
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim();
+    let key = match text.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"').ok_or_else(bad)?,
+        None => text,
+    };
+    if key.is_empty()
+        || key.len() > 255
+        || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        || key.contains(['"', '\\'])
+    {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// What an `Idempotency-Key` is checked against: a digest of the request as queued.
+fn request_digest(dataset: &str, format: &str, compression: &str, query: &str) -> String {
+    use sha2::Digest as _;
+    let canonical = serde_json::json!([dataset, format, compression, query]).to_string();
+    format!("{:x}", sha2::Sha256::digest(canonical.as_bytes()))
 }
 
 /// The job's status document, and its status.

@@ -495,6 +495,29 @@ async fn jobs_belong_to_their_creator_and_keep_its_rows_after_its_token_expired(
     assert_eq!(delete(b.clone()).await, 404);
     assert_eq!(delete(a.clone()).await, 204);
 
+    // An Idempotency-Key is the caller's own: the same key from another owner is another export.
+    let keyed = |authorization: String| {
+        let address = address.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("http://{address}/v1/exports"))
+                .header("Authorization", authorization)
+                .header("Idempotency-Key", "\"nightly-2026-11-30\"")
+                .json(&json!({"dataset": "docs", "format": "csv"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (first_a, again_a, first_b) = (keyed(a.clone()).await, keyed(a.clone()).await, keyed(b.clone()).await);
+    assert_eq!(first_a, again_a, "one owner, one key: one export");
+    assert_ne!(first_a, first_b, "another owner's key is another export");
+
     let _ = std::fs::remove_dir_all(&directory);
     drop(db);
     roles.drop_all().await;

@@ -311,6 +311,73 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
 }
 
 #[tokio::test]
+async fn an_idempotency_key_creates_one_export_however_often_or_concurrently_it_is_sent() {
+    let (db, directory) = orders_and_big(100, "jobs-idempotency").await;
+    let server = ServerProcess::start(&db, &jobs_config(&directory, "")).await;
+    let base = &server.base;
+    let client = reqwest::Client::new();
+    let post = |key: &'static str, query: &'static str| {
+        let request = client
+            .post(format!("http://{base}/v1/exports"))
+            .header("Idempotency-Key", key)
+            .json(&json!({ "dataset": "orders", "format": "csv", "query": query }));
+        async move { request.send().await.unwrap() }
+    };
+    let first = post("\"key-1\"", "id=lte.10").await;
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let id = first.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // The same key and request, quoted (a Structured Fields string) or bare: the same export.
+    for key in ["\"key-1\"", "key-1"] {
+        let again = post(key, "id=lte.10").await;
+        assert_eq!(again.status(), 202);
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        assert_eq!(again.headers()["location"], format!("/v1/exports/{id}").as_str());
+        assert_eq!(again.json::<Value>().await.unwrap()["id"], id.as_str());
+    }
+    // The same key for another request: 422, and nothing queued.
+    let other = post("key-1", "id=lte.20").await;
+    assert_eq!(other.status(), 422);
+    assert_eq!(other.headers()["content-type"], "application/problem+json");
+    assert!(other.text().await.unwrap().contains("Idempotency-Key"));
+    let long: &'static str = "k".repeat(256).leak();
+    for bad in ["\"\"", "\"open", "\"a\\\\b\"", long] {
+        assert_eq!(post(bad, "id=lte.10").await.status(), 400, "{bad:?}");
+    }
+    // Ten at once under a new key: one export.
+    let concurrent = futures::future::join_all((0..10).map(|_| post("key-2", "id=lte.30"))).await;
+    let mut ids = HashSet::new();
+    for response in concurrent {
+        assert_eq!(response.status(), 202);
+        ids.insert(
+            response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let jobs: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pgspout.export_jobs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(jobs, 2);
+    // The key goes with its export: once deleted, the key creates a new one.
+    wait_completed(base, std::slice::from_ref(&id), Duration::from_secs(60)).await;
+    let deleted = client
+        .delete(format!("http://{base}/v1/exports/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let fresh = post("key-1", "id=lte.20").await;
+    assert_eq!(fresh.status(), 202);
+    assert_ne!(fresh.json::<Value>().await.unwrap()["id"], id.as_str());
+}
+
+#[tokio::test]
 async fn without_a_job_directory_the_export_api_is_a_clear_404() {
     let db = TestDb::new().await;
     orders(&db, 10).await;

@@ -38,6 +38,29 @@ pub(crate) struct NewJob<'a> {
     pub(crate) resumable: bool,
     /// Under `[auth]`: who asked, and the role and claims it runs with (never the token).
     pub(crate) requester: Option<Requester<'a>>,
+    /// The request's `Idempotency-Key`, and a digest of what it asked for.
+    pub(crate) idempotency: Option<Idempotency<'a>>,
+}
+
+/// An `Idempotency-Key` and the request it named.
+pub(crate) struct Idempotency<'a> {
+    /// The key, as the client sent it.
+    pub(crate) key: &'a str,
+    /// A digest of the request (dataset, format, compression, query).
+    pub(crate) digest: &'a str,
+}
+
+/// What creating a job did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Created {
+    /// It queued a new job.
+    New(Uuid),
+    /// The requester's `Idempotency-Key` already named this job, created by the same request.
+    Replayed(Uuid),
+    /// The requester's `Idempotency-Key` already named a job created by another request.
+    KeyReused,
+    /// The queue is full.
+    QueueFull,
 }
 
 /// Who created a job, under `[auth]`.

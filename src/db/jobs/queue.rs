@@ -5,30 +5,53 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{JobStatus, JobStore, NewJob, RunOutcome, interval};
+use super::{Created, JobStatus, JobStore, NewJob, RunOutcome, interval};
 
 impl JobStore {
-    /// Queues a job unless `max_queued` jobs already wait; `None` when the queue is full.
+    /// Queues a job unless `max_queued` jobs already wait, or its requester's `Idempotency-Key` names a job
+    /// already (then that job, if the same request created it).
     ///
-    /// Creations serialize on an advisory lock, and the count runs after it is granted (a statement of its
-    /// own, so with a snapshot that sees every job queued before): concurrent requests cannot overfill it.
+    /// Creations serialize on an advisory lock, and the count and the key's lookup run after it is granted
+    /// (statements of their own, so with a snapshot that sees every job queued before): concurrent requests
+    /// cannot overfill the queue, nor create two jobs under one key.
     pub(crate) async fn create(
         &self,
         client: &mut tokio_postgres::Client,
         job: &NewJob<'_>,
         max_queued: i64,
-    ) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    ) -> Result<Created, tokio_postgres::Error> {
         let id = Uuid::new_v4();
+        let owner = job.requester.as_ref().map(|r| r.owner);
         let transaction = client.transaction().await?;
         transaction
             .batch_execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgspout job queue'))")
             .await?;
+        if let Some(idempotency) = &job.idempotency {
+            let earlier = transaction
+                .query_opt(
+                    &self.sql(
+                        "SELECT id, request_digest FROM {s}.export_jobs \
+                         WHERE coalesce(requested_by, '') = coalesce($1, '') AND idempotency_key = $2",
+                    ),
+                    &[&owner, &idempotency.key],
+                )
+                .await?;
+            if let Some(earlier) = earlier {
+                transaction.commit().await?;
+                let same = earlier.get::<_, Option<&str>>(1) == Some(idempotency.digest);
+                return Ok(if same {
+                    Created::Replayed(earlier.get(0))
+                } else {
+                    Created::KeyReused
+                });
+            }
+        }
         let row = transaction
             .query_opt(
                 &self.sql(
                     "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query, resumable, \
-                       requested_by, run_role, claims) \
-                     SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10 \
+                       requested_by, run_role, claims, idempotency_key, request_digest) \
+                     SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12 \
                      WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = {queued}) < $6 RETURNING id",
                 ),
                 &[
@@ -42,11 +65,13 @@ impl JobStore {
                     &job.requester.as_ref().map(|r| r.owner),
                     &job.requester.as_ref().map(|r| r.role),
                     &job.requester.as_ref().map(|r| r.claims),
+                    &job.idempotency.as_ref().map(|i| i.key),
+                    &job.idempotency.as_ref().map(|i| i.digest),
                 ],
             )
             .await?;
         transaction.commit().await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map_or(Created::QueueFull, |r| Created::New(r.get(0))))
     }
 
     /// The job's status document (JSON text) and its status; `None` if there is no such job, or (with

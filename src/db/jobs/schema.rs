@@ -44,6 +44,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE {schema}.export_jobs ADD COLUMN requested_by text, ADD COLUMN run_role text, ADD COLUMN claims text",
     // 4: how many times a job that cannot resume (keyless, or a columnar file) started over from its first row.
     "ALTER TABLE {schema}.export_jobs ADD COLUMN restarts int NOT NULL DEFAULT 0",
+    // 5: the `Idempotency-Key` a job was created with, scoped to its requester, and a digest of the request
+    // it named; both go with the job.
+    "ALTER TABLE {schema}.export_jobs ADD COLUMN idempotency_key text, ADD COLUMN request_digest text;
+     CREATE UNIQUE INDEX export_jobs_idempotency ON {schema}.export_jobs (coalesce(requested_by, ''), idempotency_key)
+       WHERE idempotency_key IS NOT NULL",
 ];
 
 /// Where a job stands.

@@ -91,7 +91,8 @@ const DEFAULT_CONFIG: &str = "config/pgspout.toml";
 
 /// jemalloc, configured (in .cargo/config.toml) to purge freed pages on a background thread within about a
 /// second: after a burst of concurrent exports, resident memory goes back down, where glibc kept what 20
-/// concurrent compressors once needed.
+/// concurrent compressors once needed. One arena: an export's task moves between threads, and with an arena
+/// per thread what one thread freed was not reused by the next (a Parquet job's row groups).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -68,6 +68,23 @@ pub(crate) struct Aggregates {
     pub(crate) min_max: bool,
 }
 
+impl Aggregates {
+    /// The functions a column of this type takes, in the order the catalog lists them (`count` takes any).
+    pub(crate) fn names(&self) -> Vec<&'static str> {
+        let mut names = vec!["count"];
+        if self.sum.is_some() {
+            names.push("sum");
+        }
+        if self.avg.is_some() {
+            names.push("avg");
+        }
+        if self.min_max {
+            names.extend(["min", "max"]);
+        }
+        names
+    }
+}
+
 /// A type as a column describes it: what an aggregate returns.
 #[derive(Clone, Debug)]
 pub(crate) struct ValueType {

@@ -107,26 +107,20 @@ fn value_pattern(column: &Column) -> Option<String> {
 /// For a dataset with aggregates: the pattern of a `select` item (a column, or an aggregate its type has,
 /// with an optional alias) and of an `order` term's name (a column, an alias or a call).
 fn summary_patterns(dataset: &Dataset) -> (String, String) {
-    let names = |keep: &dyn Fn(&Column) -> bool| {
+    let names = |function: &str| {
         let names: Vec<String> = dataset
             .columns
             .iter()
-            .filter(|c| keep(c))
+            .filter(|c| c.aggregates.names().contains(&function))
             .map(|c| regex_escape(&c.name))
             .collect();
         (!names.is_empty()).then(|| format!("({})", names.join("|")))
     };
-    let column = names(&|_| true).unwrap_or_default();
-    let mut calls = vec!["count\\(\\)".to_owned(), format!("{column}\\.count\\(\\)")];
-    for (function, keep) in [
-        (
-            "sum",
-            &(|c: &Column| c.aggregates.sum.is_some()) as &dyn Fn(&Column) -> bool,
-        ),
-        ("avg", &|c: &Column| c.aggregates.avg.is_some()),
-        ("(min|max)", &|c: &Column| c.aggregates.min_max),
-    ] {
-        if let Some(columns) = names(keep) {
+    // Every column takes count().
+    let column = names("count").unwrap_or_default();
+    let mut calls = vec!["count\\(\\)".to_owned()];
+    for function in ["count", "sum", "avg", "min", "max"] {
+        if let Some(columns) = names(function) {
             calls.push(format!("{columns}\\.{function}\\(\\)"));
         }
     }

@@ -17,14 +17,7 @@ fn describe(dataset: &Dataset, estimate: Option<i64>) -> Value {
         .map(|c| {
             let mut column = json!({ "name": c.name, "type": c.type_name, "nullable": c.nullable });
             if dataset.aggregates {
-                let functions = [
-                    ("count", true),
-                    ("sum", c.aggregates.sum.is_some()),
-                    ("avg", c.aggregates.avg.is_some()),
-                    ("min", c.aggregates.min_max),
-                    ("max", c.aggregates.min_max),
-                ];
-                column["aggregates"] = functions.iter().filter(|(_, has)| *has).map(|(f, _)| *f).collect();
+                column["aggregates"] = c.aggregates.names().into();
             }
             column
         })

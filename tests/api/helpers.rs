@@ -434,3 +434,29 @@ impl Drop for ServerProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Validates an OpenAPI `document` with `openapi-spec-validator` (from the venv scripts/test.sh prepares), and
+/// checks each `[pattern, value, matches]` of `checks` with Python's `re`, which reads these patterns as
+/// ECMA-262 does.
+pub(crate) async fn check_openapi(document: &serde_json::Value, checks: serde_json::Value) {
+    let python = std::env::var("PGSPOUT_TEST_PYTHON").expect("PGSPOUT_TEST_PYTHON: run scripts/test.sh");
+    let path = std::env::temp_dir().join(format!("pgspout-openapi-{}.json", uuid::Uuid::new_v4()));
+    let given = serde_json::json!({ "document": document, "checks": checks });
+    std::fs::write(&path, given.to_string()).unwrap();
+    let output = tokio::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, re, sys\n\
+             from openapi_spec_validator import validate\n\
+             given = json.load(open(sys.argv[1]))\n\
+             validate(given['document'])\n\
+             for pattern, value, matches in given['checks']:\n\
+             \x20   assert bool(re.search(pattern, value)) == matches, (pattern, value)\n",
+        ])
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}

@@ -343,27 +343,5 @@ async fn the_catalog_and_the_openapi_document_describe_summaries() {
             true
         ],
     ]);
-    let python = std::env::var("PGSPOUT_TEST_PYTHON").expect("PGSPOUT_TEST_PYTHON: run scripts/test.sh");
-    let path = std::env::temp_dir().join(format!("pgspout-openapi-{}.json", uuid::Uuid::new_v4()));
-    std::fs::write(
-        &path,
-        serde_json::json!({ "document": document, "checks": checks }).to_string(),
-    )
-    .unwrap();
-    let output = tokio::process::Command::new(python)
-        .args([
-            "-c",
-            "import json, re, sys\n\
-             from openapi_spec_validator import validate\n\
-             given = json.load(open(sys.argv[1]))\n\
-             validate(given['document'])\n\
-             for pattern, value, matches in given['checks']:\n\
-             \x20   assert bool(re.search(pattern, value)) == matches, (pattern, value)\n",
-        ])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    let _ = std::fs::remove_file(&path);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    crate::helpers::check_openapi(&document, checks).await;
 }

@@ -184,7 +184,7 @@ pub(crate) fn parse(dataset: &Dataset, endpoint: Endpoint, pairs: &[(String, Str
                 error
             })?;
         }
-        // The groups, in select order, make the order total (pages and resume need one).
+        // The groups, in select order, make the order total (pages need one).
         for column in summary.groups() {
             if !request.order.iter().any(|t| t.column == column) {
                 request.order.push(OrderTerm {

@@ -315,7 +315,24 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
                 "created_at": { "type": "string", "format": "date-time" },
                 "started_at": nullable_time, "updated_at": { "type": "string", "format": "date-time" },
                 "finished_at": nullable_time, "expires_at": nullable_time,
-                "status_url": { "type": "string" }, "download_url": { "type": "string" }
+                "status_url": { "type": "string" }, "download_url": { "type": "string" },
+                "webhooks": {
+                    "type": "array",
+                    "description": "The job's webhook deliveries ([[jobs.webhooks]]): one per event and endpoint; \
+                        `id` is the `webhook-id` every attempt carries. Absent from a webhook's own `data`.",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "id": { "type": "string", "format": "uuid" },
+                            "event": { "type": "string", "enum": ["export.completed", "export.failed", "export.cancelled"] },
+                            "status": { "type": "string", "enum": ["pending", "delivered", "failed"] },
+                            "attempts": { "type": "integer" },
+                            "last_error": { "type": ["string", "null"] },
+                            "delivered_at": nullable_time, "next_attempt_at": nullable_time
+                        },
+                        "required": ["id", "event", "status", "attempts"]
+                    }
+                }
             },
             "required": ["id", "dataset", "status", "rows_written", "bytes_written", "status_url"]
         }),

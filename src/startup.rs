@@ -128,7 +128,7 @@ impl Application {
                     .await
                     .map_err(|source| StartupError::Migrate { schema, source })?;
                 Some(JobsState {
-                    store: db::jobs::JobStore::new(&settings.jobs.schema),
+                    store: db::jobs::JobStore::new(&settings.jobs.schema, &settings.jobs.webhooks),
                     directory: directory.clone(),
                     settings: settings.jobs.clone(),
                 })

@@ -5,6 +5,7 @@
 //! - `file`: the export file, cut back to its checkpoint on resume; file names and the sweep's file listing.
 //! - `lease`: the lease as this instance's clock sees it.
 //! - `run`: one run of a job, through the export pipeline into its file.
+//! - `webhooks`: delivering the webhooks queued when jobs end.
 //! - this module: claiming, the lease, a run's outcome, sweeping expired files. No actix here.
 //!
 //! A job on a dataset with a key reads keyset batches, each a read-only transaction (the same rows and
@@ -17,6 +18,7 @@
 pub(crate) mod file;
 mod lease;
 mod run;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -177,6 +179,8 @@ impl Runner {
     ) -> std::io::Result<Runner> {
         let settings = jobs.settings.clone();
         let directory = jobs.directory.clone();
+        let sender =
+            webhooks::Sender::new(&settings.webhooks, settings.webhook_timeout).map_err(std::io::Error::other)?;
         let (stop, stopped) = watch::channel(false);
         // Per running job: its rows' connection, and a short one for lease renewals and checkpoints; plus
         // one for claiming and sweeping.
@@ -197,7 +201,7 @@ impl Runner {
                     None => Readers::primary(pool.clone()),
                 };
                 let context = Arc::new(Context {
-                    store: JobStore::new(&settings.schema),
+                    store: JobStore::new(&settings.schema, &settings.webhooks),
                     pool,
                     readers,
                     owner: Uuid::new_v4(),
@@ -206,6 +210,10 @@ impl Runner {
                     directory,
                 });
                 tracing::info!(owner = %context.owner, "job runner started");
+                if let Some(sender) = sender {
+                    // Ends with the runtime if a delivery is under way: its claim runs out and it is sent again.
+                    tokio::spawn(context.clone().deliver_webhooks(sender, stopped.clone()));
+                }
                 context.run(stopped).await;
             });
         })?;
@@ -411,7 +419,8 @@ impl Context {
         }
     }
 
-    /// Deletes finished jobs past their retention and files that no job can use any more.
+    /// Deletes finished jobs past their retention, files that no job can use any more, and webhook deliveries
+    /// done with.
     async fn sweep(&self) {
         let swept = self
             .pool
@@ -425,6 +434,7 @@ impl Context {
                 })
                 .await?;
                 let unused = self.store.unused_files(client, &ids).await?;
+                self.store.sweep_deliveries(client, self.settings.retention).await?;
                 let directory = self.directory.clone();
                 tokio::task::spawn_blocking(move || remove_files(&directory, &unused)).await?;
                 Ok::<_, BoxError>(())

@@ -211,12 +211,7 @@ async fn status_of(
         .with(async |client| Ok::<_, ApiError>(jobs.store.status(client, id, caller.owner()).await?))
         .await?
         .ok_or_else(|| ApiError::UnknownJob(id.to_string()))?;
-    let mut document: serde_json::Value =
-        serde_json::from_str(&document).map_err(|e| ApiError::Internal(Box::new(e)))?;
-    document["status_url"] = format!("/v1/exports/{id}").into();
-    if state == Some(JobStatus::Completed) {
-        document["download_url"] = format!("/v1/exports/{id}/download").into();
-    }
+    let document = serde_json::from_str(&document).map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok((document, state))
 }
 

@@ -35,6 +35,94 @@ pub struct JobSettings {
     /// A batch that takes longer (stuck on a lock, a silent connection) ends the run; the job is retried.
     #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
+    /// `[[jobs.webhooks]]`: endpoints told when a job ends, as Standard Webhooks specifies.
+    pub webhooks: Vec<WebhookSettings>,
+    /// How long one delivery may take before it counts as failed and is retried.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Deliveries of one event to one endpoint, the first included, before it is marked failed.
+    pub webhook_attempts: i32,
+    /// The wait before the first retry; each further retry waits four times longer, up to ten hours.
+    #[serde(with = "humantime_serde")]
+    pub webhook_backoff: Duration,
+}
+
+/// One `[[jobs.webhooks]]` endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where events are POSTed: an `http://` or `https://` URL. Redirects are not followed.
+    pub url: String,
+    /// The signing secret, `whsec_` and the key in base64.
+    pub secret: WebhookSecret,
+    /// The events sent here (all three when unset).
+    #[serde(default = "WebhookEvent::all")]
+    pub events: Vec<WebhookEvent>,
+}
+
+/// An event a webhook is sent for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum WebhookEvent {
+    /// A job's file is complete.
+    #[serde(rename = "export.completed")]
+    Completed,
+    /// A job failed.
+    #[serde(rename = "export.failed")]
+    Failed,
+    /// A job was cancelled.
+    #[serde(rename = "export.cancelled")]
+    Cancelled,
+}
+
+impl WebhookEvent {
+    /// Its name, the body's `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Completed => "export.completed",
+            WebhookEvent::Failed => "export.failed",
+            WebhookEvent::Cancelled => "export.cancelled",
+        }
+    }
+
+    fn all() -> Vec<WebhookEvent> {
+        vec![WebhookEvent::Completed, WebhookEvent::Failed, WebhookEvent::Cancelled]
+    }
+}
+
+/// A webhook's signing key, from its `whsec_…` form; its `Debug` does not show it.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct WebhookSecret(Vec<u8>);
+
+impl WebhookSecret {
+    /// The key HMAC-SHA256 signs with.
+    pub fn key(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for WebhookSecret {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        use base64::Engine as _;
+        let encoded = text
+            .strip_prefix("whsec_")
+            .ok_or("a webhook secret starts with \"whsec_\"")?;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|_| "a webhook secret is \"whsec_\" and base64")?;
+        if !(24..=64).contains(&key.len()) {
+            return Err("a webhook secret's key is 24 to 64 bytes".into());
+        }
+        Ok(WebhookSecret(key))
+    }
+}
+
+impl std::fmt::Debug for WebhookSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("whsec_…")
+    }
 }
 
 impl Default for JobSettings {
@@ -50,18 +138,45 @@ impl Default for JobSettings {
             batch_rows: 50_000,
             max_attempts: 10,
             batch_timeout: Duration::from_secs(600),
+            webhooks: Vec::new(),
+            webhook_timeout: Duration::from_secs(15),
+            webhook_attempts: 8,
+            webhook_backoff: Duration::from_secs(5),
         }
     }
 }
 
 impl JobSettings {
+    fn validate_webhooks(&self) -> Result<(), String> {
+        if !self.webhooks.is_empty() && self.directory.is_none() {
+            return Err("jobs.webhooks are sent when jobs end: they need jobs.directory".into());
+        }
+        if self.webhook_attempts < 1 {
+            return Err("jobs.webhook_attempts must be at least 1".into());
+        }
+        for webhook in &self.webhooks {
+            let url = &webhook.url;
+            let parsed: Option<reqwest::Url> = url.parse().ok();
+            if !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+                return Err(format!("jobs.webhooks: url {url:?} is not an http:// or https:// URL"));
+            }
+            if webhook.events.is_empty() {
+                return Err(format!("jobs.webhooks: the webhook to {url:?} has no events"));
+            }
+        }
+        Ok(())
+    }
+
     /// `[jobs]`' own rules (checked whether or not jobs are on, for the durations).
     pub(super) fn validate(&self) -> Result<(), String> {
         longer_than_zero(&[
             ("jobs.poll_interval", Some(self.poll_interval)),
             ("jobs.batch_timeout", Some(self.batch_timeout)),
             ("jobs.retention", Some(self.retention)),
+            ("jobs.webhook_timeout", Some(self.webhook_timeout)),
+            ("jobs.webhook_backoff", Some(self.webhook_backoff)),
         ])?;
+        self.validate_webhooks()?;
         if self.directory.is_none() {
             return Ok(());
         }
@@ -82,5 +197,64 @@ impl JobSettings {
             return Err(format!("jobs.schema {schema:?} may hold only a-z, 0-9 and '_'"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<JobSettings, String> {
+        let settings: JobSettings = toml::from_str(text).map_err(|e| e.to_string())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn webhooks_take_all_events_by_default_and_keep_their_secret_out_of_debug() {
+        let settings = parse(&format!(
+            "directory = \"/tmp/x\"\n[[webhooks]]\nurl = \"https://example.com/h\"\nsecret = \"{SECRET}\"\n\
+             [[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\nsecret = \"{SECRET}\"\nevents = [\"export.failed\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(settings.webhooks[0].events.len(), 3);
+        assert_eq!(settings.webhooks[1].events, [WebhookEvent::Failed]);
+        assert_eq!(settings.webhooks[0].secret.key().len(), 24);
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("MfKQ9r8G"), "{debug}");
+    }
+
+    #[test]
+    fn bad_webhooks_are_config_errors_that_say_what_is_wrong() {
+        let hook = |url: &str, secret: &str, events: &str| {
+            format!("directory = \"/tmp/x\"\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{secret}\"\n{events}")
+        };
+        for (text, expected) in [
+            (
+                hook("https://e.com", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", ""),
+                "starts with \"whsec_\"",
+            ),
+            (hook("https://e.com", "whsec_not base64!", ""), "base64"),
+            (hook("https://e.com", "whsec_c2hvcnQ=", ""), "24 to 64 bytes"),
+            (hook("ftp://e.com/x", SECRET, ""), "not an http:// or https:// URL"),
+            (hook("https://e.com", SECRET, "events = []"), "has no events"),
+            (
+                hook("https://e.com", SECRET, "events = [\"export.started\"]"),
+                "export.started",
+            ),
+            (
+                format!("[[webhooks]]\nurl = \"https://e.com\"\nsecret = \"{SECRET}\""),
+                "need jobs.directory",
+            ),
+            (
+                "directory = \"/tmp/x\"\nwebhook_attempts = 0".to_owned(),
+                "webhook_attempts",
+            ),
+        ] {
+            let error = parse(&text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 }

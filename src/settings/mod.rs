@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub use self::database::{DatabaseSettings, ReplicaFallback};
 pub use self::datasets::{DatasetSettings, SchemaSettings};
 pub use self::export::{ExportSettings, PageSettings};
-pub use self::jobs::JobSettings;
+pub use self::jobs::{JobSettings, WebhookEvent, WebhookSecret, WebhookSettings};
 pub use self::query::QuerySettings;
 pub use self::server::{CorsSettings, LogFormat, LogSettings, ServerSettings};
 pub use crate::auth::{ApiKeySettings, AuthSettings};

@@ -75,6 +75,7 @@ pub(crate) struct Metrics {
     jobs: IntGaugeVec,
     job_runs: IntCounterVec,
     job_rows: IntCounter,
+    webhook_deliveries: IntCounterVec,
     pools: Mutex<Vec<WorkerPools>>,
     replica_up: IntGaugeVec,
     replica_lag: prometheus::GaugeVec,
@@ -220,6 +221,12 @@ impl Metrics {
                 )
                 .expect("valid names"),
             ),
+            webhook_deliveries: counter_vec(
+                &registry,
+                "pgspout_webhook_deliveries_total",
+                "Webhook delivery attempts by this instance, by event and outcome (delivered, retried, failed).",
+                &["event", "outcome"],
+            ),
             pools: Mutex::new(Vec::new()),
             replica_up: register(
                 &registry,
@@ -328,6 +335,11 @@ impl Metrics {
     /// Counts rows a job wrote (at a checkpoint or its end).
     pub(crate) fn job_rows(&self, rows: u64) {
         self.job_rows.inc_by(rows);
+    }
+
+    /// Counts one attempt to deliver a webhook of `event`.
+    pub(crate) fn webhook_delivery(&self, event: &str, outcome: &str) {
+        self.webhook_deliveries.with_label_values(&[event, outcome]).inc();
     }
 
     /// Starts metering a streamed export of the request `context`, whose first row has just been read.

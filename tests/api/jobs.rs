@@ -24,7 +24,7 @@ async fn orders(db: &TestDb, n: i32) {
         .unwrap();
 }
 
-fn jobs_config(directory: &Path, extra: &str) -> String {
+pub(crate) fn jobs_config(directory: &Path, extra: &str) -> String {
     format!(
         "[jobs]\ndirectory = {:?}\nlease = \"6s\"\npoll_interval = \"100ms\"\n{extra}\n\n\
          [[datasets]]\nname = \"orders\"\ntable = \"orders\"\nkey = \"id\"\n",
@@ -33,10 +33,10 @@ fn jobs_config(directory: &Path, extra: &str) -> String {
 }
 
 /// The `big` dataset (the endless view), for a config's `extra`: jobs on it run until stopped.
-const BIG_DATASET: &str = "\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"";
+pub(crate) const BIG_DATASET: &str = "\n\n[[datasets]]\nname = \"big\"\ntable = \"big\"\nkey = \"id\"";
 
 /// A database with `n` orders and the endless `big` view, and an empty job directory.
-async fn orders_and_big(n: i32, label: &str) -> (TestDb, PathBuf) {
+pub(crate) async fn orders_and_big(n: i32, label: &str) -> (TestDb, PathBuf) {
     let db = TestDb::new().await;
     orders(&db, n).await;
     db.client.batch_execute(BIG_VIEW).await.unwrap();
@@ -81,7 +81,7 @@ pub(crate) async fn status(base: &str, id: &str) -> Value {
     response.json().await.unwrap()
 }
 
-async fn wait_completed(base: &str, ids: &[String], limit: Duration) -> Vec<Value> {
+pub(crate) async fn wait_completed(base: &str, ids: &[String], limit: Duration) -> Vec<Value> {
     let mut done = Vec::new();
     for id in ids {
         let status = wait_for(limit, || async {

@@ -24,3 +24,4 @@ mod telemetry;
 mod tls;
 mod types;
 mod web;
+mod webhooks;

@@ -10,6 +10,8 @@
 //! - `queue`: what the API does (create, status, cancel, delete, counts).
 //! - `runs`: what a runner does (claim, renew, checkpoint, complete, release, lose its run).
 //! - `sweep`: expired jobs and unused files.
+//! - `webhooks`: the webhook queue. A job's end and its events are one statement: each statement that ends
+//!   a job (complete, fail, cancel) also queues one delivery per endpoint subscribed to the event.
 
 use std::time::Duration;
 
@@ -20,9 +22,12 @@ mod queue;
 mod runs;
 mod schema;
 mod sweep;
+mod webhooks;
 
 pub(crate) use self::schema::{JobStatus, RunOutcome, migrate};
+pub(crate) use self::webhooks::Delivery;
 use crate::query::Position;
+use crate::settings::{WebhookEvent, WebhookSettings};
 
 /// What a new job asks for, validated.
 pub(crate) struct NewJob<'a> {
@@ -121,7 +126,27 @@ impl Progress<'_> {
 #[derive(Clone, Debug)]
 pub(crate) struct JobStore {
     schema: String,
+    /// Each event's endpoints, by URL.
+    subscribers: Vec<(WebhookEvent, Vec<String>)>,
 }
+
+/// A job's status document as SQL on its row (unqualified columns): what `GET /v1/exports/{id}` shows, and
+/// a webhook's `data`. `{s}` and the statuses are filled in by `JobStore::sql`.
+const DOCUMENT: &str = "(jsonb_build_object('id', id, 'dataset', dataset, 'format', format, \
+     'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
+     'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
+     'error', error, 'attempts', attempts, 'resumable', resumable, 'restarts', restarts, \
+     'created_at', created_at, 'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
+     'expires_at', expires_at, 'status_url', '/v1/exports/' || id) \
+     || CASE WHEN status = {completed} THEN jsonb_build_object('download_url', '/v1/exports/' || id || '/download') \
+        ELSE jsonb_build_object() END)";
+
+/// A CTE that queues event `$E` (its name) for the endpoints `$U` (a `text[]`) of each job the CTE `job`
+/// returns with its document as `doc`: the Standard Webhooks body, fixed now.
+const QUEUE_EVENT: &str = "hooks AS (INSERT INTO {s}.webhook_deliveries (id, job_id, event, url, body) \
+     SELECT pg_catalog.gen_random_uuid(), job.id, $E, u.url, jsonb_build_object('type', $E::text, \
+       'timestamp', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), 'data', job.doc)::text \
+     FROM job, unnest($U::text[]) AS u(url))";
 
 fn interval(duration: Duration) -> String {
     format!("{} milliseconds", duration.as_millis())
@@ -129,10 +154,30 @@ fn interval(duration: Duration) -> String {
 
 impl JobStore {
     /// The store in `schema` (a plain lowercase name, checked by the settings).
-    pub(crate) fn new(schema: &str) -> JobStore {
+    /// With `webhooks`, the statements that end a job queue its events for them.
+    pub(crate) fn new(schema: &str, webhooks: &[WebhookSettings]) -> JobStore {
+        let subscribers = [WebhookEvent::Completed, WebhookEvent::Failed, WebhookEvent::Cancelled]
+            .into_iter()
+            .map(|event| {
+                let urls = webhooks
+                    .iter()
+                    .filter(|w| w.events.contains(&event))
+                    .map(|w| w.url.clone());
+                (event, urls.collect())
+            })
+            .collect();
         JobStore {
             schema: escape_identifier(schema),
+            subscribers,
         }
+    }
+
+    /// The endpoints subscribed to `event`.
+    fn subscribers(&self, event: WebhookEvent) -> &[String] {
+        self.subscribers
+            .iter()
+            .find(|(e, _)| *e == event)
+            .map_or(&[], |(_, urls)| urls.as_slice())
     }
 
     /// A statement from `template`: `{s}` is the schema, `{queued}`, `{running}`, … each status as a literal,
@@ -140,6 +185,8 @@ impl JobStore {
     fn sql(&self, template: &str) -> String {
         let finished: Vec<String> = JobStatus::FINISHED.iter().map(|s| escape_literal(s.as_str())).collect();
         let mut sql = template
+            .replace("{document}", DOCUMENT)
+            .replace("{queue_event}", QUEUE_EVENT)
             .replace("{s}", &self.schema)
             .replace("{finished}", &finished.join(", "));
         for status in JobStatus::ALL {

@@ -6,6 +6,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::{Created, JobStatus, JobStore, NewJob, RunOutcome, interval};
+use crate::settings::WebhookEvent;
 
 impl JobStore {
     /// Queues a job unless `max_queued` jobs already wait, or its requester's `Idempotency-Key` names a job
@@ -85,14 +86,14 @@ impl JobStore {
         let row = client
             .query_opt(
                 &self.sql(
-                    "SELECT jsonb_build_object('id', id, 'dataset', dataset, 'format', format, \
-                     'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
-                     'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
-                     'error', error, 'attempts', attempts, 'resumable', resumable, 'restarts', restarts, \
-                     'created_at', created_at, \
-                     'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
-                     'expires_at', expires_at)::text, status \
-                     FROM {s}.export_jobs WHERE id = $1 AND ($2::text IS NULL OR requested_by = $2)",
+                    "SELECT ({document} || jsonb_build_object('webhooks', \
+                       (SELECT coalesce(jsonb_agg(jsonb_build_object('id', d.id, 'event', d.event, \
+                          'status', d.status, 'attempts', d.attempts, 'last_error', d.last_error, \
+                          'delivered_at', d.delivered_at, \
+                          'next_attempt_at', CASE WHEN d.status = 'pending' THEN d.next_attempt_at END) \
+                          ORDER BY d.created_at, d.id), '[]') \
+                        FROM {s}.webhook_deliveries d WHERE d.job_id = j.id)))::text, status \
+                     FROM {s}.export_jobs j WHERE id = $1 AND ($2::text IS NULL OR requested_by = $2)",
                 ),
                 &[&id, &owner],
             )
@@ -108,7 +109,7 @@ impl JobStore {
         }))
     }
 
-    /// Cancels a queued or running job; `true` if it was either.
+    /// Cancels a queued or running job, queueing its `export.cancelled` webhooks; `true` if it was either.
     pub(crate) async fn cancel(
         &self,
         client: &impl GenericClient,
@@ -118,16 +119,27 @@ impl JobStore {
     ) -> Result<bool, tokio_postgres::Error> {
         let row = client
             .query_one(
-                &self.sql(
-                    "WITH job AS (UPDATE {s}.export_jobs SET status = {cancelled}, finished_at = now(), \
+                &self
+                    .sql(
+                        "WITH job AS (UPDATE {s}.export_jobs SET status = {cancelled}, finished_at = now(), \
                        updated_at = now(), expires_at = now() + $2::text::interval, lease_owner = NULL, \
                        lease_expires_at = NULL WHERE id = $1 AND status IN ({queued}, {running}) \
-                       AND ($4::text IS NULL OR requested_by = $4) RETURNING id), \
+                       AND ($4::text IS NULL OR requested_by = $4) RETURNING id, {document} AS doc), \
                      run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $3 \
-                       WHERE job_id IN (SELECT id FROM job) AND ended_at IS NULL) \
+                       WHERE job_id IN (SELECT id FROM job) AND ended_at IS NULL), \
+                     {queue_event} \
                      SELECT count(*) FROM job",
-                ),
-                &[&id, &interval(retention), &RunOutcome::Cancelled.as_str(), &owner],
+                    )
+                    .replace("$E", "$5")
+                    .replace("$U", "$6"),
+                &[
+                    &id,
+                    &interval(retention),
+                    &RunOutcome::Cancelled.as_str(),
+                    &owner,
+                    &WebhookEvent::Cancelled.as_str(),
+                    &self.subscribers(WebhookEvent::Cancelled),
+                ],
             )
             .await?;
         Ok(row.get::<_, i64>(0) == 1)

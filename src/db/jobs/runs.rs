@@ -7,6 +7,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::{ClaimedJob, JobStatus, JobStore, Progress, RunOutcome, interval};
+use crate::settings::WebhookEvent;
 
 impl JobStore {
     /// The oldest queued job of one of `datasets` (those this instance serves; another instance may serve
@@ -136,8 +137,8 @@ impl JobStore {
         Ok(updated == 1)
     }
 
-    /// Marks the job completed (its file is whole and durable) and closes its run, in one statement; `false`
-    /// if the lease was lost.
+    /// Marks the job completed (its file is whole and durable), closes its run and queues its
+    /// `export.completed` webhooks, in one statement; `false` if the lease was lost.
     pub(crate) async fn complete(
         &self,
         client: &impl GenericClient,
@@ -148,16 +149,20 @@ impl JobStore {
     ) -> Result<bool, tokio_postgres::Error> {
         let row = client
             .query_one(
-                &self.sql(
-                    "WITH job AS (UPDATE {s}.export_jobs SET status = {completed}, rows_written = $3, \
+                &self
+                    .sql(
+                        "WITH job AS (UPDATE {s}.export_jobs SET status = {completed}, rows_written = $3, \
                        bytes_written = $4, error = NULL, finished_at = now(), updated_at = now(), \
                        expires_at = now() + $5::text::interval, position = coalesce($6::text::jsonb, position), \
                        lease_owner = NULL, lease_expires_at = NULL \
-                       WHERE id = $1 AND lease_owner = $2 AND status = {running} RETURNING id), \
+                       WHERE id = $1 AND lease_owner = $2 AND status = {running} RETURNING id, {document} AS doc), \
                      run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $7 \
-                       WHERE job_id IN (SELECT id FROM job) AND owner = $2 AND ended_at IS NULL) \
+                       WHERE job_id IN (SELECT id FROM job) AND owner = $2 AND ended_at IS NULL), \
+                     {queue_event} \
                      SELECT count(*) FROM job",
-                ),
+                    )
+                    .replace("$E", "$8")
+                    .replace("$U", "$9"),
                 &[
                     &id,
                     &owner,
@@ -166,14 +171,16 @@ impl JobStore {
                     &interval(retention),
                     &progress.position_json(),
                     &RunOutcome::Completed.as_str(),
+                    &WebhookEvent::Completed.as_str(),
+                    &self.subscribers(WebhookEvent::Completed),
                 ],
             )
             .await?;
         Ok(row.get::<_, i64>(0) == 1)
     }
 
-    /// Ends the run: the job `failed` with `error`, or back to `queued` (keeping the checkpoint) to be run
-    /// again; job and run in one statement.
+    /// Ends the run: the job `failed` with `error` (and its `export.failed` webhooks queued), or back to
+    /// `queued` (keeping the checkpoint) to be run again; job, run and webhooks in one statement.
     pub(crate) async fn release(
         &self,
         client: &impl GenericClient,
@@ -183,22 +190,30 @@ impl JobStore {
         failed: bool,
         retention: Duration,
     ) -> Result<(), tokio_postgres::Error> {
-        let (status, outcome) = if failed {
-            (JobStatus::Failed, RunOutcome::Failed)
+        let (status, outcome, subscribers) = if failed {
+            (
+                JobStatus::Failed,
+                RunOutcome::Failed,
+                self.subscribers(WebhookEvent::Failed),
+            )
         } else {
-            (JobStatus::Queued, RunOutcome::Interrupted)
+            (JobStatus::Queued, RunOutcome::Interrupted, &[][..])
         };
         client
             .execute(
-                &self.sql(
-                    "WITH job AS (UPDATE {s}.export_jobs SET status = $3, error = $4, updated_at = now(), \
+                &self
+                    .sql(
+                        "WITH job AS (UPDATE {s}.export_jobs SET status = $3, error = $4, updated_at = now(), \
                        lease_owner = NULL, lease_expires_at = NULL, \
                        finished_at = CASE WHEN $3 = {failed} THEN now() END, \
                        expires_at = CASE WHEN $3 = {failed} THEN now() + $5::text::interval END \
-                       WHERE id = $1 AND lease_owner = $2 AND status = {running} RETURNING id) \
+                       WHERE id = $1 AND lease_owner = $2 AND status = {running} RETURNING id, {document} AS doc), \
+                     {queue_event} \
                      UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $6 \
                      WHERE job_id IN (SELECT id FROM job) AND owner = $2 AND ended_at IS NULL",
-                ),
+                    )
+                    .replace("$E", "$7")
+                    .replace("$U", "$8"),
                 &[
                     &id,
                     &owner,
@@ -206,6 +221,8 @@ impl JobStore {
                     &error,
                     &interval(retention),
                     &outcome.as_str(),
+                    &WebhookEvent::Failed.as_str(),
+                    &subscribers,
                 ],
             )
             .await?;

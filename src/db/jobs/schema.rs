@@ -49,6 +49,23 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE {schema}.export_jobs ADD COLUMN idempotency_key text, ADD COLUMN request_digest text;
      CREATE UNIQUE INDEX export_jobs_idempotency ON {schema}.export_jobs (coalesce(requested_by, ''), idempotency_key)
        WHERE idempotency_key IS NOT NULL",
+    // 6: the webhook queue: one row per event and endpoint, its body fixed when the job ended (so every
+    // retry sends the same bytes under the same id), delivered by whichever instance claims it.
+    "CREATE TABLE {schema}.webhook_deliveries (
+        id uuid PRIMARY KEY,
+        job_id uuid NOT NULL,
+        event text NOT NULL,
+        url text NOT NULL,
+        body text NOT NULL,
+        status text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts int NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL DEFAULT now(),
+        last_error text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        delivered_at timestamptz
+     );
+     CREATE INDEX webhook_deliveries_due ON {schema}.webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+     CREATE INDEX webhook_deliveries_job ON {schema}.webhook_deliveries (job_id)",
 ];
 
 /// Where a job stands.

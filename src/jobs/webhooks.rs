@@ -185,8 +185,10 @@ mod tests {
         assert_eq!(retry_after(1, 8, base), Some(Duration::from_secs(5)));
         assert_eq!(retry_after(2, 8, base), Some(Duration::from_secs(20)));
         assert_eq!(retry_after(3, 8, base), Some(Duration::from_secs(80)));
-        assert_eq!(retry_after(7, 8, base), Some(MAX_BACKOFF));
-        assert_eq!(retry_after(8, 8, base), None);
+        assert_eq!(retry_after(7, 10, base), Some(Duration::from_secs(20480)));
+        assert_eq!(retry_after(8, 10, base), Some(MAX_BACKOFF));
+        assert_eq!(retry_after(9, 10, base), Some(MAX_BACKOFF));
+        assert_eq!(retry_after(10, 10, base), None);
         assert_eq!(retry_after(1, 1, base), None);
     }
 }

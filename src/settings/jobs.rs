@@ -140,7 +140,7 @@ impl Default for JobSettings {
             batch_timeout: Duration::from_secs(600),
             webhooks: Vec::new(),
             webhook_timeout: Duration::from_secs(15),
-            webhook_attempts: 8,
+            webhook_attempts: 10,
             webhook_backoff: Duration::from_secs(5),
         }
     }

@@ -231,8 +231,9 @@ pub(super) async fn show(
         .json(document))
 }
 
-/// The finished file, from disk: `Content-Length`, `ETag`, `Last-Modified`, and byte ranges (206) so an
-/// interrupted download can resume. 409 until the job is completed.
+/// The finished file, from disk: `Content-Length`, a strong `ETag`, `Last-Modified`, `If-None-Match` (304),
+/// and byte ranges (206) so an interrupted download can resume, unless `If-Range` names another version of
+/// the file (then all of it, 200). 409 until the job is completed.
 #[route("/v1/exports/{id}/download", method = "GET", method = "HEAD")]
 pub(super) async fn download(
     request: HttpRequest,
@@ -253,9 +254,12 @@ pub(super) async fn download(
     let encoding = Encoding::from_name(&text("compression"))
         .ok_or_else(|| ApiError::Internal("a job with an unknown compression".into()))?;
     let path = file_path(&jobs.directory, id, format, encoding);
-    let file = NamedFile::open_async(&path)
-        .await
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))?;
+    let opened = async || {
+        NamedFile::open_async(&path)
+            .await
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))
+    };
+    let file = opened().await?;
     let media_type = encoding.file_media_type().unwrap_or(format.job_file().media_type);
     let name = format!(
         "{}-{id}.{}{}",
@@ -273,7 +277,71 @@ pub(super) async fn download(
             disposition: DispositionType::Attachment,
             parameters: vec![DispositionParam::Filename(name)],
         });
-    Ok(file.into_response(&request))
+    let length = file.metadata().len();
+    let response = file.into_response(&request);
+    // actix-files ignores `If-Range`: a range of a file the client's validator does not name would splice
+    // two versions together, so that case gets the whole file instead (RFC 9110, 13.1.5).
+    let stale = request.headers().get(header::IF_RANGE).is_some_and(|validator| {
+        response.status() == actix_web::http::StatusCode::PARTIAL_CONTENT && !validates(validator, response.headers())
+    });
+    if !stale {
+        return Ok(response);
+    }
+    let file = opened()
+        .await?
+        .file()
+        .try_clone()
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let mut whole = HttpResponse::Ok();
+    for name in [
+        header::CONTENT_TYPE,
+        header::CONTENT_DISPOSITION,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::ACCEPT_RANGES,
+    ] {
+        if let Some(value) = response.headers().get(&name) {
+            whole.insert_header((name, value.clone()));
+        }
+    }
+    Ok(whole.body(actix_web::body::SizedStream::new(length, read_file(file, length))))
+}
+
+/// Whether an `If-Range` validator names the version of the file `headers` describe: its strong `ETag`, or
+/// exactly its `Last-Modified` date. A weak tag never does.
+fn validates(validator: &header::HeaderValue, headers: &header::HeaderMap) -> bool {
+    let Ok(validator) = validator.to_str() else {
+        return false;
+    };
+    let validator = validator.trim();
+    if validator.starts_with('"') || validator.starts_with("W/") {
+        let tag = headers.get(header::ETAG).and_then(|t| t.to_str().ok());
+        return !validator.starts_with("W/") && tag.is_some_and(|t| !t.starts_with("W/") && t == validator);
+    }
+    let date = |text: &str| text.parse::<header::HttpDate>().ok();
+    let modified = headers
+        .get(header::LAST_MODIFIED)
+        .and_then(|m| m.to_str().ok())
+        .and_then(date);
+    modified.is_some_and(|m| Some(m) == date(validator))
+}
+
+/// The first `length` bytes of `file`, read in blocks off the async workers.
+fn read_file(file: std::fs::File, length: u64) -> impl futures::Stream<Item = Result<bytes::Bytes, actix_web::Error>> {
+    const BLOCK: u64 = 64 * 1024;
+    futures::stream::try_unfold((file, 0u64), move |(mut file, sent)| async move {
+        if sent >= length {
+            return Ok(None);
+        }
+        let size = BLOCK.min(length - sent) as usize;
+        let (file, block) = web::block(move || {
+            let mut block = vec![0; size];
+            std::io::Read::read_exact(&mut file, &mut block)?;
+            Ok::<_, std::io::Error>((file, block))
+        })
+        .await??;
+        Ok(Some((bytes::Bytes::from(block), (file, sent + size as u64))))
+    })
 }
 
 /// Cancels a queued or running job (200 with its status), or deletes a finished one and its file (204).

@@ -209,6 +209,35 @@ async fn export_jobs_write_files_equal_to_rows_and_serve_them_with_ranges() {
         assert_eq!(response.status(), 206, "{range}");
         assert_eq!(&response.bytes().await.unwrap()[..], slice, "{range}");
     }
+    // If-None-Match: 304. If-Range: the range while the validator names this file, else all of it.
+    let etag = head.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = head.headers()["last-modified"].to_str().unwrap().to_owned();
+    let unchanged = client.get(&url).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(unchanged.status(), 304);
+    for (validator, status) in [
+        (etag.as_str(), 206),
+        (modified.as_str(), 206),
+        ("\"another-version\"", 200),
+        (&format!("W/{etag}"), 200),
+        ("Thu, 01 Jan 1970 00:00:00 GMT", 200),
+        ("not a validator", 200),
+    ] {
+        let response = client
+            .get(&url)
+            .header("Range", "bytes=100-199")
+            .header("If-Range", validator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "If-Range: {validator}");
+        let expected = if status == 206 { &whole[100..200] } else { &whole[..] };
+        if status == 200 {
+            assert_eq!(response.headers()["content-length"], whole.len().to_string().as_str());
+            assert_eq!(response.headers()["etag"], etag.as_str());
+            assert_eq!(response.headers()["content-type"], "application/gzip");
+        }
+        assert_eq!(&response.bytes().await.unwrap()[..], expected, "If-Range: {validator}");
+    }
     let partial = directory.join("partial.gz");
     let cut = std::process::Command::new("curl")
         .args(["-sS", "-r", "0-999", "-o", partial.to_str().unwrap(), &url])

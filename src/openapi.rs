@@ -382,7 +382,9 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
     }
     let mut download = problems(&["500", "503"], &[unknown, ("409", "The export is not completed")]);
     download["200"] = json!({ "description": "The file, as stored", "content": file });
-    download["206"] = json!({ "description": "The requested byte range", "content": file });
+    download["206"] = json!({ "description": "The requested byte range (with If-Range: only while its validator \
+        names this file; else 200 with all of it)", "content": file });
+    download["304"] = json!({ "description": "If-None-Match named this file's ETag" });
     download["416"] = json!({ "description": "The range lies outside the file" });
     paths.insert(
         "/v1/exports/{id}/download".into(),

@@ -434,7 +434,10 @@ impl Context {
                 })
                 .await?;
                 let unused = self.store.unused_files(client, &ids).await?;
-                self.store.sweep_deliveries(client, self.settings.retention).await?;
+                let abandoned = webhooks::longest_delivery(&self.settings) + self.settings.retention;
+                self.store
+                    .sweep_deliveries(client, self.settings.retention, abandoned)
+                    .await?;
                 let directory = self.directory.clone();
                 tokio::task::spawn_blocking(move || remove_files(&directory, &unused)).await?;
                 Ok::<_, BoxError>(())

@@ -100,12 +100,26 @@ fn retry_after(attempt: i32, attempts: i32, backoff: Duration) -> Option<Duratio
     Some(backoff.saturating_mul(factor).min(MAX_BACKOFF))
 }
 
+/// How long a delivery can stay pending while an instance serves its endpoint: every wait between
+/// attempts, and a claim's lease for each attempt.
+pub(super) fn longest_delivery(settings: &crate::settings::JobSettings) -> Duration {
+    let waits = (1..settings.webhook_attempts)
+        .filter_map(|attempt| retry_after(attempt, settings.webhook_attempts, settings.webhook_backoff))
+        .fold(Duration::ZERO, Duration::saturating_add);
+    let claims = claim_lease(settings).saturating_mul(settings.webhook_attempts as u32);
+    waits.saturating_add(claims)
+}
+
+/// How long a claimed delivery is held for its attempt: past it, it comes due again.
+fn claim_lease(settings: &crate::settings::JobSettings) -> Duration {
+    settings.webhook_timeout * 2 + Duration::from_secs(10)
+}
+
 impl Context {
     /// Delivers due webhooks until the runner stops: a batch at a time, its deliveries concurrently.
     pub(super) async fn deliver_webhooks(self: Arc<Self>, sender: Sender, mut stop: watch::Receiver<bool>) {
         let urls: Vec<String> = sender.endpoints.iter().map(|e| e.url.clone()).collect();
-        // A claimed delivery comes due again if its outcome is not recorded by then.
-        let lease = self.settings.webhook_timeout * 2 + Duration::from_secs(10);
+        let lease = claim_lease(&self.settings);
         while !*stop.borrow() {
             let claimed = self
                 .pool

@@ -221,6 +221,16 @@ async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_r
         "{recorded:?}"
     );
     assert!(cancelled.received().is_empty(), "subscribed to export.cancelled only");
+    let metrics = reqwest::get(format!("http://{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for outcome in ["retried", "delivered"] {
+        let line = format!("pgspout_webhook_deliveries_total{{event=\"export.completed\",outcome=\"{outcome}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 
     // Cancelled: both endpoints, each signed with its own secret.
     let long = create_ok(&base, json!({ "dataset": "big" })).await;
@@ -268,7 +278,8 @@ async fn a_pending_delivery_survives_kill_9_and_is_delivered_by_the_next_instanc
     // Every attempt fails until the endpoint is mended.
     let endpoint = Receiver::start("/hooks", usize::MAX).await;
     let extra = format!(
-        "webhook_backoff = \"1s\"\nwebhook_attempts = 50\n{}",
+        // A short timeout keeps short the claim of an attempt the kill cuts off (twice it, plus 10 s).
+        "webhook_backoff = \"1s\"\nwebhook_attempts = 50\nwebhook_timeout = \"2s\"\n{}",
         webhook(&endpoint.url, SECRET_ALL, Some("export.completed"))
     );
     let config = jobs_config(&directory, &extra);

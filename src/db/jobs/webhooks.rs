@@ -94,21 +94,24 @@ impl JobStore {
         Ok(())
     }
 
-    /// Deletes deliveries whose job is gone (deleted or expired) once they are done with, and any older
-    /// than `retention` (an endpoint no instance serves any more).
+    /// Deletes deliveries done with (delivered or failed) once their job is gone (deleted or expired) or
+    /// they are older than `retention`; and pending ones older than `abandoned` (endpoints no instance
+    /// serves any more: every attempt a serving instance makes ends sooner).
     pub(crate) async fn sweep_deliveries(
         &self,
         client: &impl GenericClient,
         retention: Duration,
+        abandoned: Duration,
     ) -> Result<u64, tokio_postgres::Error> {
         client
             .execute(
                 &self.sql(
                     "DELETE FROM {s}.webhook_deliveries d \
-                     WHERE created_at < now() - $1::text::interval \
-                       OR (status <> 'pending' AND NOT EXISTS (SELECT FROM {s}.export_jobs j WHERE j.id = d.job_id))",
+                     WHERE CASE WHEN status = 'pending' THEN created_at < now() - $2::text::interval \
+                       ELSE created_at < now() - $1::text::interval \
+                         OR NOT EXISTS (SELECT FROM {s}.export_jobs j WHERE j.id = d.job_id) END",
                 ),
-                &[&interval(retention)],
+                &[&interval(retention), &interval(abandoned)],
             )
             .await
     }

@@ -62,7 +62,7 @@ pub(crate) fn stream(
         meter,
     };
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
-    actix_web::rt::spawn(export.run(sender).instrument(tracing::Span::current()));
+    tokio::spawn(export.run(sender).instrument(tracing::Span::current()));
     futures::stream::unfold(Some(receiver), |state| async move {
         let mut receiver = state?;
         match receiver.recv().await {

@@ -251,20 +251,24 @@ impl ApiError {
     pub(crate) fn problem_json(&self, request_id: Option<&str>) -> String {
         let status = self.status_code();
         let (r#type, title) = self.kind();
-        let detail = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            "The request failed inside pgspout or the database; the server log has the cause.".to_owned()
-        } else {
-            self.to_string()
-        };
         serde_json::to_string(&Problem {
             r#type,
             title,
             status: status.as_u16(),
-            detail,
+            detail: self.detail(),
             instance: request_id.map(|id| format!("urn:pgspout:request:{id}")),
             request_id,
         })
         .expect("a problem document always serializes")
+    }
+
+    /// What a client is told: the cause, except for a 500, whose cause goes to the log only.
+    pub(crate) fn detail(&self) -> String {
+        if self.status_code() == StatusCode::INTERNAL_SERVER_ERROR {
+            "The request failed inside pgspout or the database; the server log has the cause.".to_owned()
+        } else {
+            self.to_string()
+        }
     }
 
     /// Whether no pooled connection was free in time.

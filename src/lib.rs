@@ -32,6 +32,7 @@ mod dataset;
 mod db;
 pub mod encode;
 pub mod error;
+mod flight;
 mod jobs;
 mod negotiate;
 mod openapi;

@@ -73,6 +73,9 @@ pub struct Application {
     server: Server,
     /// `/metrics` on `server.metrics_listen`, and its port.
     metrics_server: Option<(u16, Server)>,
+    /// Arrow Flight's bound listener on `server.flight_listen`; served from `run_until_stopped`.
+    flight_listener: Option<TcpListener>,
+    export_slots: usize,
     /// The job runner, when jobs are on, starts with the server and needs these.
     state: Arc<AppState>,
     connection: db::Connection,
@@ -257,10 +260,19 @@ impl Application {
             Some(address) => Some(metrics_server(address, metrics)?),
             None => None,
         };
+        let flight_listener = match &settings.server.flight_listen {
+            Some(address) => Some(TcpListener::bind(address).map_err(|source| StartupError::Listen {
+                address: address.clone(),
+                source,
+            })?),
+            None => None,
+        };
         Ok(Application {
             port,
             server,
             metrics_server,
+            flight_listener,
+            export_slots: settings.export_slots(),
             state: runner_state,
             connection: runner_connection,
             database: settings.database.clone(),
@@ -280,6 +292,14 @@ impl Application {
         self.metrics_server.as_ref().map(|(port, _)| *port)
     }
 
+    /// The port of `server.flight_listen`, when set.
+    pub fn flight_port(&self) -> Option<u16> {
+        self.flight_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+            .map(|address| address.port())
+    }
+
     /// What reads the catalog again (the binary calls it on SIGHUP; `NOTIFY pgspout, 'reload'` does too).
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
@@ -294,6 +314,21 @@ impl Application {
             .replicas
             .clone()
             .map(|set| tokio::spawn(set.monitor(self.connection.clone(), self.database.connect_timeout)));
+        let flight = match self.flight_listener {
+            Some(listener) => {
+                let port = listener.local_addr()?.port();
+                let server = crate::flight::FlightServer::start(
+                    self.state.clone(),
+                    listener,
+                    self.connection.clone(),
+                    &self.database,
+                    self.export_slots,
+                )?;
+                tracing::info!(%port, "serving Arrow Flight");
+                Some(server)
+            }
+            None => None,
+        };
         let runner = match &self.state.jobs {
             Some(jobs) => Some(crate::jobs::Runner::start(
                 self.state.clone(),
@@ -323,6 +358,12 @@ impl Application {
                     runner.stop().await;
                 }
             };
+            let flight_stopping = async {
+                if let Some(flight) = flight {
+                    flight.stop().await;
+                }
+            };
+            let stopping = async { tokio::join!(stopping, flight_stopping) };
             tokio::join!(handle.stop(true), stopping);
             // Metrics stay scrapeable until the exports are done.
             if let Some(metrics) = metrics_handle {

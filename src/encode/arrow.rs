@@ -91,17 +91,8 @@ impl ArrowEncoder {
     /// An encoder for rows with these columns; what precedes the first batch is ready for
     /// [`ArrowEncoder::write_header`].
     pub fn new(columns: &[EncodedColumn], container: Container) -> Result<Self, EncodeError> {
-        let fields: Vec<Field> = columns
-            .iter()
-            .map(|column| {
-                let field = field(&column.name, column.columnar);
-                let mut metadata = field.metadata().clone();
-                metadata.insert(TYPE_METADATA.to_owned(), column.type_name.clone());
-                field.with_metadata(metadata)
-            })
-            .collect();
         let builders = columns.iter().map(|c| Builder::new(c.columnar)).collect();
-        let schema = Arc::new(Schema::new(fields));
+        let schema = Arc::new(schema(columns));
         let label = container.label();
         let error = |error: arrow_schema::ArrowError| writer_error(label, error);
         let sink = match container {
@@ -233,6 +224,21 @@ impl<R: Cells + ?Sized> Encoder<R> for ArrowEncoder {
     fn write_trailer(&mut self, _rows: u64, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         ArrowEncoder::write_trailer(self, out)
     }
+}
+
+/// The Arrow schema of rows with these columns: each field's type from the type table, and the Postgres
+/// type's name in its metadata.
+pub fn schema(columns: &[EncodedColumn]) -> Schema {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|column| {
+            let field = field(&column.name, column.columnar);
+            let mut metadata = field.metadata().clone();
+            metadata.insert(TYPE_METADATA.to_owned(), column.type_name.clone());
+            field.with_metadata(metadata)
+        })
+        .collect();
+    Schema::new(fields)
 }
 
 pub(super) fn writer_error(format: &'static str, error: impl std::fmt::Display) -> EncodeError {

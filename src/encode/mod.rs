@@ -15,7 +15,7 @@ mod value;
 use crate::negotiate;
 use crate::query::cursor::ResumeTokens;
 
-pub use self::arrow::{ArrowEncoder, Container};
+pub use self::arrow::{ArrowEncoder, Container, schema as arrow_schema};
 pub use self::csv::CsvEncoder;
 pub use self::ndjson::{JsonArrayEncoder, NdjsonEncoder};
 pub use self::sse::SseEncoder;

@@ -86,6 +86,9 @@ impl ResumeTokens {
 #[error("the cursor is malformed, was altered, or was issued by another server")]
 pub(crate) struct InvalidCursor;
 
+/// What a Flight ticket's signed payload starts with.
+const TICKET_TAG: &[u8] = b"pgspout flight ticket\0";
+
 /// The secret cursors are signed with.
 #[derive(Clone)]
 pub(crate) struct CursorKey(Vec<u8>);
@@ -117,18 +120,40 @@ impl CursorKey {
 
     /// The cursor as an opaque, URL-safe token.
     pub(crate) fn seal(&self, cursor: &Cursor) -> String {
-        let payload = serde_json::to_vec(cursor).expect("a cursor always serializes");
-        let tag = self.mac(&payload).finalize().into_bytes();
-        format!("{}.{}", URL_SAFE_NO_PAD.encode(&payload), URL_SAFE_NO_PAD.encode(tag))
+        self.signed(&serde_json::to_vec(cursor).expect("a cursor always serializes"))
+    }
+
+    /// A Flight ticket for `command` (a dataset and its query): signed, so a client cannot forge one. Its
+    /// payload starts with a tag no cursor's JSON can, so neither passes for the other.
+    pub(crate) fn seal_ticket(&self, command: &str) -> Vec<u8> {
+        self.signed(&[TICKET_TAG, command.as_bytes()].concat()).into_bytes()
+    }
+
+    /// The command in a ticket this key signed.
+    pub(crate) fn open_ticket(&self, ticket: &[u8]) -> Result<String, InvalidCursor> {
+        let payload = self.verified(std::str::from_utf8(ticket).map_err(|_| InvalidCursor)?)?;
+        let command = payload.strip_prefix(TICKET_TAG).ok_or(InvalidCursor)?;
+        String::from_utf8(command.to_vec()).map_err(|_| InvalidCursor)
     }
 
     /// The cursor in `token`, if this key signed it.
     pub(crate) fn open(&self, token: &str) -> Result<Cursor, InvalidCursor> {
+        serde_json::from_slice(&self.verified(token)?).map_err(|_| InvalidCursor)
+    }
+
+    /// `payload` and its tag, as URL-safe text.
+    fn signed(&self, payload: &[u8]) -> String {
+        let tag = self.mac(payload).finalize().into_bytes();
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(payload), URL_SAFE_NO_PAD.encode(tag))
+    }
+
+    /// The payload of `token`, if this key signed it.
+    fn verified(&self, token: &str) -> Result<Vec<u8>, InvalidCursor> {
         let (payload, tag) = token.split_once('.').ok_or(InvalidCursor)?;
         let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| InvalidCursor)?;
         let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| InvalidCursor)?;
         self.mac(&payload).verify_slice(&tag).map_err(|_| InvalidCursor)?;
-        serde_json::from_slice(&payload).map_err(|_| InvalidCursor)
+        Ok(payload)
     }
 }
 
@@ -187,5 +212,16 @@ mod tests {
         assert_eq!(key.open(payload), Err(InvalidCursor));
         assert_eq!(key.open("%%%.???"), Err(InvalidCursor));
         assert_eq!(key.open(""), Err(InvalidCursor));
+    }
+
+    #[test]
+    fn tickets_open_with_their_key_only_and_never_pass_for_cursors() {
+        let key = CursorKey::new(b"secret");
+        let ticket = key.seal_ticket("orders?amount=gt.100");
+        assert_eq!(key.open_ticket(&ticket).unwrap(), "orders?amount=gt.100");
+        assert_eq!(CursorKey::new(b"other").open_ticket(&ticket), Err(InvalidCursor));
+        assert_eq!(key.open(std::str::from_utf8(&ticket).unwrap()), Err(InvalidCursor));
+        assert_eq!(key.open_ticket(key.seal(&cursor()).as_bytes()), Err(InvalidCursor));
+        assert_eq!(key.open_ticket(b"orders"), Err(InvalidCursor));
     }
 }

@@ -8,7 +8,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 use futures::future::LocalBoxFuture;
 
 use crate::auth::{AuthError, Identity};
-use crate::dataset::Catalog;
+use crate::dataset::{Catalog, Dataset};
 use crate::db::error::OpenError;
 use crate::db::rows::readable;
 use crate::db::{self, Session};
@@ -31,13 +31,18 @@ impl FromRequest for Caller {
         );
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("no application state".into()))?;
-            let Some(auth) = &state.auth else {
-                return Ok(Caller(None));
-            };
-            let token = token?;
-            Ok(Caller(Some(auth.identify(token.as_deref()).await?)))
+            Caller::identify(&state, token).await
         })
     }
+}
+
+/// The token of an `Authorization` value: `Bearer <token>`; any other scheme is refused.
+pub(crate) fn bearer(value: &str) -> Result<String, AuthError> {
+    let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Invalid("Authorization must be `Bearer <token>`".into()));
+    }
+    Ok(token.trim().to_owned())
 }
 
 /// The bearer token, or the cookie's value; an `Authorization` header of another scheme is refused.
@@ -46,11 +51,7 @@ fn token(request: &HttpRequest, cookie: Option<&str>) -> Result<Option<String>, 
         let value = value
             .to_str()
             .map_err(|_| AuthError::Invalid("the Authorization header is not text".into()))?;
-        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(AuthError::Invalid("Authorization must be `Bearer <token>`".into()));
-        }
-        return Ok(Some(token.trim().to_owned()));
+        return bearer(value).map(Some);
     }
     Ok(cookie
         .and_then(|name| request.cookie(name))
@@ -59,6 +60,18 @@ fn token(request: &HttpRequest, cookie: Option<&str>) -> Result<Option<String>, 
 }
 
 impl Caller {
+    /// Who sends `token` (already read from wherever this transport carries it), or what reading it failed
+    /// with; anyone without `[auth]`.
+    pub(crate) async fn identify(
+        state: &AppState,
+        token: Result<Option<String>, AuthError>,
+    ) -> Result<Caller, ApiError> {
+        let Some(auth) = &state.auth else {
+            return Ok(Caller(None));
+        };
+        Ok(Caller(Some(auth.identify(token?.as_deref()).await?)))
+    }
+
     /// The identity, when auth is on.
     pub(crate) fn identity(&self) -> Option<&Identity> {
         self.0.as_ref()
@@ -73,11 +86,16 @@ impl Caller {
     /// id in `application_name`, and under `[auth]` the role, the claims, the method and path, and the
     /// `pre_request` call.
     pub(crate) fn begin(&self, state: &AppState, context: &RequestContext, request: &HttpRequest) -> String {
+        self.begin_call(state, context, request.method().as_str(), request.path())
+    }
+
+    /// [`Caller::begin`] for a call of any transport: `method` and `path` are what `pre_request` sees.
+    pub(crate) fn begin_call(&self, state: &AppState, context: &RequestContext, method: &str, path: &str) -> String {
         let session = self.0.as_ref().map(|identity| Session {
             role: &identity.role,
             claims: &identity.claims,
-            method: request.method().as_str(),
-            path: request.path(),
+            method,
+            path,
             pre_request: state.auth.as_ref().and_then(|a| a.pre_request()),
         });
         db::begin_as(&state.begin_sql, &context.application_name(), session.as_ref())
@@ -94,11 +112,22 @@ impl Caller {
         request: &HttpRequest,
         estimate: bool,
     ) -> Result<Vec<(String, Option<i64>)>, ApiError> {
-        let relations: Vec<(String, String)> = catalog.iter().map(|d| (d.name.clone(), d.relation.clone())).collect();
+        let begin = self.begin(state, context, request);
+        self.readable_as(catalog.iter(), pools, &begin, estimate).await
+    }
+
+    /// [`Caller::readable`] for some `datasets`, in a transaction opened by `begin`.
+    pub(crate) async fn readable_as(
+        &self,
+        datasets: impl Iterator<Item = &Dataset>,
+        pools: &Pools,
+        begin: &str,
+        estimate: bool,
+    ) -> Result<Vec<(String, Option<i64>)>, ApiError> {
+        let relations: Vec<(String, String)> = datasets.map(|d| (d.name.clone(), d.relation.clone())).collect();
         let found = async {
             let mut lease = pools.exports.lease().await?;
-            let begin = self.begin(state, context, request);
-            lease.begin(&begin).await.map_err(OpenError::from_begin)?;
+            lease.begin(begin).await.map_err(OpenError::from_begin)?;
             let found = readable(lease.client(), &relations, estimate).await?;
             lease.release().await?;
             Ok::<_, OpenError>(found)

@@ -1,7 +1,7 @@
 //! HTTP routes, one file per resource; with `startup`, `body` and `error`, the only code that touches actix types.
 
 mod assets;
-mod caller;
+pub(crate) mod caller;
 mod datasets;
 mod exports;
 mod formats;

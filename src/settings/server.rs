@@ -36,6 +36,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Serve `/metrics` only on this address, not on `listen`; unset: on `listen`.
     pub metrics_listen: Option<String>,
+    /// Serve Arrow Flight (gRPC) on this address; off when unset.
+    pub flight_listen: Option<String>,
     /// CORS for pages on other origins; off when absent.
     pub cors: Option<CorsSettings>,
 }
@@ -65,6 +67,7 @@ impl Default for ServerSettings {
             workers: None,
             shutdown_grace: Duration::from_secs(30),
             metrics_listen: None,
+            flight_listen: None,
             cors: None,
         }
     }

@@ -33,16 +33,18 @@ const MAX_ID_LENGTH: usize = 128;
 
 /// The client's `X-Request-Id` if it is 1–128 characters of `[A-Za-z0-9._:-]`, else a new UUID.
 fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            (1..=MAX_ID_LENGTH).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+    well_formed_id(headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()))
+}
+
+/// `id` if it is a well-formed request id, else a new one.
+fn well_formed_id(id: Option<&str>) -> String {
+    id.filter(|id| {
+        (1..=MAX_ID_LENGTH).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    })
+    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// The trace id of a valid W3C `traceparent` (version 00): `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
@@ -145,6 +147,43 @@ impl RequestContext {
             body_done: AtomicBool::new(false),
             metrics,
         }))
+    }
+}
+
+impl RequestContext {
+    /// A call that is not an HTTP request (an Arrow Flight call), counted and logged as one: `id` is the
+    /// caller's `x-request-id` if well-formed, else a new one; `route` names the call.
+    pub(crate) fn call(metrics: Arc<Metrics>, id: Option<&str>, method: &str, route: &str) -> RequestContext {
+        RequestContext(Arc::new(Exchange {
+            id: well_formed_id(id),
+            method: method.to_owned(),
+            route: route.to_owned(),
+            started: Instant::now(),
+            status: AtomicU16::new(0),
+            bytes: AtomicU64::new(0),
+            export: Mutex::new(None),
+            body_done: AtomicBool::new(false),
+            metrics,
+        }))
+    }
+
+    /// The request id.
+    pub(crate) fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// Records how the call was answered (HTTP's status number for it), and, `done`, that its answer was
+    /// sent whole.
+    pub(crate) fn answered(&self, status: u16, done: bool) {
+        self.0.status.store(status, Ordering::Relaxed);
+        if done {
+            self.0.body_done.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts bytes sent.
+    pub(crate) fn sent(&self, bytes: usize) {
+        self.0.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 

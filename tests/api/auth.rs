@@ -758,3 +758,62 @@ async fn start_up_names_the_grant_a_fixed_role_lacks() {
     drop(db);
     roles.drop_all().await;
 }
+
+#[tokio::test]
+async fn flight_calls_run_as_their_token_under_row_level_security() {
+    let (db, roles) = multi_tenant().await;
+    let mut settings = auth_settings(&db, &roles);
+    let port = crate::helpers::free_port();
+    settings.server.flight_listen = Some(format!("127.0.0.1:{port}"));
+    let http = format!("http://{}", serve(settings).await);
+    let location = format!("grpc://127.0.0.1:{port}");
+    let flight = crate::flight::flight;
+    let a = tenant_token(&roles, "a");
+
+    // ListFlights shows what the caller's role may read.
+    let listed = flight(&["list", &location, &a]).await;
+    let mut names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"][0].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["big", "docs", "notice"]);
+    let anonymous = flight(&["list", &location]).await;
+    assert_eq!(
+        anonymous.as_array().unwrap().len(),
+        1,
+        "the anonymous role reads notice only: {anonymous}"
+    );
+
+    // Rows under the policy, equal to HTTP under the same token; an API key is a token too.
+    let docs = flight(&["get", &location, &http, "path:docs", &a]).await;
+    assert_eq!((docs["rows"].as_i64(), docs["id_sum"].as_i64()), (Some(10), Some(55)));
+    assert_eq!(docs["equal_to_http"], true, "{docs}");
+    let b = tenant_token(&roles, "b");
+    let summary = flight(&["get", &location, &http, "cmd:docs?select=tenant,count()", &b]).await;
+    assert_eq!(summary["rows"], 1, "{summary}");
+    assert_eq!(summary["equal_to_http"], true, "{summary}");
+    let keyed = flight(&["get", &location, &http, "path:notice", API_KEY]).await;
+    assert_eq!(keyed["rows"], 1);
+
+    // Refusals are gRPC codes: no token where one is needed, a bad token, a table the role may not read.
+    for (descriptor, token, error) in [
+        ("path:docs", None, "FlightUnauthenticatedError"),
+        ("path:docs", Some("not-a-token"), "FlightUnauthenticatedError"),
+        ("path:secret", Some(a.as_str()), "FlightUnauthorizedError"),
+    ] {
+        let mut args = vec!["error", location.as_str(), descriptor];
+        args.extend(token);
+        let refused = flight(&args).await;
+        assert_eq!(refused["error"], error, "{descriptor} {token:?}: {refused}");
+    }
+    let blocked = token(json!({"role": roles.member, "tenant": "a", "blocked": true, "exp": now() + 600}));
+    let refused = flight(&["error", &location, "path:docs", &blocked]).await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("blocked"),
+        "pre_request runs: {refused}"
+    );
+    roles.drop_all().await;
+}

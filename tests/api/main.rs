@@ -9,6 +9,7 @@ mod consistency;
 mod errors;
 mod faults;
 mod fidelity;
+mod flight;
 mod helpers;
 mod http;
 mod job_integrity;

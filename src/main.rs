@@ -36,6 +36,7 @@ Endpoints:
   GET  /v1/client.js              the JavaScript client (ES module; client.d.ts: its types)
   GET  /                          the live page: build a query, watch rows stream in, download, export
   GET  /metrics                   Prometheus metrics (or only on server.metrics_listen)
+  gRPC Arrow Flight               on server.flight_listen: ListFlights, GetFlightInfo, DoGet (README)
   GET  /healthz                   200 while the process runs
   GET  /readyz                    200 when PostgreSQL answers, else 503
 

@@ -53,15 +53,19 @@ fn main() {
     let database_url = support::database_url();
     support::seed_orders(rows);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (port, flight_port) = (free_port(), free_port());
     let mut server = Command::new(env!("CARGO_BIN_EXE_pgspout"))
         .args(["serve", "--config", &format!("{root}/config/pgspout.toml")])
         .env("DATABASE_URL", &database_url)
         .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PGSPOUT_SERVER__FLIGHT_LISTEN", format!("127.0.0.1:{flight_port}"))
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("pgspout starts");
@@ -112,6 +116,11 @@ fn main() {
         let postgres = postgres_url();
         let readers = [
             ("python: pgspout arrow", "pgspout", format!("{base}?format=arrow")),
+            (
+                "python: pgspout flight",
+                "flight",
+                format!("grpc://127.0.0.1:{flight_port}"),
+            ),
             (
                 "python: pgspout parquet",
                 "pgspout-parquet",

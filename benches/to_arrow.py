@@ -4,7 +4,8 @@ the table's row count, as `seconds rows`.
 
 Usage: to_arrow.py READER SOURCE QUERY
   READER  pgspout (SOURCE: the /rows URL with format=arrow), pgspout-parquet (format=parquet, read by
-          pyarrow.parquet), duckdb (DuckDB's postgres scanner),
+          pyarrow.parquet), flight (SOURCE: pgspout's Arrow Flight location; DoGet of the whole `orders`
+          dataset, in key order), duckdb (DuckDB's postgres scanner),
           connectorx1 / connectorx2 (ConnectorX, one or two partitions on id), adbc (ADBC's PostgreSQL driver);
           SOURCE for the others is a postgresql:// URL
   QUERY   the SELECT the database readers run (pgspout's URL says the same)
@@ -33,6 +34,13 @@ elif reader == "pgspout-parquet":
     started = time.perf_counter()
     with urllib.request.urlopen(source) as response:
         table = pq.read_table(io.BytesIO(response.read()))
+elif reader == "flight":
+    import pyarrow.flight as flight
+
+    client = flight.FlightClient(source)
+    started = time.perf_counter()
+    info = client.get_flight_info(flight.FlightDescriptor.for_path("orders"))
+    table = client.do_get(info.endpoints[0].ticket).read_all()
 elif reader == "duckdb":
     import duckdb
 

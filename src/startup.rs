@@ -360,7 +360,12 @@ impl Application {
             };
             let flight_stopping = async {
                 if let Some(flight) = flight {
-                    flight.stop().await;
+                    // Calls still running when the grace period ends are cut with the exports; a client that
+                    // keeps its connection open after that does not hold the shutdown up.
+                    let limit = grace + std::time::Duration::from_secs(5);
+                    if tokio::time::timeout(limit, flight.stop()).await.is_err() {
+                        tracing::warn!("Arrow Flight calls outlasted the shutdown grace period; leaving them");
+                    }
                 }
             };
             let stopping = async { tokio::join!(stopping, flight_stopping) };

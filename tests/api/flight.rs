@@ -1,6 +1,7 @@
 //! Arrow Flight (`server.flight_listen`), read with pyarrow's Flight client: list, info and get for a dataset
 //! and a filtered command (equal to `/rows?format=arrow` and to the same SQL), errors as gRPC codes, a forged
-//! ticket refused, a cancelled call freeing its backend, and a killed backend ending the stream with an error.
+//! ticket refused, a cancelled call freeing its backend, a busy server refusing with `UNAVAILABLE`, and a
+//! killed backend ending the stream with an error.
 
 use std::time::Duration;
 
@@ -33,9 +34,15 @@ pub(crate) async fn flight(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// pgspout with Flight on a free port, serving `datasets` of `db`: (HTTP base URL, Flight location).
-pub(crate) async fn serve_flight(db: &TestDb, datasets: &[(&str, &str, Option<&str>)]) -> (String, String) {
+/// pgspout with Flight on a free port, serving `datasets` of `db` with `tune`d settings: (HTTP base URL, Flight
+/// location).
+async fn serve_flight(
+    db: &TestDb,
+    datasets: &[(&str, &str, Option<&str>)],
+    tune: impl FnOnce(&mut pgspout::settings::Settings),
+) -> (String, String) {
     let mut settings = settings(db, datasets);
+    tune(&mut settings);
     let port = free_port();
     settings.server.flight_listen = Some(format!("127.0.0.1:{port}"));
     let address = serve(settings).await;
@@ -54,7 +61,7 @@ async fn flight_lists_describes_and_streams_datasets_as_http_arrow_does() {
         )
         .await
         .unwrap();
-    let (http, location) = serve_flight(&db, &[("orders", "orders", Some("id"))]).await;
+    let (http, location) = serve_flight(&db, &[("orders", "orders", Some("id"))], |_| {}).await;
 
     let listed = flight(&["list", &location]).await;
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
@@ -117,7 +124,12 @@ async fn flight_lists_describes_and_streams_datasets_as_http_arrow_does() {
 async fn a_cancelled_flight_frees_its_backend_and_a_killed_backend_ends_the_stream_with_an_error() {
     let db = TestDb::new().await;
     db.client.batch_execute(BIG_VIEW).await.unwrap();
-    let (_, location) = serve_flight(&db, &[("big", "big", Some("id"))]).await;
+    // One export at a time, so a second call finds none free.
+    let (_, location) = serve_flight(&db, &[("big", "big", Some("id"))], |settings| {
+        settings.export.max_concurrent = Some(1);
+        settings.database.acquire_timeout = Duration::from_millis(500);
+    })
+    .await;
 
     let cancelled = flight(&["cancel", &location, "path:big"]).await;
     assert_eq!(cancelled["cancelled"], true);
@@ -142,6 +154,10 @@ async fn a_cancelled_flight_frees_its_backend_and_a_killed_backend_ends_the_stre
             .map(|b| b.0)
     })
     .await;
+    // The one export slot is taken: another call is UNAVAILABLE, with advice to retry.
+    let busy = flight(&["error", &location, "path:big"]).await;
+    assert_eq!(busy["error"], "FlightUnavailableError", "{busy}");
+    assert!(busy["message"].as_str().unwrap().contains("retry"), "{busy}");
     db.client
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await

@@ -477,7 +477,11 @@ impl FlightService for Spout {
             self.get(&call, command, parsed).await
         };
         match stream.await {
-            Ok(stream) => Ok(Response::new(stream)),
+            Ok(stream) => {
+                // Data follows, as a 200's body would over HTTP; the stream's end records whether it ended whole.
+                call.context.answered(200, false);
+                Ok(Response::new(stream))
+            }
             Err(error) => Err(status(&call.context, &call.caller.refine(error))),
         }
     }

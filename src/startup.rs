@@ -195,12 +195,8 @@ impl Application {
         let app_metrics = metrics.clone();
         let server = HttpServer::new(move || {
             let exports = db::pool(&connection, &database, database.pool_size);
-            let readers = match &state.replicas {
-                Some(set) => {
-                    db::replicas::Readers::new(exports.clone(), set.clone(), set.pools(&database, database.pool_size))
-                }
-                None => db::replicas::Readers::primary(exports.clone()),
-            };
+            let readers =
+                db::replicas::Readers::new(exports.clone(), state.replicas.as_ref(), &database, database.pool_size);
             let pools = Pools {
                 exports,
                 readers,

@@ -285,19 +285,17 @@ pub(crate) struct Readers {
 }
 
 impl Readers {
-    /// Reading from `primary` only.
-    pub(crate) fn primary(primary: Pool) -> Readers {
+    /// Reading from `replicas`, when there are any, through a pool of `size` connections to each, falling back
+    /// on `primary`; else from `primary` only.
+    pub(crate) fn new(
+        primary: Pool,
+        replicas: Option<&std::sync::Arc<ReplicaSet>>,
+        settings: &DatabaseSettings,
+        size: usize,
+    ) -> Readers {
         Readers {
             primary,
-            replicas: None,
-        }
-    }
-
-    /// Reading from `set`'s replicas through `pools` (one per replica, in order), falling back on `primary`.
-    pub(crate) fn new(primary: Pool, set: std::sync::Arc<ReplicaSet>, pools: Vec<Pool>) -> Readers {
-        Readers {
-            primary,
-            replicas: Some((set, pools)),
+            replicas: replicas.map(|set| (set.clone(), set.pools(settings, size))),
         }
     }
 

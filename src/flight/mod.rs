@@ -71,12 +71,7 @@ impl FlightServer {
                     .expect("a runtime for the Flight server");
                 runtime.block_on(async move {
                     let exports = crate::db::pool(&connection, &database, database.pool_size);
-                    let readers = match &state.replicas {
-                        Some(set) => {
-                            Readers::new(exports.clone(), set.clone(), set.pools(&database, database.pool_size))
-                        }
-                        None => Readers::primary(exports.clone()),
-                    };
+                    let readers = Readers::new(exports.clone(), state.replicas.as_ref(), &database, database.pool_size);
                     let pools = Pools {
                         health: exports.clone(),
                         exports,

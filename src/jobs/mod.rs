@@ -196,10 +196,7 @@ impl Runner {
             runtime.block_on(async move {
                 let pool = crate::db::pool(&connection, &database, pool_size);
                 // Batches read where requests do: from a healthy replica when there are any.
-                let readers = match &state.replicas {
-                    Some(set) => Readers::new(pool.clone(), set.clone(), set.pools(&database, settings.max_running)),
-                    None => Readers::primary(pool.clone()),
-                };
+                let readers = Readers::new(pool.clone(), state.replicas.as_ref(), &database, settings.max_running);
                 let context = Arc::new(Context {
                     store: JobStore::new(&settings.schema, &settings.webhooks),
                     pool,

@@ -1,13 +1,7 @@
 //! Real data-pipeline clients reading pgspout: DuckDB over HTTP, as NDJSON and as CSV; pandas and polars as
 //! their users call them.
 
-use crate::helpers::{ServerProcess, TestDb, spawn_app};
-
-/// The Python with DuckDB that scripts/test.sh prepares.
-fn python() -> String {
-    std::env::var("PGSPOUT_TEST_PYTHON")
-        .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
-}
+use crate::helpers::{ServerProcess, TestDb, python, spawn_app};
 
 /// `n` orders whose names hold commas and quotes, whose amounts are exact decimals, and whose notes (every
 /// tenth, else NULL) hold a line break: what trips CSV and JSON readers.

@@ -7,13 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{ServerProcess, TestDb, spawn_app, wait_for};
-
-/// The Python with pyarrow, polars and pandas that scripts/test.sh prepares.
-fn python() -> String {
-    std::env::var("PGSPOUT_TEST_PYTHON")
-        .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
-}
+use crate::helpers::{ServerProcess, TestDb, python, spawn_app, wait_for};
 
 /// Runs tests/clients/arrow_read.py in `mode` on `url`; its JSON, and whether it exited successfully.
 async fn run_reader(mode: &str, url: &str) -> (Value, bool) {

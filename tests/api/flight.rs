@@ -8,13 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::helpers::{BIG_VIEW, TestDb, free_port, serve, settings, wait_for, wait_until};
-
-/// The Python with pyarrow that scripts/test.sh prepares.
-fn python() -> String {
-    std::env::var("PGSPOUT_TEST_PYTHON")
-        .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
-}
+use crate::helpers::{BIG_VIEW, TestDb, free_port, python, serve, settings, wait_for, wait_until};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/flight.py");
 

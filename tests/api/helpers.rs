@@ -365,6 +365,12 @@ pub(crate) const BIG_VIEW: &str = "CREATE VIEW big AS SELECT g AS id, 'customer 
      repeat('x', 100) AS pad, (g * 1.25)::numeric(12,2) AS amount \
      FROM (SELECT generate_series(1, 10000000) AS g) AS series";
 
+/// The Python with DuckDB, pyarrow, polars and pandas that scripts/test.sh prepares.
+pub(crate) fn python() -> String {
+    std::env::var("PGSPOUT_TEST_PYTHON")
+        .unwrap_or_else(|_| panic!("PGSPOUT_TEST_PYTHON is not set: run the tests with scripts/test.sh"))
+}
+
 /// A small table of `n` rows.
 pub(crate) async fn small_table(db: &TestDb, n: i32) {
     db.client

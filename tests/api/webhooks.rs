@@ -54,11 +54,13 @@ impl Received {
     }
 }
 
-/// A webhook endpoint on loopback that records every request and answers 500 while `failing` says so.
+/// A webhook endpoint on loopback that records every request and answers 204, but fails while `failing` says
+/// so: the last failure (`failing` = 1) with a 307 redirect to itself, which a sender that followed redirects
+/// would take for a success, the ones before it with 500.
 struct Receiver {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
-    /// Requests still to fail (500) before answering 204.
+    /// Requests still to fail before answering 204.
     failing: Arc<Mutex<usize>>,
 }
 
@@ -68,24 +70,27 @@ impl Receiver {
         let url = format!("http://{}{path}", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let failing = Arc::new(Mutex::new(failing));
-        let (log, fail) = (received.clone(), failing.clone());
+        let (log, fail, own) = (received.clone(), failing.clone(), url.clone());
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let request = read_request(&mut stream).await;
-                let refuse = {
+                let failing = {
                     let mut failing = fail.lock().unwrap();
-                    let refuse = *failing > 0;
+                    let before = *failing;
                     *failing = failing.saturating_sub(1);
-                    refuse
+                    before
                 };
                 log.lock().unwrap().push(request);
-                let answer: &[u8] = if refuse {
-                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+                let answer = match failing {
+                    0 => "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_owned(),
+                    1 => format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {own}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    ),
+                    _ => "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        .to_owned(),
                 };
-                let _ = stream.write_all(answer).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
             }
         });
         Receiver { url, received, failing }
@@ -163,8 +168,9 @@ async fn deliveries(base: &str, id: &str) -> Vec<Value> {
 #[tokio::test]
 async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_retried_under_its_id() {
     let (db, directory) = orders_and_big(100, "webhooks").await;
-    // The first delivery to `all` fails; its retry comes a second later.
-    let all = Receiver::start("/hooks/all", 1).await;
+    // The first delivery to `all` gets a 500, its retry (a second later) a redirect, which is not followed: the
+    // third attempt (four seconds later) is delivered.
+    let all = Receiver::start("/hooks/all", 2).await;
     let cancelled = Receiver::start("/hooks/cancelled?token=x", 0).await;
     let extra = format!(
         "webhook_backoff = \"1s\"\nwebhook_attempts = 3\n{}{}{BIG_DATASET}",
@@ -174,14 +180,16 @@ async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_r
     let server = ServerProcess::start(&db, &jobs_config(&directory, &extra)).await;
     let base = server.base.clone();
 
-    // Completed: two attempts, one id, each signed with its own timestamp, the same body.
+    // Completed: three attempts, one id, each signed with its own timestamp, the same body.
     let id = create_ok(&base, json!({ "dataset": "orders" })).await;
     let done = wait_completed(&base, std::slice::from_ref(&id), Duration::from_secs(60)).await;
-    let attempts = all.wait_for(2).await;
-    let (first, second) = (&attempts[0], &attempts[1]);
-    assert_eq!(first.header("webhook-id"), second.header("webhook-id"));
-    assert_eq!(first.body, second.body, "a retry sends the same body");
-    for attempt in [first, second] {
+    let attempts = all.wait_for(3).await;
+    let first = &attempts[0];
+    for attempt in &attempts[1..3] {
+        assert_eq!(attempt.header("webhook-id"), first.header("webhook-id"));
+        assert_eq!(attempt.body, first.body, "a retry sends the same body");
+    }
+    for attempt in &attempts[..3] {
         assert!(attempt.verifies(SECRET_ALL), "{attempt:?}");
         assert!(!attempt.verifies(SECRET_CANCELLED));
         assert_eq!(attempt.header("content-type"), "application/json");
@@ -215,9 +223,9 @@ async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_r
     .await;
     assert_eq!(recorded[0]["id"], first.header("webhook-id"));
     assert_eq!(recorded[0]["event"], "export.completed");
-    assert_eq!(recorded[0]["attempts"], 2);
+    assert_eq!(recorded[0]["attempts"], 3, "the redirect was not followed");
     assert!(
-        recorded[0]["last_error"].as_str().unwrap().contains("500"),
+        recorded[0]["last_error"].as_str().unwrap().contains("307"),
         "{recorded:?}"
     );
     assert!(cancelled.received().is_empty(), "subscribed to export.cancelled only");
@@ -227,8 +235,9 @@ async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_r
         .text()
         .await
         .unwrap();
-    for outcome in ["retried", "delivered"] {
-        let line = format!("pgspout_webhook_deliveries_total{{event=\"export.completed\",outcome=\"{outcome}\"}} 1");
+    for (outcome, count) in [("retried", 2), ("delivered", 1)] {
+        let line =
+            format!("pgspout_webhook_deliveries_total{{event=\"export.completed\",outcome=\"{outcome}\"}} {count}");
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }
 
@@ -246,17 +255,17 @@ async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_r
     assert_eq!(to_cancelled[0].json()["type"], "export.cancelled");
     assert_eq!(to_cancelled[0].json()["data"]["id"], long.as_str());
     assert_eq!(to_cancelled[0].json()["data"]["status"], "cancelled");
-    let to_all = all.wait_for(3).await;
-    assert!(to_all[2].verifies(SECRET_ALL));
-    assert_eq!(to_all[2].json()["type"], "export.cancelled");
-    assert_ne!(to_all[2].header("webhook-id"), to_cancelled[0].header("webhook-id"));
+    let to_all = all.wait_for(4).await;
+    assert!(to_all[3].verifies(SECRET_ALL));
+    assert_eq!(to_all[3].json()["type"], "export.cancelled");
+    assert_ne!(to_all[3].header("webhook-id"), to_cancelled[0].header("webhook-id"));
 
     // Failed: the reason travels in the data.
     let doomed = create_ok(&base, json!({ "dataset": "big" })).await;
     wait_until_running(&base, &doomed).await;
     db.client.batch_execute("DROP VIEW big").await.unwrap();
-    let to_all = all.wait_for(4).await;
-    let failed = to_all[3].json();
+    let to_all = all.wait_for(5).await;
+    let failed = to_all[4].json();
     assert_eq!(failed["type"], "export.failed");
     assert_eq!(failed["data"]["id"], doomed.as_str());
     assert!(failed["data"]["error"].as_str().unwrap().contains("big"), "{failed}");

@@ -304,6 +304,25 @@ impl Readers {
         self.replicas.as_ref().map_or(&[], |(_, pools)| pools)
     }
 
+    /// Readers on one node: the next healthy replica in turn, else (as `replica_fallback` allows) the
+    /// primary. Connections that share an exported snapshot must all be on the node that exported it.
+    pub(crate) fn node(&self) -> Result<Readers, OpenError> {
+        let Some((set, pools)) = &self.replicas else {
+            return Ok(self.clone());
+        };
+        let primary = match set.healthy_in_turn().first() {
+            Some(&index) => pools[index].clone(),
+            None => match set.fallback {
+                ReplicaFallback::Primary => self.primary.clone(),
+                ReplicaFallback::Refuse => return Err(OpenError::NoReplica),
+            },
+        };
+        Ok(Readers {
+            primary,
+            replicas: None,
+        })
+    }
+
     /// A connection to read from: the first healthy replica in turn with a connection free; when every
     /// healthy replica's pool is busy, the first of them as soon as it has one (within the acquire timeout).
     /// The fallback applies only when no replica is healthy.

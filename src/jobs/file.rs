@@ -2,7 +2,7 @@
 //! each checkpoint is recorded. Blocking I/O: the runner calls it from its own threads.
 
 use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -93,6 +93,35 @@ impl JobFile {
 /// The file of job `id` in `format` and `encoding`.
 pub(crate) fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
     directory.join(format!("{id}.{}{}", format.job_file().extension, encoding.suffix()))
+}
+
+/// The file of part `number` of parallel job `id`, until the parts are joined into the job's file.
+pub(crate) fn part_path(directory: &Path, id: Uuid, number: i32, format: Format, encoding: Encoding) -> PathBuf {
+    directory.join(format!(
+        "{id}.part{number}.{}{}",
+        format.job_file().extension,
+        encoding.suffix()
+    ))
+}
+
+/// Writes a new file at `path` from `pieces`: each file's first `len` bytes, in order (each a whole
+/// compressed member or frame, so they concatenate). Made durable; returns its length.
+pub(crate) fn concatenate(path: &Path, pieces: &[(PathBuf, u64)]) -> Result<u64, FileError> {
+    let mut file = JobFile::open(path, 0)?;
+    for (piece, len) in pieces {
+        let mut source = File::open(piece)?.take(*len);
+        // File to file: the kernel copies (copy_file_range), without the bytes passing through here.
+        let copied = io::copy(&mut source, &mut file.file)?;
+        if copied < *len {
+            return Err(FileError::Short {
+                actual: copied,
+                checkpoint: *len,
+            });
+        }
+        file.len += copied;
+    }
+    file.sync()?;
+    Ok(file.len)
 }
 
 /// The ids of the job files in `directory` last modified more than `age` ago.

@@ -160,6 +160,9 @@ struct Context {
     pool: Pool,
     /// Where batches are read.
     readers: Readers,
+    /// One per connection rows may be read on: a job takes all it needs at once (a parallel job one per
+    /// part and one holding the snapshot), so jobs never wait on each other's connections.
+    reads: tokio::sync::Semaphore,
     owner: Uuid,
 }
 
@@ -182,9 +185,10 @@ impl Runner {
         let sender =
             webhooks::Sender::new(&settings.webhooks, settings.webhook_timeout).map_err(std::io::Error::other)?;
         let (stop, stopped) = watch::channel(false);
-        // Per running job: its rows' connection, and a short one for lease renewals and checkpoints; plus
-        // one for claiming and sweeping.
-        let pool_size = 2 * settings.max_running + 1;
+        // Reads: one per running job, and room for one parallel job's parts and snapshot besides. Then per
+        // running job a short one for lease renewals and checkpoints, and one for claiming and sweeping.
+        let reads = settings.max_running + settings.max_parallelism;
+        let pool_size = reads + settings.max_running + 1;
         let database = database.clone();
         let thread = std::thread::Builder::new().name("pgspout-jobs".into()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -196,11 +200,12 @@ impl Runner {
             runtime.block_on(async move {
                 let pool = crate::db::pool(&connection, &database, pool_size);
                 // Batches read where requests do: from a healthy replica when there are any.
-                let readers = Readers::new(pool.clone(), state.replicas.as_ref(), &database, settings.max_running);
+                let readers = Readers::new(pool.clone(), state.replicas.as_ref(), &database, reads);
                 let context = Arc::new(Context {
                     store: JobStore::new(&settings.schema, &settings.webhooks),
                     pool,
                     readers,
+                    reads: tokio::sync::Semaphore::new(reads),
                     owner: Uuid::new_v4(),
                     state,
                     settings,

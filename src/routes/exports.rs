@@ -9,12 +9,14 @@ use uuid::Uuid;
 
 use super::caller::Caller;
 use crate::compress::Encoding;
+use crate::dataset::Dataset;
 use crate::db::jobs::{Created, Idempotency, JobStatus, NewJob, Requester};
 use crate::db::rows::{Next, Rows, Source};
 use crate::encode::{FORMATS, Format};
 use crate::error::ApiError;
 use crate::jobs::{file_path, remove_files};
 use crate::query::{self, Endpoint};
+use crate::settings::JobSettings;
 use crate::state::{AppState, JobsState, Pools};
 use crate::telemetry::request::RequestContext;
 
@@ -30,6 +32,13 @@ struct CreateExport {
     /// The query string, as for `/rows` (`select`, filters, `order`, `limit`, `after`).
     #[serde(default)]
     query: String,
+    /// Connections to read on (at most `jobs.max_parallelism`), each a key range of one snapshot.
+    #[serde(default = "default_parallelism")]
+    parallelism: u32,
+}
+
+fn default_parallelism() -> u32 {
+    1
 }
 
 fn default_format() -> String {
@@ -63,7 +72,7 @@ pub(super) async fn create(
     let bad_body = |error: &dyn std::fmt::Display| {
         ApiError::BadRequest(format!(
             "the body must be a JSON object with \"dataset\" and optionally \"format\", \"compression\" and \
-             \"query\" strings: {error}"
+             \"query\" strings and a \"parallelism\" number: {error}"
         ))
     };
     // Parsed as a value first: serde would also take a struct from a JSON array.
@@ -117,6 +126,14 @@ pub(super) async fn create(
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.trim_start_matches('?'))
         .map_err(|error| ApiError::BadRequest(format!("query is no query string: {error}")))?;
     let mut parsed = query::params::parse(dataset, Endpoint::Job, &pairs)?;
+    let parallelism = parallelism(
+        create.parallelism,
+        dataset,
+        format,
+        &parsed,
+        file.resumes,
+        &jobs.settings,
+    )?;
     // The values' type checks, and the query itself, on zero rows.
     parsed.limit = Some(0);
     let (mut rows, _) = Rows::open(
@@ -130,7 +147,7 @@ pub(super) async fn create(
     while !matches!(rows.next().await.map_err(|e| caller.refine(e.into()))?, Next::End) {}
     rows.finish().await?;
 
-    let digest = request_digest(&dataset.name, format.name(), compression, &query);
+    let digest = request_digest(&dataset.name, format.name(), compression, &query, parallelism);
     let job = NewJob {
         dataset: &dataset.name,
         format: format.name(),
@@ -145,6 +162,7 @@ pub(super) async fn create(
             claims: &identity.claims,
         }),
         idempotency: key.as_deref().map(|key| Idempotency { key, digest: &digest }),
+        parallelism,
     };
     let created = pools
         .exports
@@ -192,10 +210,55 @@ fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
+/// The connections a job asks to read on, capped at `max`. More than one needs what parts can be made of:
+/// a key to split into ranges, rows in key order with no overall limit, and a file format whose pieces
+/// concatenate.
+fn parallelism(
+    asked: u32,
+    dataset: &Dataset,
+    format: Format,
+    request: &query::Request,
+    concatenates: bool,
+    settings: &JobSettings,
+) -> Result<i32, ApiError> {
+    if asked == 0 {
+        return Err(ApiError::BadRequest("parallelism must be at least 1".into()));
+    }
+    let parallelism = (asked as usize).min(settings.max_parallelism) as i32;
+    if parallelism == 1 {
+        return Ok(1);
+    }
+    let refuse = |why: &str| Err(ApiError::BadRequest(format!("parallelism {asked}: {why}")));
+    let Some(key) = dataset.key else {
+        return refuse(&format!("dataset {:?} has no key to split into ranges", dataset.name));
+    };
+    if !concatenates {
+        return refuse(&format!(
+            "a {} file cannot be joined from parts; use ndjson or csv",
+            format.name()
+        ));
+    }
+    if request.summary.is_some() {
+        return refuse("a summary is one statement; it cannot be split");
+    }
+    if request.limit.is_some() {
+        return refuse("a limit applies to the rows of all parts together; leave it out");
+    }
+    if request.order.iter().any(|term| term.column != key || term.descending) {
+        return refuse("parts follow each other in key order; leave order out");
+    }
+    Ok(parallelism)
+}
+
 /// What an `Idempotency-Key` is checked against: a digest of the request as queued.
-fn request_digest(dataset: &str, format: &str, compression: &str, query: &str) -> String {
+fn request_digest(dataset: &str, format: &str, compression: &str, query: &str, parallelism: i32) -> String {
     use sha2::Digest as _;
-    let canonical = serde_json::json!([dataset, format, compression, query]).to_string();
+    // A serial job's digest is what it was before jobs had parallelism, so keys given before still match.
+    let canonical = match parallelism {
+        1 => serde_json::json!([dataset, format, compression, query]),
+        n => serde_json::json!([dataset, format, compression, query, n]),
+    }
+    .to_string();
     format!("{:x}", sha2::Sha256::digest(canonical.as_bytes()))
 }
 

@@ -17,6 +17,8 @@ pub struct JobSettings {
     pub schema: String,
     /// Jobs this instance runs at once.
     pub max_running: usize,
+    /// The most connections one job reads on (`"parallelism"` when it is created is capped at this).
+    pub max_parallelism: usize,
     /// Jobs that may wait in the queue (all instances together); beyond it, creating one is a 503.
     pub max_queued: i64,
     /// How long a finished file is kept.
@@ -131,6 +133,7 @@ impl Default for JobSettings {
             directory: None,
             schema: "pgspout".into(),
             max_running: 2,
+            max_parallelism: 4,
             max_queued: 1000,
             retention: Duration::from_secs(7 * 24 * 3600),
             lease: Duration::from_secs(30),
@@ -180,9 +183,16 @@ impl JobSettings {
         if self.directory.is_none() {
             return Ok(());
         }
-        if self.max_running == 0 || self.max_queued < 1 || self.batch_rows == 0 || self.max_attempts < 1 {
+        if self.max_running == 0
+            || self.max_parallelism == 0
+            || self.max_queued < 1
+            || self.batch_rows == 0
+            || self.max_attempts < 1
+        {
             return Err(
-                "jobs.max_running, jobs.max_queued, jobs.batch_rows and jobs.max_attempts must be at least 1".into(),
+                "jobs.max_running, jobs.max_parallelism, jobs.max_queued, jobs.batch_rows and \
+                 jobs.max_attempts must be at least 1"
+                    .into(),
             );
         }
         if self.lease < Duration::from_secs(1) {

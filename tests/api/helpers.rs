@@ -50,6 +50,11 @@ impl TestDb {
         TestDb { name, client, config }
     }
 
+    /// Another connection to the test database (for a transaction of the test's own beside `client`).
+    pub(crate) async fn connect(&self) -> Client {
+        connect(&self.config).await
+    }
+
     /// A libpq key=value string for pgspout.
     pub(crate) fn url(&self) -> String {
         self.url_on(&std::env::var("PGHOST").unwrap())

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::helpers::{BIG_VIEW, ServerProcess, TestDb, spawn_app, wait_for, wait_until};
 
 /// `n` orders with a few NULLs, quotes and a numeric column.
-async fn orders(db: &TestDb, n: i32) {
+pub(crate) async fn orders(db: &TestDb, n: i32) {
     db.client
         .batch_execute(&format!(
             "CREATE TABLE orders (id bigint PRIMARY KEY, customer text, amount numeric(12,2), note text); \
@@ -96,7 +96,7 @@ pub(crate) async fn wait_completed(base: &str, ids: &[String], limit: Duration) 
 }
 
 /// The decompressed bytes of a file written with `compression`.
-fn decompress(bytes: &[u8], compression: &str) -> Vec<u8> {
+pub(crate) fn decompress(bytes: &[u8], compression: &str) -> Vec<u8> {
     let mut out = Vec::new();
     match compression {
         "gzip" => {
@@ -109,7 +109,7 @@ fn decompress(bytes: &[u8], compression: &str) -> Vec<u8> {
 }
 
 /// SHA-256 and length of a `/rows` body, streamed.
-async fn rows_digest(base: &str, query: &str) -> (String, usize) {
+pub(crate) async fn rows_digest(base: &str, query: &str) -> (String, usize) {
     let mut response = reqwest::get(format!("http://{base}/v1/datasets/orders/rows?{query}"))
         .await
         .unwrap();
@@ -123,7 +123,7 @@ async fn rows_digest(base: &str, query: &str) -> (String, usize) {
     (format!("{:x}", hasher.finalize()), length)
 }
 
-async fn download(base: &str, id: &str) -> Vec<u8> {
+pub(crate) async fn download(base: &str, id: &str) -> Vec<u8> {
     let response = reqwest::get(format!("http://{base}/v1/exports/{id}/download"))
         .await
         .unwrap();
@@ -131,7 +131,7 @@ async fn download(base: &str, id: &str) -> Vec<u8> {
     response.bytes().await.unwrap().to_vec()
 }
 
-fn digest(bytes: &[u8]) -> (String, usize) {
+pub(crate) fn digest(bytes: &[u8]) -> (String, usize) {
     (format!("{:x}", Sha256::digest(bytes)), bytes.len())
 }
 

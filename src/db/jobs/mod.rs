@@ -18,12 +18,14 @@ use std::time::Duration;
 use postgres_protocol::escape::{escape_identifier, escape_literal};
 use uuid::Uuid;
 
+mod parts;
 mod queue;
 mod runs;
 mod schema;
 mod sweep;
 mod webhooks;
 
+pub(crate) use self::parts::Part;
 pub(crate) use self::schema::{JobStatus, RunOutcome, migrate};
 pub(crate) use self::webhooks::Delivery;
 use crate::query::Position;
@@ -41,6 +43,8 @@ pub(crate) struct NewJob<'a> {
     pub(crate) query: &'a str,
     /// Whether it resumes from checkpoints (its dataset has a key) or restarts from its first row.
     pub(crate) resumable: bool,
+    /// The connections it reads on (1: one; more split the key into ranges).
+    pub(crate) parallelism: i32,
     /// Under `[auth]`: who asked, and the role and claims it runs with (never the token).
     pub(crate) requester: Option<Requester<'a>>,
     /// The request's `Idempotency-Key`, and a digest of what it asked for.
@@ -101,6 +105,8 @@ pub(crate) struct ClaimedJob {
     pub(crate) attempts: i32,
     /// Whether it resumes from checkpoints or restarts from its first row.
     pub(crate) resumable: bool,
+    /// The connections it reads on.
+    pub(crate) parallelism: i32,
     /// The role and claims it runs with, when created under `[auth]`.
     pub(crate) role: Option<(String, String)>,
 }
@@ -136,6 +142,9 @@ const DOCUMENT: &str = "(jsonb_build_object('id', id, 'dataset', dataset, 'forma
      'compression', compression, 'query', query, 'status', status, 'rows_written', rows_written, \
      'bytes_written', bytes_written, 'last_key', position -> -1, 'position', position, \
      'error', error, 'attempts', attempts, 'resumable', resumable, 'restarts', restarts, \
+     'parallelism', parallelism, 'parts', (SELECT jsonb_agg(jsonb_build_object('rows_written', p.rows_written, \
+       'bytes_written', p.bytes_written, 'done', p.done) ORDER BY p.part) \
+       FROM {s}.export_job_parts p WHERE p.job_id = id), \
      'created_at', created_at, 'started_at', started_at, 'updated_at', updated_at, 'finished_at', finished_at, \
      'expires_at', expires_at, 'status_url', '/v1/exports/' || id) \
      || CASE WHEN status = {completed} THEN jsonb_build_object('download_url', '/v1/exports/' || id || '/download') \

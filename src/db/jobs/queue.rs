@@ -51,8 +51,8 @@ impl JobStore {
             .query_opt(
                 &self.sql(
                     "INSERT INTO {s}.export_jobs (id, dataset, format, compression, query, resumable, \
-                       requested_by, run_role, claims, idempotency_key, request_digest) \
-                     SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12 \
+                       requested_by, run_role, claims, idempotency_key, request_digest, parallelism) \
+                     SELECT $1, $2, $3, $4, $5, $7, $8, $9, $10, $11, $12, $13 \
                      WHERE (SELECT count(*) FROM {s}.export_jobs WHERE status = {queued}) < $6 RETURNING id",
                 ),
                 &[
@@ -68,6 +68,7 @@ impl JobStore {
                     &job.requester.as_ref().map(|r| r.claims),
                     &job.idempotency.as_ref().map(|i| i.key),
                     &job.idempotency.as_ref().map(|i| i.digest),
+                    &job.parallelism,
                 ],
             )
             .await?;

@@ -33,7 +33,7 @@ impl JobStore {
                        started_at = coalesce(j.started_at, now()), updated_at = now() \
                      FROM next WHERE j.id = next.id \
                      RETURNING j.id, j.dataset, j.format, j.compression, j.query, j.rows_written, j.bytes_written, \
-                       j.position::text, j.attempts, j.resumable, j.run_role, j.claims",
+                       j.position::text, j.attempts, j.resumable, j.run_role, j.claims, j.parallelism",
                 ),
                 &[&owner, &interval(lease), &datasets],
             )
@@ -55,6 +55,7 @@ impl JobStore {
             role: row
                 .get::<_, Option<String>>(10)
                 .map(|role| (role, row.get::<_, Option<String>>(11).unwrap_or_else(|| "{}".into()))),
+            parallelism: row.get(12),
         };
         transaction
             .execute(

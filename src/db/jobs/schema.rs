@@ -66,6 +66,20 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX webhook_deliveries_due ON {schema}.webhook_deliveries (next_attempt_at) WHERE status = 'pending';
      CREATE INDEX webhook_deliveries_job ON {schema}.webhook_deliveries (job_id)",
+    // 7: parallel jobs: the connections a job reads on, and each part's key range (NULL: unbounded) and
+    // checkpoint. A job's parts are planned on its first run and kept, so a crash resumes each of them.
+    "ALTER TABLE {schema}.export_jobs ADD COLUMN parallelism int NOT NULL DEFAULT 1;
+     CREATE TABLE {schema}.export_job_parts (
+        job_id uuid NOT NULL REFERENCES {schema}.export_jobs ON DELETE CASCADE,
+        part int NOT NULL,
+        lower text,
+        upper text,
+        rows_written bigint NOT NULL DEFAULT 0,
+        bytes_written bigint NOT NULL DEFAULT 0,
+        position jsonb,
+        done boolean NOT NULL DEFAULT false,
+        PRIMARY KEY (job_id, part)
+     )",
 ];
 
 /// Where a job stands.

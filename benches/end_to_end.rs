@@ -4,7 +4,8 @@
 //! (BENCH_ROWS rows, default 1,000,000), starts the release `pgspout` binary, then times, interleaved over
 //! BENCH_RUNS rounds (default 5), each client to /dev/null and prints median wall times as ratios to psql,
 //! plus pgspout's peak RSS (in the text formats, then in all). Ratios, not absolute times, are what compare
-//! across noisy machines.
+//! across noisy machines. With BENCH_JOB_ROWS, it then reseeds `orders` with that many rows and times a
+//! background csv job of it at parallelism 1, 2 and 4 against `psql \copy`.
 
 mod support;
 
@@ -66,6 +67,8 @@ fn main() {
         .env("DATABASE_URL", &database_url)
         .env("PGSPOUT_LISTEN", format!("127.0.0.1:{port}"))
         .env("PGSPOUT_SERVER__FLIGHT_LISTEN", format!("127.0.0.1:{flight_port}"))
+        // A job starts within 0.1 s of its POST, not the shipped second: the job bench times from the POST.
+        .env("PGSPOUT_JOBS__POLL_INTERVAL", "100ms")
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("pgspout starts");
@@ -157,6 +160,13 @@ fn main() {
         }
     }
     let peak = peak_rss_kib(server.id());
+    // Last: it reseeds `orders`.
+    let job_rows = if benchmarking {
+        env_number("BENCH_JOB_ROWS", 0)
+    } else {
+        rows
+    };
+    let jobs = (job_rows > 0).then(|| parallel_jobs(port, server.id(), job_rows, &cases[0].1, benchmarking));
     let _ = server.kill();
     let _ = server.wait();
 
@@ -182,6 +192,79 @@ fn main() {
         text_peak as f64 / 1024.0,
         peak as f64 / 1024.0
     );
+    if let Some((psql, jobs)) = jobs {
+        println!("background csv job of {job_rows} rows, from POST to completed (psql \\copy csv: {psql:.3} s)");
+        println!("                      time        ratio   pgspout CPU s per million rows   machine busy");
+        for job in jobs {
+            let seconds = job.time.as_secs_f64();
+            println!(
+                "  parallelism {}   {seconds:>8.3} s   {:>5.2}x psql   {:>5.2}                            {:>3.0} %",
+                job.parallelism,
+                seconds / psql,
+                job.cpu.as_secs_f64() / (job_rows as f64 / 1e6),
+                job.busy * 100.0
+            );
+        }
+    }
+}
+
+/// Background csv jobs of the whole `orders` table, reseeded with `rows` rows, at parallelism 1, 2 and 4
+/// (1 and 2 in a smoke run), each timed from its `POST` until it is completed; with the median time of
+/// `copy` (`psql \copy`) on the same table. Each job's file is deleted after it.
+fn parallel_jobs(port: u16, pid: u32, rows: usize, copy: &Case, benchmarking: bool) -> (f64, Vec<JobRun>) {
+    eprintln!("seeding {rows} orders for the jobs…");
+    support::seed_orders(rows);
+    let psql = median((0..3).map(|_| copy.run()).collect()).as_secs_f64();
+    let exports = format!("http://127.0.0.1:{port}/v1/exports");
+    let curl = |args: &[&str]| -> serde_json::Value {
+        let output = Command::new("curl")
+            .args(["-sS", "--fail"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(output.status.success(), "curl {args:?}: {output:?}");
+        serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let levels: &[u32] = if benchmarking { &[1, 2, 4] } else { &[1, 2] };
+    let mut times = Vec::new();
+    for &parallelism in levels {
+        let body = serde_json::json!({ "dataset": "orders", "format": "csv", "parallelism": parallelism });
+        let started = Instant::now();
+        let (cpu_before, machine_before) = (cpu_ticks(pid), machine_ticks());
+        let created = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+            &exports,
+        ]);
+        let status_url = format!("{exports}/{}", created["id"].as_str().expect("an id"));
+        let status = loop {
+            let status = curl(&[&status_url]);
+            match status["status"].as_str() {
+                Some("completed") => break status,
+                Some("queued" | "running") => std::thread::sleep(Duration::from_millis(20)),
+                _ => panic!("the job did not complete: {status}"),
+            }
+        };
+        let time = started.elapsed();
+        let (busy, total) = machine_ticks();
+        times.push(JobRun {
+            parallelism,
+            time,
+            cpu: Duration::from_secs_f64((cpu_ticks(pid) - cpu_before) as f64 / clock_ticks()),
+            busy: (busy - machine_before.0) as f64 / (total - machine_before.1) as f64,
+        });
+        assert_eq!(status["rows_written"], rows, "{status}");
+        eprintln!(
+            "job at parallelism {parallelism}: {} parts",
+            status["parts"].as_array().map_or(1, Vec::len)
+        );
+        curl(&["-X", "DELETE", &status_url]);
+    }
+    (psql, times)
 }
 
 /// One client run: a command whose wall time counts, or one that reports its own time (`seconds rows` on
@@ -244,6 +327,30 @@ fn postgres_url() -> String {
         var("PGPORT", "5432"),
         var("PGDATABASE", "postgres")
     )
+}
+
+/// One timed job: its parallelism, wall time, pgspout's CPU time, and how busy the machine's CPUs were.
+struct JobRun {
+    parallelism: u32,
+    time: Duration,
+    cpu: Duration,
+    busy: f64,
+}
+
+/// The machine's busy and total CPU time so far (all CPUs, in clock ticks), from the first line of
+/// `/proc/stat`: busy is all but idle and iowait.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    (total - fields[3] - fields[4], total)
 }
 
 /// The kernel's clock ticks per second, in which /proc reports CPU time.

@@ -284,7 +284,12 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
                     "type": "string", "enum": ["identity", "gzip", "zstd"], "default": "identity",
                     "description": "identity only for parquet, which compresses its own pages"
                 },
-                "query": { "type": "string", "description": "A /rows query string: select, filters, order, limit, after" }
+                "query": { "type": "string", "description": "A /rows query string: select, filters, order, limit, after" },
+                "parallelism": {
+                    "type": "integer", "minimum": 1, "default": 1,
+                    "description": "Connections to read on, at most jobs.max_parallelism: key ranges of one \
+                        snapshot, joined into the same file. Needs a key, ndjson or csv, no order and no limit"
+                }
             },
             "required": ["dataset"],
             "additionalProperties": false
@@ -311,6 +316,18 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
                 "restarts": {
                     "type": "integer",
                     "description": "How many times a job that cannot resume started again from its first row"
+                },
+                "parallelism": { "type": "integer" },
+                "parts": {
+                    "type": ["array", "null"],
+                    "description": "A parallel job's parts, in key order, once planned",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "rows_written": { "type": "integer" }, "bytes_written": { "type": "integer" },
+                            "done": { "type": "boolean" }
+                        }
+                    }
                 },
                 "created_at": { "type": "string", "format": "date-time" },
                 "started_at": nullable_time, "updated_at": { "type": "string", "format": "date-time" },

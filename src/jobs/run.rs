@@ -114,7 +114,8 @@ impl Context {
         request: Arc<JobRequest>,
         lease: &Arc<LeaseClock>,
     ) -> Result<(), JobError> {
-        let wanted = job.parallelism as usize;
+        // This instance's cap, which may be lower than the one the job was created under.
+        let wanted = (job.parallelism as usize).min(self.settings.max_parallelism);
         // Every connection at once or none: two parallel jobs never each hold part of what they need.
         let _permits = self
             .reads
@@ -169,6 +170,11 @@ impl Context {
                 written.insert(part.number, Written { rows, bytes });
                 continue;
             }
+            // At most `wanted` at once (parts planned under a higher cap wait for a free connection).
+            if running.len() >= wanted {
+                let (number, part) = joined(running.join_next().await.expect("the set is not empty"))?;
+                written.insert(number, part);
+            }
             let begin = db::begin_as(
                 &importing,
                 &format!("pgspout job:{} part {}/{count}", job.id, part.number + 1),
@@ -185,11 +191,7 @@ impl Context {
         }
         // The first part to fail ends the run; dropping the set cancels the others' queries.
         while let Some(ended) = running.join_next().await {
-            let (number, part) = match ended {
-                Ok(ended) => ended?,
-                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-                Err(_) => return Err(JobError::Shutdown),
-            };
+            let (number, part) = joined(ended)?;
             written.insert(number, part);
         }
         holder.release().await?;
@@ -487,6 +489,16 @@ fn split_points(histogram: &[String], parts: usize) -> Vec<String> {
         }
     }
     points
+}
+
+/// A part's task's outcome: its number and what it wrote, or its error; a panic goes on unwinding.
+fn joined(ended: Result<Result<(i32, Written), JobError>, tokio::task::JoinError>) -> Result<(i32, Written), JobError> {
+    match ended {
+        Ok(outcome) => outcome,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // Tasks are only aborted by dropping the set, which ends this run first.
+        Err(_) => Err(JobError::Shutdown),
+    }
 }
 
 /// Appends `bytes` to the file, unless the lease may have run out (another instance may own the file then).

@@ -18,6 +18,7 @@ async fn primary_and_replica(replica_options: &[&str]) -> (PrivateCluster, Priva
         .batch_execute(&format!(
             "CREATE TABLE items (id int PRIMARY KEY, label text);
              INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 100) g;
+             ANALYZE items;
              {BIG_VIEW};"
         ))
         .await
@@ -134,6 +135,17 @@ async fn exports_pages_and_counts_run_on_the_replica_and_see_rows_once_replayed(
     })
     .await;
     assert_eq!(done["rows_written"], 100, "{done}");
+    // So do a parallel job's parts, and the snapshot they share is exported on the replica too.
+    let body = serde_json::json!({"dataset": "items", "format": "csv", "parallelism": 2});
+    let parallel = crate::jobs::create_ok(&address, body).await;
+    let done = wait_for(Duration::from_secs(20), || async {
+        let status = crate::jobs::status(&address, &parallel).await;
+        assert_ne!(status["status"], "failed", "{status}");
+        (status["status"] == "completed").then_some(status)
+    })
+    .await;
+    assert_eq!(done["rows_written"], 100, "{done}");
+    assert_eq!(done["parts"].as_array().map(Vec::len), Some(2), "{done}");
     standby.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
     wait_until(Duration::from_secs(60), || async {
         items_seen(&address).await == [101, 101, 101]

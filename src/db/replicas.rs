@@ -312,10 +312,7 @@ impl Readers {
         };
         let primary = match set.healthy_in_turn().first() {
             Some(&index) => pools[index].clone(),
-            None => match set.fallback {
-                ReplicaFallback::Primary => self.primary.clone(),
-                ReplicaFallback::Refuse => return Err(OpenError::NoReplica),
-            },
+            None => self.fallback(set)?.clone(),
         };
         Ok(Readers {
             primary,
@@ -343,8 +340,13 @@ impl Readers {
         if let Some(index) = busy {
             return Ok(pools[index].lease().await?);
         }
+        Ok(self.fallback(set)?.lease().await?)
+    }
+
+    /// Where rows are read when no replica of `set` is healthy: the primary, or nowhere.
+    fn fallback(&self, set: &ReplicaSet) -> Result<&Pool, OpenError> {
         match set.fallback {
-            ReplicaFallback::Primary => Ok(self.primary.lease().await?),
+            ReplicaFallback::Primary => Ok(&self.primary),
             ReplicaFallback::Refuse => Err(OpenError::NoReplica),
         }
     }

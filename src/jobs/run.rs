@@ -271,8 +271,7 @@ impl Context {
             }
             Err(error) => return Err(file_error(&path, error)),
         };
-        let whole = matches!(target, Target::Whole);
-        if whole && !job.resumable && (job.rows_written > 0 || job.bytes_written > 0) {
+        if matches!(target, Target::Whole) && !job.resumable && (job.rows_written > 0 || job.bytes_written > 0) {
             tracing::info!(job = %job.id, "a job that cannot resume restarts from its first row");
             self.record(job, lease, Record::Restart).await?;
         }

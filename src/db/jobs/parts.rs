@@ -73,16 +73,7 @@ impl JobStore {
             .chain(std::iter::once(None))
             .collect();
         let transaction = client.transaction().await?;
-        let held = transaction
-            .query_opt(
-                &self.sql(
-                    "SELECT 1 FROM {s}.export_jobs WHERE id = $1 AND lease_owner = $2 AND status = {running} \
-                     FOR UPDATE",
-                ),
-                &[&id, &owner],
-            )
-            .await?;
-        if held.is_none() {
+        if !self.hold(&transaction, id, owner).await? {
             return Ok(None);
         }
         transaction
@@ -100,6 +91,26 @@ impl JobStore {
         Ok(Some(parts))
     }
 
+    /// Locks the job's row in `transaction` if `owner` still holds the job's lease; `false` if not. Parts'
+    /// writes take it first, so they are fenced like the job's own and run one at a time.
+    async fn hold(
+        &self,
+        transaction: &tokio_postgres::Transaction<'_>,
+        id: Uuid,
+        owner: Uuid,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let held = transaction
+            .query_opt(
+                &self.sql(
+                    "SELECT 1 FROM {s}.export_jobs WHERE id = $1 AND lease_owner = $2 AND status = {running} \
+                     FOR UPDATE",
+                ),
+                &[&id, &owner],
+            )
+            .await?;
+        Ok(held.is_some())
+    }
+
     /// Records a part's progress (durable in its file), and the job's rows and bytes as the sum of its
     /// parts'; `done` when the part's file is complete. `false` if the lease was lost. Parts checkpoint one
     /// at a time, on the job's row lock, so each sum counts every checkpoint before it.
@@ -113,16 +124,7 @@ impl JobStore {
         done: bool,
     ) -> Result<bool, tokio_postgres::Error> {
         let transaction = client.transaction().await?;
-        let held = transaction
-            .query_opt(
-                &self.sql(
-                    "SELECT 1 FROM {s}.export_jobs WHERE id = $1 AND lease_owner = $2 AND status = {running} \
-                     FOR UPDATE",
-                ),
-                &[&id, &owner],
-            )
-            .await?;
-        if held.is_none() {
+        if !self.hold(&transaction, id, owner).await? {
             return Ok(false);
         }
         transaction

@@ -47,7 +47,7 @@ pub(crate) enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// Background exports are not configured on this server.
-    #[error("background exports are off on this server (jobs.directory is not set)")]
+    #[error("background exports are off on this server (neither jobs.directory nor jobs.storage is set)")]
     JobsOff,
     /// No export job has this id.
     #[error("no export job has the id {0:?}")]

@@ -57,6 +57,17 @@ pub enum StartupError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// `jobs.storage` names no usable object store.
+    #[error("jobs.storage: {0}")]
+    Storage(String),
+    /// The object store refuses what jobs need (writing, reading back, deleting an object).
+    #[error("jobs.storage {location}: cannot write, read back and delete an object")]
+    StorageRefused {
+        /// `jobs.storage`.
+        location: String,
+        /// The failed request.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {address}")]
     Listen {
@@ -120,19 +131,15 @@ impl Application {
         if let Some(set) = &replicas {
             set.check_once(&connection, settings.database.connect_timeout).await;
         }
-        let jobs = match &settings.jobs.directory {
-            Some(directory) => {
-                std::fs::create_dir_all(directory).map_err(|source| StartupError::JobDirectory {
-                    directory: directory.display().to_string(),
-                    source,
-                })?;
+        let jobs = match job_storage(&settings.jobs)? {
+            Some(storage) => {
                 let schema = settings.jobs.schema.clone();
                 db::jobs::migrate(&mut client, &schema)
                     .await
                     .map_err(|source| StartupError::Migrate { schema, source })?;
                 Some(JobsState {
                     store: db::jobs::JobStore::new(&settings.jobs.schema, &settings.jobs.webhooks),
-                    directory: directory.clone(),
+                    storage,
                     settings: settings.jobs.clone(),
                 })
             }
@@ -421,7 +428,7 @@ fn catalog_sources(settings: &Settings) -> db::catalog::Sources {
     db::catalog::Sources {
         datasets: settings.datasets.clone(),
         schemas: settings.served_schemas(),
-        hidden_schema: settings.jobs.directory.as_ref().map(|_| settings.jobs.schema.clone()),
+        hidden_schema: settings.jobs.enabled().then(|| settings.jobs.schema.clone()),
         utc: db::is_utc(&settings.database.timezone),
         query: settings.query.clone(),
     }
@@ -447,6 +454,13 @@ pub async fn check(settings: &Settings) -> Result<String, StartupError> {
     if !problems.is_empty() {
         return Err(StartupError::Replicas(problems.join("; ")));
     }
+    if let Some(crate::jobs::Storage::Objects(store)) = job_storage(&settings.jobs)? {
+        store.check().await.map_err(|source| StartupError::StorageRefused {
+            location: format!("{store:?}"),
+            source: source.into(),
+        })?;
+        let _ = writeln!(report, "jobs.storage {store:?}: writable");
+    }
     let _ = writeln!(report, "connected; {} dataset(s):", catalog.names().len());
     for dataset in catalog.iter() {
         let key = dataset
@@ -459,6 +473,25 @@ pub async fn check(settings: &Settings) -> Result<String, StartupError> {
         }
     }
     Ok(report)
+}
+
+/// Where job files go, when jobs are on: the directory (created if missing) or the object store.
+fn job_storage(settings: &crate::settings::JobSettings) -> Result<Option<crate::jobs::Storage>, StartupError> {
+    use crate::jobs::{Storage, s3::ObjectStore};
+    match (&settings.directory, &settings.storage) {
+        (Some(directory), _) => {
+            std::fs::create_dir_all(directory).map_err(|source| StartupError::JobDirectory {
+                directory: directory.display().to_string(),
+                source,
+            })?;
+            Ok(Some(Storage::Directory(directory.clone())))
+        }
+        (None, Some(location)) => {
+            let store = ObjectStore::new(settings, location).map_err(StartupError::Storage)?;
+            Ok(Some(Storage::Objects(Arc::new(store))))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// `/metrics` alone on `address`, one worker.

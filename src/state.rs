@@ -51,7 +51,7 @@ pub(crate) struct JobsState {
     /// The job table's statements.
     pub(crate) store: JobStore,
     /// Where the files are.
-    pub(crate) directory: std::path::PathBuf,
+    pub(crate) storage: crate::jobs::Storage,
     /// The `[jobs]` settings.
     pub(crate) settings: JobSettings,
 }

@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::compress::Encoding;
-use crate::encode::Format;
+use super::storage::id_of;
 
 /// Why a job's file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +27,9 @@ pub(crate) enum FileError {
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// A request to the object store failed.
+    #[error(transparent)]
+    S3(#[from] super::s3::S3Error),
 }
 
 /// An open, exclusively locked job file.
@@ -84,44 +86,23 @@ impl JobFile {
         self.len
     }
 
-    /// Whether nothing has been written.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// The file of job `id` in `format` and `encoding`.
-pub(crate) fn file_path(directory: &Path, id: Uuid, format: Format, encoding: Encoding) -> PathBuf {
-    directory.join(format!("{id}.{}{}", format.job_file().extension, encoding.suffix()))
-}
-
-/// The file of part `number` of parallel job `id`, until the parts are joined into the job's file.
-pub(crate) fn part_path(directory: &Path, id: Uuid, number: i32, format: Format, encoding: Encoding) -> PathBuf {
-    directory.join(format!(
-        "{id}.part{number}.{}{}",
-        format.job_file().extension,
-        encoding.suffix()
-    ))
-}
-
-/// Writes a new file at `path` from `pieces`: each file's first `len` bytes, in order (each a whole
-/// compressed member or frame, so they concatenate). Made durable; returns its length.
-pub(crate) fn concatenate(path: &Path, pieces: &[(PathBuf, u64)]) -> Result<u64, FileError> {
-    let mut file = JobFile::open(path, 0)?;
-    for (piece, len) in pieces {
-        let mut source = File::open(piece)?.take(*len);
-        // File to file: the kernel copies (copy_file_range), without the bytes passing through here.
-        let copied = io::copy(&mut source, &mut file.file)?;
-        if copied < *len {
-            return Err(FileError::Short {
-                actual: copied,
-                checkpoint: *len,
-            });
+    /// Appends the first `len` bytes of each of `pieces`, in order (each of whole compressed members or
+    /// frames, so they concatenate).
+    pub(crate) fn append_files(&mut self, pieces: &[(PathBuf, u64)]) -> Result<(), FileError> {
+        for (piece, len) in pieces {
+            let mut source = File::open(piece)?.take(*len);
+            // File to file: the kernel copies (copy_file_range), without the bytes passing through here.
+            let copied = io::copy(&mut source, &mut self.file)?;
+            if copied < *len {
+                return Err(FileError::Short {
+                    actual: copied,
+                    checkpoint: *len,
+                });
+            }
+            self.len += copied;
         }
-        file.len += copied;
+        Ok(())
     }
-    file.sync()?;
-    Ok(file.len)
 }
 
 /// The ids of the job files in `directory` last modified more than `age` ago.
@@ -137,11 +118,7 @@ pub(super) fn files_older_than(directory: &Path, age: Duration) -> Vec<Uuid> {
                 .and_then(|m| m.modified())
                 .is_ok_and(|modified| modified.elapsed().is_ok_and(|elapsed| elapsed > age))
         })
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let stem = name.to_str()?.split('.').next()?;
-            Uuid::parse_str(stem).ok()
-        })
+        .filter_map(|entry| entry.file_name().to_str().and_then(id_of))
         .collect()
 }
 
@@ -156,11 +133,7 @@ pub(crate) fn remove_files(directory: &Path, ids: &[Uuid]) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|n| n.split('.').next())
-            .and_then(|s| Uuid::parse_str(s).ok())
-        else {
+        let Some(id) = name.to_str().and_then(id_of) else {
             continue;
         };
         if !ids.contains(&id) {

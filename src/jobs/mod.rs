@@ -2,7 +2,9 @@
 //! to a file through the export pipeline, so a job survives the crash of any instance.
 //!
 //! # Layout
-//! - `file`: the export file, cut back to its checkpoint on resume; file names and the sweep's file listing.
+//! - `file`: the export file on disk, cut back to its checkpoint on resume; the sweep's file listing.
+//! - `storage`: where files go (a directory or object storage), and the sink a run writes to.
+//! - `s3`: the requests to an S3-compatible object store.
 //! - `lease`: the lease as this instance's clock sees it.
 //! - `run`: one run of a job, through the export pipeline into its file.
 //! - `webhooks`: delivering the webhooks queued when jobs end.
@@ -18,10 +20,11 @@
 pub(crate) mod file;
 mod lease;
 mod run;
+pub(crate) mod s3;
+mod storage;
 mod webhooks;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,8 +33,8 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use self::file::files_older_than;
-pub(crate) use self::file::{file_path, remove_files};
 use self::lease::LeaseClock;
+pub(crate) use self::storage::{Storage, UploadState, file_name};
 use crate::db::Pool;
 use crate::db::error::OpenError;
 use crate::db::jobs::{ClaimedJob, JobStore, RunOutcome};
@@ -78,10 +81,10 @@ enum JobError {
     #[error(transparent)]
     Pipeline(PipelineError),
     /// The export file could not be opened or written.
-    #[error("the export file {}", path.display())]
+    #[error("the export file {file}")]
     File {
-        /// Its path.
-        path: PathBuf,
+        /// Its path or key.
+        file: String,
         /// What failed.
         #[source]
         cause: Box<dyn std::error::Error + Send + Sync>,
@@ -155,7 +158,7 @@ impl From<PipelineError> for JobError {
 struct Context {
     state: Arc<AppState>,
     settings: JobSettings,
-    directory: PathBuf,
+    storage: Storage,
     store: JobStore,
     pool: Pool,
     /// Where batches are read.
@@ -181,7 +184,7 @@ impl Runner {
         database: &crate::settings::DatabaseSettings,
     ) -> std::io::Result<Runner> {
         let settings = jobs.settings.clone();
-        let directory = jobs.directory.clone();
+        let storage = jobs.storage.clone();
         let sender =
             webhooks::Sender::new(&settings.webhooks, settings.webhook_timeout).map_err(std::io::Error::other)?;
         let (stop, stopped) = watch::channel(false);
@@ -209,7 +212,7 @@ impl Runner {
                     owner: Uuid::new_v4(),
                     state,
                     settings,
-                    directory,
+                    storage,
                 });
                 tracing::info!(owner = %context.owner, "job runner started");
                 if let Some(sender) = sender {
@@ -327,7 +330,12 @@ impl Context {
                     .with(async |client| Ok::<_, BoxError>(self.store.lose_run(client, id, self.owner).await?))
                     .await;
                 match closed {
-                    Ok(outcome) => metrics.job_run(outcome.as_str()),
+                    Ok(outcome) => {
+                        metrics.job_run(outcome.as_str());
+                        if outcome == RunOutcome::Cancelled {
+                            self.abandon_upload(id).await;
+                        }
+                    }
                     Err(error) => {
                         metrics.job_run(RunOutcome::LeaseLost.as_str());
                         tracing::warn!(job = %id, error = %chain(&*error), "cannot record the end of the job's run");
@@ -360,9 +368,26 @@ impl Context {
                 )
             })
             .await;
-        if let Err(error) = released {
+        match released {
+            Ok(()) if failed => self.abandon_upload(id).await,
+            Ok(()) => {}
             // The lease will run out and another run will take the job over.
-            tracing::warn!(job = %id, error = %chain(&*error), "cannot record the job's outcome");
+            Err(error) => tracing::warn!(job = %id, error = %chain(&*error), "cannot record the job's outcome"),
+        }
+    }
+
+    /// Aborts the open upload of a job that failed or was cancelled: no run will continue it.
+    async fn abandon_upload(&self, id: Uuid) {
+        if !matches!(self.storage, Storage::Objects(_)) {
+            return;
+        }
+        let upload = self
+            .pool
+            .with(async |client| Ok::<_, BoxError>(self.store.open_upload(client, id).await?))
+            .await;
+        match upload {
+            Ok(upload) => self.storage.remove(&[], &Vec::from_iter(upload)).await,
+            Err(error) => tracing::warn!(job = %id, error = %chain(&*error), "cannot find the job's upload"),
         }
     }
 
@@ -427,21 +452,19 @@ impl Context {
         let swept = self
             .pool
             .with(async |client| {
-                let expired = self.store.expire(client).await?;
-                let directory = self.directory.clone();
+                let (expired, uploads) = self.store.expire(client).await?;
+                self.storage.remove(&expired, &uploads).await;
+                let spool = self.storage.spool();
                 let age = self.settings.lease * 2;
-                let ids = tokio::task::spawn_blocking(move || {
-                    remove_files(&directory, &expired);
-                    files_older_than(&directory, age)
-                })
-                .await?;
+                let mut ids = tokio::task::spawn_blocking(move || files_older_than(&spool, age)).await?;
+                // An object appears when its job completes, so only its job's end makes it unused: no age.
+                ids.extend(self.storage.object_ids().await?);
                 let unused = self.store.unused_files(client, &ids).await?;
                 let abandoned = webhooks::longest_delivery(&self.settings) + self.settings.retention;
                 self.store
                     .sweep_deliveries(client, self.settings.retention, abandoned)
                     .await?;
-                let directory = self.directory.clone();
-                tokio::task::spawn_blocking(move || remove_files(&directory, &unused)).await?;
+                self.storage.remove(&unused, &[]).await;
                 Ok::<_, BoxError>(())
             })
             .await;

@@ -3,15 +3,16 @@
 //! parts so, into a file of its own, on connections sharing one snapshot, then joins the parts' files.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use postgres_protocol::escape::escape_literal;
 use tokio::task::JoinSet;
 
-use super::file::{FileError, JobFile, concatenate, part_path};
+use super::file::FileError;
 use super::lease::LeaseClock;
-use super::{Context, JobError, file_path};
+use super::storage::{Sink, UploadState, open_file, part_path};
+use super::{Context, JobError, file_name};
 use crate::compress::Encoding;
 use crate::dataset::Dataset;
 use crate::db;
@@ -163,6 +164,9 @@ impl Context {
         );
         let count = parts.len();
         let mut written: HashMap<i32, Written> = HashMap::new();
+        let spool = self.storage.spool();
+        tokio::task::block_in_place(|| std::fs::create_dir_all(&spool))
+            .map_err(|e| file_error(&spool.display().to_string(), e))?;
         let mut running = JoinSet::new();
         for part in parts.iter().cloned() {
             if part.done {
@@ -199,20 +203,24 @@ impl Context {
             return Err(JobError::LeaseLost);
         }
         let (format, encoding) = (request.format, request.encoding);
-        let path = file_path(&self.directory, job.id, format, encoding);
+        let spool = self.storage.spool();
         let pieces: Vec<(PathBuf, u64)> = parts
             .iter()
             .map(|part| {
-                let path = part_path(&self.directory, job.id, part.number, format, encoding);
+                let path = part_path(&spool, job.id, part.number, format, encoding);
                 (path, written[&part.number].bytes)
             })
             .collect();
-        let bytes = tokio::task::block_in_place(|| concatenate(&path, &pieces)).map_err(|e| file_error(&path, e))?;
+        let name = file_name(job.id, format, encoding);
+        let mut sink = self.open_sink(job, &name, 0, lease).await?;
+        sink.append_files(&pieces).await.map_err(|e| file_error(&name, e))?;
+        let bytes = sink.len();
         let rows: u64 = written.values().map(|w| w.rows).sum();
         let progress = Progress {
             rows: rows as i64,
             bytes: bytes as i64,
             position: None,
+            upload: None,
         };
         self.record(job, lease, Record::Complete(&progress)).await?;
         tracing::info!(job = %job.id, rows, bytes, parts = count, "parallel export job completed");
@@ -242,18 +250,23 @@ impl Context {
         let dataset = &*request.dataset;
         let format = request.format;
         let encoding = request.encoding;
-        let (checkpoint, path, start, range) = match target {
+        let (checkpoint, name, start, range) = match target {
             Target::Whole => {
-                let path = file_path(&self.directory, job.id, format, encoding);
+                let name = file_name(job.id, format, encoding);
                 let start = if job.resumable { job.bytes_written as u64 } else { 0 };
                 let checkpoint = checkpoint(job.resumable, job.rows_written, job.position.as_deref())?;
-                (checkpoint, path, start, None)
+                (checkpoint, name, start, None)
             }
             Target::Part(part) => {
-                let path = part_path(&self.directory, job.id, part.number, format, encoding);
+                let path = part_path(&self.storage.spool(), job.id, part.number, format, encoding);
                 let checkpoint = checkpoint(true, part.rows_written, part.position.as_deref())?;
                 let range = self.part_request(request, part)?;
-                (checkpoint, path, part.bytes_written as u64, Some(range))
+                (
+                    checkpoint,
+                    path.display().to_string(),
+                    part.bytes_written as u64,
+                    Some(range),
+                )
             }
         };
         let request_here = range.as_ref().unwrap_or(&request.request);
@@ -261,15 +274,24 @@ impl Context {
             Some((rows, position)) => (rows, Some(position)),
             None => (0, None),
         };
-        let mut file = match tokio::task::block_in_place(|| JobFile::open(&path, start)) {
-            Ok(file) => file,
-            Err(FileError::Short { .. }) if start > 0 => {
-                tracing::warn!(job = %job.id, path = %path.display(), "the export file lost data; starting it over");
+        let open = async |start| match target {
+            Target::Whole => self.open_sink(job, &name, start, lease).await,
+            Target::Part(_) => {
+                let path = PathBuf::from(&name);
+                tokio::task::block_in_place(|| open_file(path, start)).map_err(|e| file_error(&name, e))
+            }
+        };
+        let mut sink = match open(start).await {
+            Ok(sink) => sink,
+            Err(JobError::File { cause, .. })
+                if start > 0 && matches!(cause.downcast_ref(), Some(FileError::Short { .. })) =>
+            {
+                tracing::warn!(job = %job.id, file = %name, error = %cause, "the export file lost data; starting it over");
                 rows_before = 0;
                 position = None;
-                tokio::task::block_in_place(|| JobFile::open(&path, 0)).map_err(|e| file_error(&path, e))?
+                open(0).await?
             }
-            Err(error) => return Err(file_error(&path, error)),
+            Err(error) => return Err(error),
         };
         if matches!(target, Target::Whole) && !job.resumable && (job.rows_written > 0 || job.bytes_written > 0) {
             tracing::info!(job = %job.id, "a job that cannot resume restarts from its first row");
@@ -295,7 +317,7 @@ impl Context {
         rows.pause_between_batches();
         let encoder = format.file_encoder(&columns).map_err(PipelineError::from)?;
         // The header starts the job's file: the first part's, in a parallel job.
-        let header = file.is_empty() && matches!(target, Target::Whole | Target::Part(Part { number: 0, .. }));
+        let header = sink.is_empty() && matches!(target, Target::Whole | Target::Part(Part { number: 0, .. }));
         let mut pipeline = Pipeline::new(rows, encoder, encoding, &state.limits, header)?;
         if !job.resumable {
             pipeline = pipeline.with_progress_every(settings.batch_rows);
@@ -312,7 +334,7 @@ impl Context {
                 Piece::Boundary(bytes) => (bytes, Some(false)),
                 Piece::End(bytes) => (bytes, Some(true)),
             };
-            write(&mut file, &path, &bytes, lease)?;
+            write(&mut sink, &bytes, lease).await?;
             let rows = rows_before + pipeline.rows();
             let Some(done) = done else {
                 // A job that cannot resume has no batches: each chunk is progress, and it reports as it goes.
@@ -323,8 +345,9 @@ impl Context {
                     reported = rows;
                     let progress = Progress {
                         rows: rows as i64,
-                        bytes: file.len() as i64,
+                        bytes: sink.len() as i64,
                         position: None,
+                        upload: None,
                     };
                     self.record(job, lease, Record::Checkpoint(&progress)).await?;
                     state.metrics.job_rows(rows - counted);
@@ -332,12 +355,19 @@ impl Context {
                 }
                 continue;
             };
-            tokio::task::block_in_place(|| file.sync()).map_err(|e| file_error(&path, e))?;
+            let made = if done && matches!(target, Target::Whole) {
+                sink.finish().await
+            } else {
+                sink.sync().await
+            };
+            made.map_err(|e| file_error(&name, e))?;
             let position = pipeline.position().filter(|_| job.resumable);
+            let upload = sink.upload();
             let progress = Progress {
                 rows: rows as i64,
-                bytes: file.len() as i64,
+                bytes: sink.len() as i64,
                 position: position.as_ref(),
+                upload: upload.as_ref(),
             };
             let record = match target {
                 Target::Part(part) => Record::Part {
@@ -352,7 +382,7 @@ impl Context {
             state.metrics.job_rows(rows - counted);
             counted = rows;
             if done {
-                let bytes = file.len();
+                let bytes = sink.len();
                 match target {
                     Target::Whole => tracing::info!(job = %job.id, rows, bytes, "export job completed"),
                     Target::Part(part) => {
@@ -363,6 +393,23 @@ impl Context {
             }
             deadline = tokio::time::Instant::now() + settings.batch_timeout;
         }
+    }
+
+    /// The job's file `name` at its checkpoint of `start` bytes (0: a new file); a new upload is recorded
+    /// before anything is written to it, and aborted if it cannot be.
+    async fn open_sink(&self, job: &ClaimedJob, name: &str, start: u64, lease: &LeaseClock) -> Result<Sink, JobError> {
+        let sink = self
+            .storage
+            .open(name, start, job.upload.as_ref())
+            .await
+            .map_err(|e| file_error(name, e))?;
+        if let Some(upload) = sink.upload().filter(|_| sink.is_new_upload())
+            && let Err(error) = self.record(job, lease, Record::Upload(&upload)).await
+        {
+            self.storage.remove(&[], &[(upload.key, upload.id)]).await;
+            return Err(error);
+        }
+        Ok(sink)
     }
 
     /// The job's request restricted to `part`'s key range, through the query language's own filters (so its
@@ -398,6 +445,7 @@ impl Context {
                         self.store.complete(client, id, owner, progress, retention).await?
                     }
                     Record::Restart => self.store.restart(client, id, owner).await?,
+                    Record::Upload(upload) => self.store.begin_upload(client, id, owner, upload).await?,
                     Record::Part { number, progress, done } => {
                         self.store
                             .checkpoint_part(client, id, owner, number, progress, done)
@@ -419,6 +467,8 @@ enum Record<'a> {
     Complete(&'a Progress<'a>),
     /// A job that cannot resume starts over from its first row (and counts a restart).
     Restart,
+    /// A new upload was started (object storage), before its first part.
+    Upload(&'a UploadState),
     /// A part of a parallel job checkpointed, or (`done`) wrote its last row.
     Part {
         number: i32,
@@ -501,17 +551,17 @@ fn joined(ended: Result<Result<(i32, Written), JobError>, tokio::task::JoinError
 }
 
 /// Appends `bytes` to the file, unless the lease may have run out (another instance may own the file then).
-fn write(file: &mut JobFile, path: &Path, bytes: &[u8], lease: &LeaseClock) -> Result<(), JobError> {
+async fn write(sink: &mut Sink, bytes: &[u8], lease: &LeaseClock) -> Result<(), JobError> {
     if !lease.is_valid() {
         return Err(JobError::LeaseLost);
     }
-    tokio::task::block_in_place(|| file.write(bytes)).map_err(|e| file_error(path, e))
+    sink.write(bytes).await.map_err(|e| file_error(&sink.name(), e))
 }
 
-/// A failure of the export file at `path`.
-fn file_error(path: &Path, cause: impl std::error::Error + Send + Sync + 'static) -> JobError {
+/// A failure of the export file `file` (a path or a key).
+fn file_error(file: &str, cause: impl std::error::Error + Send + Sync + 'static) -> JobError {
     JobError::File {
-        path: path.to_owned(),
+        file: file.to_owned(),
         cause: Box::new(cause),
     }
 }

@@ -14,9 +14,10 @@ use crate::db::jobs::{Created, Idempotency, JobStatus, NewJob, Requester};
 use crate::db::rows::{Next, Rows, Source};
 use crate::encode::{FORMATS, Format};
 use crate::error::ApiError;
-use crate::jobs::{file_path, remove_files};
+use crate::jobs::s3::ObjectStore;
+use crate::jobs::{Storage, file_name};
 use crate::query::{self, Endpoint};
-use crate::settings::JobSettings;
+use crate::settings::{Download, JobSettings};
 use crate::state::{AppState, JobsState, Pools};
 use crate::telemetry::request::RequestContext;
 
@@ -294,9 +295,11 @@ pub(super) async fn show(
         .json(document))
 }
 
-/// The finished file, from disk: `Content-Length`, a strong `ETag`, `Last-Modified`, `If-None-Match` (304),
+/// The finished file. From disk: `Content-Length`, a strong `ETag`, `Last-Modified`, `If-None-Match` (304),
 /// and byte ranges (206) so an interrupted download can resume, unless `If-Range` names another version of
-/// the file (then all of it, 200). 409 until the job is completed.
+/// the file (then all of it, 200). From object storage: `303 See Other` to a presigned URL, or (with
+/// `jobs.download = "proxy"`) the object through pgspout, with the store's own validators and ranges.
+/// 409 until the job is completed.
 #[route("/v1/exports/{id}/download", method = "GET", method = "HEAD")]
 pub(super) async fn download(
     request: HttpRequest,
@@ -316,13 +319,6 @@ pub(super) async fn download(
     let format = Format::negotiate(Some(&text("format")), None)?;
     let encoding = Encoding::from_name(&text("compression"))
         .ok_or_else(|| ApiError::Internal("a job with an unknown compression".into()))?;
-    let path = file_path(&jobs.directory, id, format, encoding);
-    let opened = async || {
-        NamedFile::open_async(&path)
-            .await
-            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))
-    };
-    let file = opened().await?;
     let media_type = encoding.file_media_type().unwrap_or(format.job_file().media_type);
     let name = format!(
         "{}-{id}.{}{}",
@@ -330,6 +326,26 @@ pub(super) async fn download(
         format.job_file().extension,
         encoding.suffix()
     );
+    let directory = match &jobs.storage {
+        Storage::Directory(directory) => directory,
+        Storage::Objects(store) => {
+            let key = store.key(&file_name(id, format, encoding));
+            return match jobs.settings.download {
+                Download::Redirect => Ok(HttpResponse::SeeOther()
+                    .insert_header((header::LOCATION, store.presigned_get(&key, media_type, &name).as_str()))
+                    .insert_header((header::CACHE_CONTROL, "no-store"))
+                    .finish()),
+                Download::Proxy => proxy(&request, store, &key, media_type, &name).await,
+            };
+        }
+    };
+    let path = directory.join(file_name(id, format, encoding));
+    let opened = async || {
+        NamedFile::open_async(&path)
+            .await
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", path.display()).into()))
+    };
+    let file = opened().await?;
     let file = file
         .set_content_type(
             media_type
@@ -368,6 +384,81 @@ pub(super) async fn download(
         }
     }
     Ok(whole.body(actix_web::body::SizedStream::new(length, read_file(file, length))))
+}
+
+/// The object `key` through pgspout: the request's range and validators go to the store, and its answer
+/// (200, 206, 304, 412, 416, with its `ETag`, `Last-Modified`, `Content-Range`) comes back, streamed.
+async fn proxy(
+    request: &HttpRequest,
+    store: &ObjectStore,
+    key: &str,
+    media_type: &str,
+    name: &str,
+) -> Result<HttpResponse, ApiError> {
+    use actix_web::http::StatusCode;
+    use futures::TryStreamExt as _;
+    let mut forwarded = reqwest::header::HeaderMap::new();
+    for header in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_NONE_MATCH,
+        header::IF_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+    ] {
+        if let Some(value) = request.headers().get(&header)
+            && let (Ok(name), Ok(value)) = (
+                reqwest::header::HeaderName::from_bytes(header.as_str().as_bytes()),
+                reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+            )
+        {
+            forwarded.insert(name, value);
+        }
+    }
+    let head = request.method() == actix_web::http::Method::HEAD;
+    let answer = store
+        .fetch(key, head, forwarded)
+        .await
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    if !matches!(status.as_u16(), 200 | 206 | 304 | 412 | 416) {
+        // The job says completed, so its object must be there and readable: anything else is pgspout's (or
+        // the store's) failure, not the client's.
+        return Err(ApiError::Internal(
+            format!("the object store answered {status} for the export's object {key}").into(),
+        ));
+    }
+    let mut response = HttpResponse::build(status);
+    for name in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::ACCEPT_RANGES,
+    ] {
+        if let Some(value) = answer.headers().get(name.as_str())
+            && let Ok(value) = header::HeaderValue::from_bytes(value.as_bytes())
+        {
+            response.insert_header((name, value));
+        }
+    }
+    if status.as_u16() == 304 || status.as_u16() == 412 {
+        return Ok(response.finish());
+    }
+    response
+        .insert_header((header::CONTENT_TYPE, media_type))
+        .insert_header(ContentDisposition {
+            disposition: DispositionType::Attachment,
+            parameters: vec![DispositionParam::Filename(name.to_owned())],
+        });
+    let length = answer.content_length();
+    let body = answer.bytes_stream().map_err(actix_web::error::ErrorBadGateway);
+    Ok(match length {
+        // HEAD: the length the store gave, no body.
+        Some(length) if head => response.no_chunking(length).finish(),
+        Some(length) => response.body(actix_web::body::SizedStream::new(length, body)),
+        None => response.streaming(body),
+    })
 }
 
 /// Whether an `If-Range` validator names the version of the file `headers` describe: its strong `ETag`, or
@@ -418,33 +509,28 @@ pub(super) async fn remove(
     let jobs = jobs(&state)?;
     let id = job_id(&id)?;
     let owner = caller.owner();
-    let (cancelled, deleted) = pools
+    let (cancelled, deleted, upload) = pools
         .exports
         .with(async |client| {
             let retention = jobs.settings.retention;
             if jobs.store.cancel(client, id, owner, retention).await? {
-                return Ok::<_, ApiError>((true, false));
+                // Read after the cancel: a runner can record no other upload from now on.
+                let upload = jobs.store.open_upload(client, id).await?;
+                return Ok::<_, ApiError>((true, false, upload));
             }
-            Ok((false, jobs.store.delete(client, id, owner).await?))
+            // A finished job's upload, if it has one, is left by a failure or a cancel.
+            let upload = jobs.store.open_upload(client, id).await?;
+            Ok((false, jobs.store.delete(client, id, owner).await?, upload))
         })
         .await?;
+    if !(cancelled || deleted) {
+        return Err(ApiError::UnknownJob(id.to_string()));
+    }
+    // A running job's runner notices at its next lease renewal and stops; its file (or upload) goes now.
+    jobs.storage.remove(&[id], &Vec::from_iter(upload)).await;
     if cancelled {
-        // The runner notices at its next lease renewal and stops; its file goes with it.
-        remove_job_files(jobs, id).await?;
         let (document, _) = status_of(jobs, &pools, id, &caller).await?;
         return Ok(HttpResponse::Ok().json(document));
     }
-    if deleted {
-        remove_job_files(jobs, id).await?;
-        return Ok(HttpResponse::NoContent().finish());
-    }
-    Err(ApiError::UnknownJob(id.to_string()))
-}
-
-/// Removes a job's files off the async workers (file removal blocks).
-async fn remove_job_files(jobs: &JobsState, id: Uuid) -> Result<(), ApiError> {
-    let directory = jobs.directory.clone();
-    web::block(move || remove_files(&directory, &[id]))
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))
+    Ok(HttpResponse::NoContent().finish())
 }

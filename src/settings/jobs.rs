@@ -10,9 +10,18 @@ use super::longer_than_zero;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSettings {
-    /// Where export files are written. Unset: background exports are off (and no schema is created).
-    /// Instances that share a database must share this directory.
+    /// Where export files are written. Unset (and no `storage`): background exports are off (and no schema
+    /// is created). Instances that share a database must share this directory.
     pub directory: Option<std::path::PathBuf>,
+    /// Object storage for export files instead of `directory`: `s3://bucket/prefix`.
+    pub storage: Option<String>,
+    /// How long the presigned URL a download redirects to is valid (object storage).
+    #[serde(with = "humantime_serde")]
+    pub presign_expiry: Duration,
+    /// How a file in object storage is downloaded: a redirect to a presigned URL, or through pgspout.
+    pub download: Download,
+    /// `[jobs.s3]`: the object store, over the AWS environment variables of the same meaning.
+    pub s3: S3Settings,
     /// The schema pgspout creates for its job table.
     pub schema: String,
     /// Jobs this instance runs at once.
@@ -47,6 +56,69 @@ pub struct JobSettings {
     /// The wait before the first retry; each further retry waits four times longer, up to ten hours.
     #[serde(with = "humantime_serde")]
     pub webhook_backoff: Duration,
+}
+
+/// How `GET /v1/exports/{id}/download` serves a file in object storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Download {
+    /// `303 See Other` to a presigned URL.
+    Redirect,
+    /// pgspout streams the object (for clients that cannot follow redirects, or private buckets).
+    Proxy,
+}
+
+/// `[jobs.s3]`: each key overrides the AWS environment variable of the same meaning.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Settings {
+    /// `AWS_ENDPOINT_URL`: an S3-compatible server (MinIO, Ceph, R2, s3s); path-style URLs then.
+    pub endpoint: Option<String>,
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`); `us-east-1` when neither is set.
+    pub region: Option<String>,
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: Option<String>,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: Option<Hidden>,
+    /// `AWS_SESSION_TOKEN`.
+    pub session_token: Option<Hidden>,
+    /// The size of each part of a multipart upload but the last: at least 5 MiB (S3's minimum).
+    pub part_size: usize,
+}
+
+impl Default for S3Settings {
+    fn default() -> Self {
+        S3Settings {
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            part_size: 8 << 20,
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("part_size", &self.part_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret setting; its `Debug` does not show it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("…")
+    }
 }
 
 /// One `[[jobs.webhooks]]` endpoint.
@@ -131,6 +203,10 @@ impl Default for JobSettings {
     fn default() -> Self {
         JobSettings {
             directory: None,
+            storage: None,
+            presign_expiry: Duration::from_secs(15 * 60),
+            download: Download::Redirect,
+            s3: S3Settings::default(),
             schema: "pgspout".into(),
             max_running: 2,
             max_parallelism: 4,
@@ -150,9 +226,14 @@ impl Default for JobSettings {
 }
 
 impl JobSettings {
+    /// Whether background exports are on: their files have somewhere to go.
+    pub fn enabled(&self) -> bool {
+        self.directory.is_some() || self.storage.is_some()
+    }
+
     fn validate_webhooks(&self) -> Result<(), String> {
-        if !self.webhooks.is_empty() && self.directory.is_none() {
-            return Err("jobs.webhooks are sent when jobs end: they need jobs.directory".into());
+        if !self.webhooks.is_empty() && !self.enabled() {
+            return Err("jobs.webhooks are sent when jobs end: they need jobs.directory or jobs.storage".into());
         }
         if self.webhook_attempts < 1 {
             return Err("jobs.webhook_attempts must be at least 1".into());
@@ -178,10 +259,21 @@ impl JobSettings {
             ("jobs.retention", Some(self.retention)),
             ("jobs.webhook_timeout", Some(self.webhook_timeout)),
             ("jobs.webhook_backoff", Some(self.webhook_backoff)),
+            ("jobs.presign_expiry", Some(self.presign_expiry)),
         ])?;
         self.validate_webhooks()?;
-        if self.directory.is_none() {
+        if self.directory.is_some() && self.storage.is_some() {
+            return Err("jobs.directory and jobs.storage are exclusive: set one".into());
+        }
+        if !self.enabled() {
             return Ok(());
+        }
+        if self.s3.part_size < 5 << 20 || self.s3.part_size > 5 << 30 {
+            return Err("jobs.s3.part_size must be from 5 MiB (S3's smallest part) to 5 GiB".into());
+        }
+        // S3 refuses presigned URLs valid for less than a second or more than seven days.
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600)).contains(&self.presign_expiry) {
+            return Err("jobs.presign_expiry must be from 1s to 7 days".into());
         }
         if self.max_running == 0
             || self.max_parallelism == 0
@@ -256,7 +348,7 @@ mod tests {
             ),
             (
                 format!("[[webhooks]]\nurl = \"https://e.com\"\nsecret = \"{SECRET}\""),
-                "need jobs.directory",
+                "need jobs.directory or jobs.storage",
             ),
             (
                 "directory = \"/tmp/x\"\nwebhook_attempts = 0".to_owned(),

@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub use self::database::{DatabaseSettings, ReplicaFallback};
 pub use self::datasets::{DatasetSettings, SchemaSettings};
 pub use self::export::{ExportSettings, PageSettings};
-pub use self::jobs::{JobSettings, WebhookEvent, WebhookSecret, WebhookSettings};
+pub use self::jobs::{Download, Hidden, JobSettings, S3Settings, WebhookEvent, WebhookSecret, WebhookSettings};
 pub use self::query::QuerySettings;
 pub use self::server::{CorsSettings, LogFormat, LogSettings, ServerSettings};
 pub use crate::auth::{ApiKeySettings, AuthSettings};
@@ -56,7 +56,7 @@ pub struct Settings {
     /// Aggregates and their cost cap.
     #[serde(default)]
     pub query: QuerySettings,
-    /// Background export jobs; off unless `jobs.directory` is set.
+    /// Background export jobs; off unless `jobs.directory` or `jobs.storage` is set.
     #[serde(default)]
     pub jobs: JobSettings,
     /// Logging.

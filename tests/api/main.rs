@@ -14,6 +14,7 @@ mod helpers;
 mod http;
 mod job_integrity;
 mod jobs;
+mod object_storage;
 mod parallel_jobs;
 mod query;
 mod replicas;

@@ -28,6 +28,7 @@ mod webhooks;
 pub(crate) use self::parts::Part;
 pub(crate) use self::schema::{JobStatus, RunOutcome, migrate};
 pub(crate) use self::webhooks::Delivery;
+use crate::jobs::UploadState;
 use crate::query::Position;
 use crate::settings::{WebhookEvent, WebhookSettings};
 
@@ -109,6 +110,8 @@ pub(crate) struct ClaimedJob {
     pub(crate) parallelism: i32,
     /// The role and claims it runs with, when created under `[auth]`.
     pub(crate) role: Option<(String, String)>,
+    /// Its open upload in object storage, as of the last checkpoint.
+    pub(crate) upload: Option<UploadState>,
 }
 
 /// How far a job's file has got: durable on disk when recorded.
@@ -119,6 +122,8 @@ pub(crate) struct Progress<'a> {
     pub(crate) bytes: i64,
     /// Its last row's position (`None` while it has none, and for jobs that cannot resume).
     pub(crate) position: Option<&'a Position>,
+    /// In object storage: the upload holding those bytes.
+    pub(crate) upload: Option<&'a UploadState>,
 }
 
 impl Progress<'_> {
@@ -126,6 +131,14 @@ impl Progress<'_> {
         self.position
             .map(|p| serde_json::to_string(p).expect("strings serialize"))
     }
+}
+
+/// An upload's key and id, to abort it.
+pub(crate) type UploadId = (String, String);
+
+/// The key and id of the upload in `row`'s columns `at` and `at + 1`, if it has one.
+fn upload_id(row: &tokio_postgres::Row, at: usize) -> Option<UploadId> {
+    Some((row.get::<_, Option<String>>(at)?, row.get::<_, Option<String>>(at + 1)?))
 }
 
 /// The statements on one schema's job table.

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{ClaimedJob, JobStatus, JobStore, Progress, RunOutcome, interval};
+use super::{ClaimedJob, JobStatus, JobStore, Progress, RunOutcome, UploadId, interval, upload_id};
+use crate::jobs::UploadState;
 use crate::settings::WebhookEvent;
 
 impl JobStore {
@@ -33,7 +34,8 @@ impl JobStore {
                        started_at = coalesce(j.started_at, now()), updated_at = now() \
                      FROM next WHERE j.id = next.id \
                      RETURNING j.id, j.dataset, j.format, j.compression, j.query, j.rows_written, j.bytes_written, \
-                       j.position::text, j.attempts, j.resumable, j.run_role, j.claims, j.parallelism",
+                       j.position::text, j.attempts, j.resumable, j.run_role, j.claims, j.parallelism, \
+                       j.upload_key, j.upload_id, j.upload_etags, j.upload_tail",
                 ),
                 &[&owner, &interval(lease), &datasets],
             )
@@ -56,6 +58,12 @@ impl JobStore {
                 .get::<_, Option<String>>(10)
                 .map(|role| (role, row.get::<_, Option<String>>(11).unwrap_or_else(|| "{}".into()))),
             parallelism: row.get(12),
+            upload: upload_id(&row, 13).map(|(key, id)| UploadState {
+                key,
+                id,
+                etags: row.get::<_, Option<Vec<String>>>(15).unwrap_or_default(),
+                tail: row.get::<_, Option<Vec<u8>>>(16).unwrap_or_default(),
+            }),
         };
         transaction
             .execute(
@@ -109,13 +117,62 @@ impl JobStore {
             .execute(
                 &self.sql(
                     "UPDATE {s}.export_jobs SET rows_written = $3, bytes_written = $4, \
-                     position = coalesce($5::text::jsonb, position), updated_at = now() \
+                     position = coalesce($5::text::jsonb, position), updated_at = now(), \
+                     upload_key = coalesce($6, upload_key), upload_id = coalesce($7, upload_id), \
+                     upload_etags = coalesce($8, upload_etags), upload_tail = coalesce($9, upload_tail) \
                      WHERE id = $1 AND lease_owner = $2 AND status = {running}",
                 ),
-                &[&id, &owner, &progress.rows, &progress.bytes, &progress.position_json()],
+                &[
+                    &id,
+                    &owner,
+                    &progress.rows,
+                    &progress.bytes,
+                    &progress.position_json(),
+                    &progress.upload.map(|u| &u.key),
+                    &progress.upload.map(|u| &u.id),
+                    &progress.upload.map(|u| &u.etags),
+                    &progress.upload.map(|u| &u.tail),
+                ],
             )
             .await?;
         Ok(updated == 1)
+    }
+
+    /// Records a new upload, before its first part: whatever a run leaves, the upload can be found and
+    /// aborted. `false` if the lease was lost.
+    pub(crate) async fn begin_upload(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+        owner: Uuid,
+        upload: &UploadState,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let updated = client
+            .execute(
+                &self.sql(
+                    "UPDATE {s}.export_jobs SET upload_key = $3, upload_id = $4, upload_etags = '{}', \
+                     upload_tail = '', updated_at = now() \
+                     WHERE id = $1 AND lease_owner = $2 AND status = {running}",
+                ),
+                &[&id, &owner, &upload.key, &upload.id],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    /// The upload a job has open, if any (to abort it once the job cannot use it).
+    pub(crate) async fn open_upload(
+        &self,
+        client: &impl GenericClient,
+        id: Uuid,
+    ) -> Result<Option<UploadId>, tokio_postgres::Error> {
+        let row = client
+            .query_opt(
+                &self.sql("SELECT upload_key, upload_id FROM {s}.export_jobs WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.and_then(|row| upload_id(&row, 0)))
     }
 
     /// Starts a job that cannot resume over: no rows written, one more restart. `false` if the lease was lost.
@@ -155,7 +212,8 @@ impl JobStore {
                         "WITH job AS (UPDATE {s}.export_jobs SET status = {completed}, rows_written = $3, \
                        bytes_written = $4, error = NULL, finished_at = now(), updated_at = now(), \
                        expires_at = now() + $5::text::interval, position = coalesce($6::text::jsonb, position), \
-                       lease_owner = NULL, lease_expires_at = NULL \
+                       lease_owner = NULL, lease_expires_at = NULL, \
+                       upload_key = NULL, upload_id = NULL, upload_etags = NULL, upload_tail = NULL \
                        WHERE id = $1 AND lease_owner = $2 AND status = {running} RETURNING id, {document} AS doc), \
                      run AS (UPDATE {s}.export_job_runs SET ended_at = now(), outcome = $7 \
                        WHERE job_id IN (SELECT id FROM job) AND owner = $2 AND ended_at IS NULL), \

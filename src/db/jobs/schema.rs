@@ -80,6 +80,10 @@ const MIGRATIONS: &[&str] = &[
         done boolean NOT NULL DEFAULT false,
         PRIMARY KEY (job_id, part)
      )",
+    // 8: a job's open multipart upload in object storage, as of its last checkpoint: the object's key, the
+    // upload's id, its parts' entity tags, and the bytes after the last part.
+    "ALTER TABLE {schema}.export_jobs ADD COLUMN upload_key text, ADD COLUMN upload_id text, \
+       ADD COLUMN upload_etags text[], ADD COLUMN upload_tail bytea",
 ];
 
 /// Where a job stands.

@@ -454,13 +454,6 @@ pub async fn check(settings: &Settings) -> Result<String, StartupError> {
     if !problems.is_empty() {
         return Err(StartupError::Replicas(problems.join("; ")));
     }
-    if let Some(crate::jobs::Storage::Objects(store)) = job_storage(&settings.jobs)? {
-        store.check().await.map_err(|source| StartupError::StorageRefused {
-            location: format!("{store:?}"),
-            source: source.into(),
-        })?;
-        let _ = writeln!(report, "jobs.storage {store:?}: writable");
-    }
     let _ = writeln!(report, "connected; {} dataset(s):", catalog.names().len());
     for dataset in catalog.iter() {
         let key = dataset
@@ -471,6 +464,13 @@ pub async fn check(settings: &Settings) -> Result<String, StartupError> {
             let null = if column.nullable { "" } else { " not null" };
             let _ = writeln!(report, "  {} {}{null}", column.name, column.type_name);
         }
+    }
+    if let Some(crate::jobs::Storage::Objects(store)) = job_storage(&settings.jobs)? {
+        store.check().await.map_err(|source| StartupError::StorageRefused {
+            location: format!("{store:?}"),
+            source: source.into(),
+        })?;
+        let _ = writeln!(report, "jobs.storage {store:?}: writable");
     }
     Ok(report)
 }

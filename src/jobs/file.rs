@@ -126,6 +126,8 @@ pub(super) fn files_older_than(directory: &Path, age: Duration) -> Vec<Uuid> {
 pub(crate) fn remove_files(directory: &Path, ids: &[Uuid]) {
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
+        // Object storage's spool directory is made when a parallel job first needs it.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return,
         Err(error) => {
             tracing::warn!(directory = %directory.display(), %error, "cannot list the job directory");
             return;

@@ -139,6 +139,13 @@ impl ObjectStore {
         })
     }
 
+    /// A short digest of the bucket's URL and the prefix, to name what is this store's alone.
+    pub(crate) fn digest(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(format!("{}{}", self.bucket.base_url(), self.prefix));
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// The key of the object named `name` under the prefix.
     pub(crate) fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)

@@ -62,7 +62,8 @@ impl Storage {
     pub(crate) fn spool(&self) -> PathBuf {
         match self {
             Storage::Directory(directory) => directory.clone(),
-            Storage::Objects(_) => std::env::temp_dir().join("pgspout-parts"),
+            // Named after the store: instances on one machine serving other databases have their own.
+            Storage::Objects(store) => std::env::temp_dir().join(format!("pgspout-parts-{}", store.digest())),
         }
     }
 

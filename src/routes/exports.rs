@@ -388,6 +388,8 @@ pub(super) async fn download(
 
 /// The object `key` through pgspout: the request's range and validators go to the store, and its answer
 /// (200, 206, 304, 412, 416, with its `ETag`, `Last-Modified`, `Content-Range`) comes back, streamed.
+/// `If-None-Match` and `If-Range` are also checked here against the store's validators, for stores that
+/// ignore them (s3s-fs does).
 async fn proxy(
     request: &HttpRequest,
     store: &ObjectStore,
@@ -416,11 +418,39 @@ async fn proxy(
         }
     }
     let head = request.method() == actix_web::http::Method::HEAD;
-    let answer = store
-        .fetch(key, head, forwarded)
-        .await
-        .map_err(|e| ApiError::Internal(Box::new(e)))?;
-    let status = StatusCode::from_u16(answer.status().as_u16()).map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let fetch = async |forwarded| {
+        let answer = store
+            .fetch(key, head, forwarded)
+            .await
+            .map_err(|e| ApiError::Internal(Box::new(e)))?;
+        let mut relayed = header::HeaderMap::new();
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_RANGE,
+            header::ETAG,
+            header::LAST_MODIFIED,
+            header::ACCEPT_RANGES,
+        ] {
+            if let Some(value) = answer.headers().get(name.as_str())
+                && let Ok(value) = header::HeaderValue::from_bytes(value.as_bytes())
+            {
+                relayed.insert(name, value);
+            }
+        }
+        Ok::<_, ApiError>((answer, relayed))
+    };
+    let (mut answer, mut relayed) = fetch(forwarded.clone()).await?;
+    // A range of another version of the object than the client's would splice two versions together.
+    let stale = request
+        .headers()
+        .get(header::IF_RANGE)
+        .is_some_and(|validator| !validates(validator, &relayed));
+    if answer.status() == reqwest::StatusCode::PARTIAL_CONTENT && stale {
+        forwarded.remove(reqwest::header::RANGE);
+        forwarded.remove(reqwest::header::IF_RANGE);
+        (answer, relayed) = fetch(forwarded).await?;
+    }
+    let mut status = StatusCode::from_u16(answer.status().as_u16()).map_err(|e| ApiError::Internal(Box::new(e)))?;
     if !matches!(status.as_u16(), 200 | 206 | 304 | 412 | 416) {
         // The job says completed, so its object must be there and readable: anything else is pgspout's (or
         // the store's) failure, not the client's.
@@ -428,21 +458,16 @@ async fn proxy(
             format!("the object store answered {status} for the export's object {key}").into(),
         ));
     }
+    if status == StatusCode::OK && unchanged(request.headers().get(header::IF_NONE_MATCH), &relayed) {
+        status = StatusCode::NOT_MODIFIED;
+    }
     let mut response = HttpResponse::build(status);
-    for name in [
-        header::CONTENT_LENGTH,
-        header::CONTENT_RANGE,
-        header::ETAG,
-        header::LAST_MODIFIED,
-        header::ACCEPT_RANGES,
-    ] {
-        if let Some(value) = answer.headers().get(name.as_str())
-            && let Ok(value) = header::HeaderValue::from_bytes(value.as_bytes())
-        {
-            response.insert_header((name, value));
+    for (name, value) in &relayed {
+        if status != StatusCode::NOT_MODIFIED || [header::ETAG, header::LAST_MODIFIED].contains(name) {
+            response.insert_header((name.clone(), value.clone()));
         }
     }
-    if status.as_u16() == 304 || status.as_u16() == 412 {
+    if matches!(status.as_u16(), 304 | 412) {
         return Ok(response.finish());
     }
     response
@@ -451,14 +476,29 @@ async fn proxy(
             disposition: DispositionType::Attachment,
             parameters: vec![DispositionParam::Filename(name.to_owned())],
         });
-    let length = answer.content_length();
+    // The header, not reqwest's `content_length()`: that is the body's, none in answer to a HEAD.
+    let length = (relayed.get(header::CONTENT_LENGTH))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let body = answer.bytes_stream().map_err(actix_web::error::ErrorBadGateway);
     Ok(match length {
-        // HEAD: the length the store gave, no body.
-        Some(length) if head => response.no_chunking(length).finish(),
+        // HEAD: the store's answer has no body; actix sends the length and not the (empty) stream.
         Some(length) => response.body(actix_web::body::SizedStream::new(length, body)),
         None => response.streaming(body),
     })
+}
+
+/// Whether `If-None-Match` names the `ETag` in `headers` (weakly compared, as RFC 9110 has it), or is `*`.
+fn unchanged(if_none_match: Option<&header::HeaderValue>, headers: &header::HeaderMap) -> bool {
+    let (Some(tags), Some(etag)) = (
+        if_none_match.and_then(|v| v.to_str().ok()),
+        headers.get(header::ETAG).and_then(|t| t.to_str().ok()),
+    ) else {
+        return false;
+    };
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    tags.split(',')
+        .any(|tag| tag.trim() == "*" || opaque(tag) == opaque(etag))
 }
 
 /// Whether an `If-Range` validator names the version of the file `headers` describe: its strong `ETag`, or

@@ -329,6 +329,26 @@ mod tests {
     }
 
     #[test]
+    fn object_storage_is_exclusive_with_a_directory_and_takes_parts_s3_accepts() {
+        let settings = parse("storage = \"s3://b/p\"\n[s3]\nsecret_access_key = \"hush\"").unwrap();
+        assert!(settings.enabled());
+        assert_eq!(
+            (settings.s3.part_size, settings.download),
+            (8 << 20, Download::Redirect)
+        );
+        assert!(!format!("{settings:?}").contains("hush"));
+        for (text, expected) in [
+            ("storage = \"s3://b\"\ndirectory = \"/tmp/x\"", "exclusive"),
+            ("storage = \"s3://b\"\n[s3]\npart_size = 1048576", "5 MiB"),
+            ("storage = \"s3://b\"\npresign_expiry = \"8d\"", "7 days"),
+            ("storage = \"s3://b\"\ndownload = \"inline\"", "redirect"),
+        ] {
+            let error = parse(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn bad_webhooks_are_config_errors_that_say_what_is_wrong() {
         let hook = |url: &str, secret: &str, events: &str| {
             format!("directory = \"/tmp/x\"\n[[webhooks]]\nurl = \"{url}\"\nsecret = \"{secret}\"\n{events}")

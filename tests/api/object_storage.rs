@@ -363,9 +363,44 @@ async fn object_storage_proxies_ranges_aborts_a_cancelled_upload_and_deletes_obj
     assert_eq!(range.bytes().await.unwrap(), whole[10..100]);
     let unchanged = client.get(&url).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(unchanged.status(), 304);
+    assert_eq!(unchanged.headers()["etag"], etag.as_str());
+    // A range of another version is the whole object instead; of this one, the range.
+    for (validator, status, length) in [("\"other\"", 200, whole.len()), (etag.as_str(), 206, 10)] {
+        let response = client
+            .get(&url)
+            .header("range", "bytes=0-9")
+            .header("if-range", validator)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{validator}");
+        assert_eq!(response.bytes().await.unwrap(), whole[..length]);
+    }
     let head = client.head(&url).send().await.unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["content-length"], whole.len().to_string().as_str());
+
+    // A parallel job's parts, spooled on this machine, are joined into one upload: the object equals `/rows`.
+    db.client.batch_execute("ANALYZE orders").await.unwrap();
+    let parallel = create_ok(
+        base,
+        json!({ "dataset": "orders", "query": "id=lte.12000", "parallelism": 2 }),
+    )
+    .await;
+    let done = wait_completed(base, std::slice::from_ref(&parallel), Duration::from_secs(120)).await;
+    assert_eq!(done[0]["parts"].as_array().unwrap().len(), 2, "{}", done[0]);
+    let joined = client
+        .get(format!("http://{base}/v1/exports/{parallel}/download"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 200);
+    assert_eq!(
+        digest(&joined.bytes().await.unwrap()),
+        rows_digest(base, "id=lte.12000").await
+    );
+    let parts = part_uploads(&s3.requests());
+    assert!(parts.len() >= 2, "{parts:?}");
 
     // Deleting the finished job deletes its object.
     assert_eq!(s3.objects("proxied", &small).len(), 1);
@@ -449,14 +484,16 @@ async fn check_says_whether_the_bucket_takes_objects() {
 
     for (config, secret, says) in [
         (s3.config("checked", ""), "wrong", "SignatureDoesNotMatch"),
+        // Nothing listens there.
         (
-            s3.config("checked", "").replace(BUCKET, "missing"),
+            s3.config("checked", "")
+                .replace(&s3.address, &format!("127.0.0.1:{}", crate::helpers::free_port())),
             SECRET_KEY,
-            "NoSuchBucket",
+            "PutObject: error sending request",
         ),
     ] {
-        let (code, _, stderr) = check(&config, secret).await;
-        assert_eq!(code, Some(1), "{stderr}");
+        let (code, stdout, stderr) = check(&config, secret).await;
+        assert_eq!(code, Some(1), "{stdout}{stderr}");
         assert!(
             stderr.contains("cannot write, read back and delete an object"),
             "{stderr}"

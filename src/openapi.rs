@@ -403,6 +403,9 @@ fn export_paths(catalog: &Catalog, paths: &mut Map<String, Value>, schemas: &mut
         names this file; else 200 with all of it)", "content": file });
     download["304"] = json!({ "description": "If-None-Match named this file's ETag" });
     download["416"] = json!({ "description": "The range lies outside the file" });
+    download["303"] = json!({ "description": "With jobs.storage (object storage) and jobs.download = redirect: \
+        the file is at Location, a presigned URL valid for jobs.presign_expiry",
+        "headers": { "Location": { "schema": { "type": "string", "format": "uri" } } } });
     paths.insert(
         "/v1/exports/{id}/download".into(),
         json!({ "get": {

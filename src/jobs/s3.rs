@@ -74,6 +74,8 @@ pub(crate) struct ObjectStore {
     pub(crate) part_size: usize,
     /// How long a download's presigned URL is valid.
     pub(crate) presign_expiry: Duration,
+    /// How long one of pgspout's own requests may take (`jobs.batch_timeout`): a stuck upload ends the run.
+    timeout: Duration,
     /// What `storage` names, for messages.
     location: String,
 }
@@ -126,6 +128,8 @@ impl ObjectStore {
         };
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            // A proxied download may take hours, but not a minute without a byte.
+            .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| format!("an HTTP client for jobs.storage: {e}"))?;
         Ok(ObjectStore {
@@ -135,6 +139,7 @@ impl ObjectStore {
             client,
             part_size: s3.part_size,
             presign_expiry: settings.presign_expiry,
+            timeout: settings.batch_timeout,
             location: storage.to_owned(),
         })
     }
@@ -157,8 +162,12 @@ impl ObjectStore {
         action: &'static str,
         request: reqwest::RequestBuilder,
     ) -> Result<(reqwest::header::HeaderMap, String), S3Error> {
-        let http = |source| S3Error::Http { action, source };
-        let response = request.send().await.map_err(http)?;
+        // Without the URL: its query string is a signature, a credential for the time it is valid.
+        let http = |source: reqwest::Error| S3Error::Http {
+            action,
+            source: source.without_url(),
+        };
+        let response = request.timeout(self.timeout).send().await.map_err(http)?;
         let status = response.status();
         let headers = response.headers().clone();
         let body = response.text().await.map_err(http)?;
@@ -348,7 +357,10 @@ impl ObjectStore {
             .headers(headers)
             .send()
             .await
-            .map_err(|source| S3Error::Http { action, source })
+            .map_err(|source| S3Error::Http {
+                action,
+                source: source.without_url(),
+            })
     }
 
     /// Whether pgspout can write, read back and delete objects under the prefix: writes one, then removes it.

@@ -480,7 +480,8 @@ async fn proxy(
     let length = (relayed.get(header::CONTENT_LENGTH))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let body = answer.bytes_stream().map_err(actix_web::error::ErrorBadGateway);
+    // A failure mid-body aborts the response (never a clean end); the error without the signed URL.
+    let body = (answer.bytes_stream()).map_err(|e| actix_web::error::ErrorBadGateway(e.without_url()));
     Ok(match length {
         // HEAD: the store's answer has no body; actix sends the length and not the (empty) stream.
         Some(length) => response.body(actix_web::body::SizedStream::new(length, body)),

@@ -471,3 +471,17 @@ pub(crate) async fn check_openapi(document: &serde_json::Value, checks: serde_js
     let _ = std::fs::remove_file(&path);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// The value of the metric `series` (name and labels) of the instance at `base`, 0 if it has none yet.
+pub(crate) async fn metric(base: &str, series: &str) -> i64 {
+    let metrics = reqwest::get(format!("http://{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}

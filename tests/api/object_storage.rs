@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_postgres::Client;
 
-use crate::helpers::{ServerProcess, TestDb, wait_for};
+use crate::helpers::{ServerProcess, TestDb, metric, wait_for};
 use crate::jobs::{create_ok, decompress, digest, rows_digest, status, temp_dir, wait_completed};
 
 const ACCESS_KEY: &str = "pgspout-test";
@@ -184,20 +184,6 @@ async fn hold_after(db: &TestDb, locker: &Client, id: &str, parts: usize) -> Opt
         return None;
     }
     Some((rows, upload.unwrap(), recorded))
-}
-
-/// The value of the metric `series` (name and labels) of the instance at `base`, 0 if it has none yet.
-async fn metric(base: &str, series: &str) -> i64 {
-    let metrics = reqwest::get(format!("http://{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |value| value.trim().parse().unwrap())
 }
 
 /// The part numbers of the `UploadPart` requests among `requests`, with their upload ids.

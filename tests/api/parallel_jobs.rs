@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::helpers::{ServerProcess, TestDb, wait_for};
+use crate::helpers::{ServerProcess, TestDb, metric, wait_for};
 use crate::jobs::{
     BIG_DATASET, create, create_ok, decompress, digest, download, jobs_config, orders, rows_digest, status, temp_dir,
     wait_completed,
@@ -237,17 +237,7 @@ async fn a_parallel_job_killed_mid_way_resumes_every_part_from_its_checkpoint() 
         .get(0);
     let checkpointed: i64 = at_kill.iter().map(|(rows, _)| rows).sum();
     assert_eq!(at_start, checkpointed);
-    let metrics = reqwest::get(format!("http://{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let written: i64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("pgspout_job_rows_total "))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pgspout_job_rows_total in {metrics}"));
+    let written = metric(&server.base, "pgspout_job_rows_total").await;
     assert_eq!(written, 30_000 - checkpointed, "rows written by the second run");
     drop(server);
     std::fs::remove_dir_all(&directory).unwrap();

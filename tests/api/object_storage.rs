@@ -186,6 +186,18 @@ async fn hold_after(db: &TestDb, locker: &Client, id: &str, parts: usize) -> Opt
     Some((rows, upload.unwrap(), recorded))
 }
 
+/// A job on all of `orders`, held by the lock once it has checkpointed a part: its id and checkpoint. Should
+/// a job finish before the lock is granted, another is made (at most three).
+async fn held_job(db: &TestDb, locker: &Client, base: &str) -> (String, (i64, String, usize)) {
+    for _ in 0..3 {
+        let id = create_ok(base, json!({ "dataset": "orders" })).await;
+        if let Some(held) = hold_after(db, locker, &id, 0).await {
+            return (id, held);
+        }
+    }
+    panic!("no attempt caught the job mid-upload");
+}
+
 /// The part numbers of the `UploadPart` requests among `requests`, with their upload ids.
 fn part_uploads(requests: &[String]) -> Vec<(u32, String)> {
     requests
@@ -218,17 +230,8 @@ async fn a_job_killed_twice_mid_upload_continues_its_upload_and_its_object_equal
     let locker = db.connect().await;
 
     // Killed once it has checkpointed a part, and again once it has checkpointed another: each time
-    // while the lock holds its next batch, so its checkpoint cannot move. Should the job finish before the
-    // lock is granted (about 30 batches after the first part), the attempt is made again.
-    let mut attempt = 0;
-    let (id, first) = loop {
-        attempt += 1;
-        assert!(attempt <= 3, "no attempt caught the job mid-upload");
-        let id = create_ok(&server.base, json!({ "dataset": "orders" })).await;
-        if let Some(held) = hold_after(&db, &locker, &id, 0).await {
-            break (id, held);
-        }
-    };
+    // while the lock holds its next batch, so its checkpoint cannot move.
+    let (id, first) = held_job(&db, &locker, &server.base).await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let (rows_1, upload, parts_1) = first;
@@ -400,15 +403,7 @@ async fn object_storage_proxies_ranges_aborts_a_cancelled_upload_and_deletes_obj
 
     // Cancelling a job mid-upload aborts its upload: no part is left, and no object appears.
     let locker = db.connect().await;
-    let mut attempt = 0;
-    let (big, upload) = loop {
-        attempt += 1;
-        assert!(attempt <= 3, "no attempt caught the job mid-upload");
-        let id = create_ok(base, json!({ "dataset": "orders" })).await;
-        if let Some((_, upload, _)) = hold_after(&db, &locker, &id, 0).await {
-            break (id, upload);
-        }
-    };
+    let (big, (_, upload, _)) = held_job(&db, &locker, base).await;
     assert!(!s3.open_uploads().is_empty());
     let cancelled = client
         .delete(format!("http://{base}/v1/exports/{big}"))
@@ -435,6 +430,26 @@ async fn object_storage_proxies_ranges_aborts_a_cancelled_upload_and_deletes_obj
     assert_eq!(status(base, &big).await["status"], "cancelled");
     assert_eq!(s3.open_uploads(), Vec::<String>::new());
     assert_eq!(s3.objects("proxied", &big), Vec::<PathBuf>::new());
+
+    // A job that fails mid-upload (a column it reads is dropped while it waits for its next batch) aborts
+    // its upload too.
+    let (failing, (_, upload, _)) = held_job(&db, &locker, base).await;
+    assert!(!s3.open_uploads().is_empty());
+    locker
+        .batch_execute("ALTER TABLE orders DROP COLUMN note; COMMIT")
+        .await
+        .unwrap();
+    let failed = wait_for(Duration::from_secs(60), || async {
+        let status = status(base, &failing).await;
+        (status["status"] == "failed").then_some(status)
+    })
+    .await;
+    assert!(failed["error"].as_str().unwrap().contains("note"), "{failed}");
+    wait_for(Duration::from_secs(60), || async {
+        s3.open_uploads().is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(s3.objects("proxied", &failing), Vec::<PathBuf>::new(), "{upload}");
     drop(server);
 }
 

@@ -244,11 +244,11 @@ impl Sink {
             tokio::task::block_in_place(|| file.append_files(pieces))?;
             return self.finish().await;
         }
+        let mut block = vec![0; 1 << 20];
         for (piece, len) in pieces {
             let mut source = std::fs::File::open(piece)?.take(*len);
             let mut copied = 0;
             loop {
-                let mut block = vec![0; 1 << 20];
                 let read = tokio::task::block_in_place(|| source.read(&mut block))?;
                 if read == 0 {
                     break;

@@ -203,7 +203,6 @@ impl Context {
             return Err(JobError::LeaseLost);
         }
         let (format, encoding) = (request.format, request.encoding);
-        let spool = self.storage.spool();
         let pieces: Vec<(PathBuf, u64)> = parts
             .iter()
             .map(|part| {

@@ -270,7 +270,7 @@ impl Sink {
 /// A multipart upload being written.
 pub(crate) struct Upload {
     store: Arc<ObjectStore>,
-    /// Its key, id and parts (the tail is `tail`).
+    /// Its key, id and parts (its `tail` always empty: the tail is `tail`).
     state: UploadState,
     /// The bytes not in a part yet.
     tail: BytesMut,
@@ -326,10 +326,13 @@ impl Upload {
             });
         }
         let part_size = listed.first().map_or(store.part_size, |p| p.size as usize);
+        let mut state = state.clone();
+        // The tail lives in `tail` from here on: `state` keeps none (it may be nearly a part's size).
+        let tail = BytesMut::from(&std::mem::take(&mut state.tail)[..]);
         Ok(Upload {
             store,
-            state: state.clone(),
-            tail: BytesMut::from(&state.tail[..]),
+            state,
+            tail,
             part_size,
             len: start,
         })

@@ -501,5 +501,24 @@ async fn check_says_whether_the_bucket_takes_objects() {
         );
         assert!(stderr.contains(says), "{stderr}");
     }
+
+    // Credentials in `[jobs.s3]` win over the environment's, either way.
+    let configured = |secret: &str| {
+        s3.config("configured", "").replace(
+            "[jobs.s3]\n",
+            &format!(
+                "[jobs.s3]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{secret}\"\nregion = \"us-east-1\"\n"
+            ),
+        )
+    };
+    let (code, stdout, stderr) = check(&configured(SECRET_KEY), "wrong").await;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("/configured: writable"), "{stdout}");
+    // The secret never reaches the output.
+    assert!(!format!("{stdout}{stderr}").contains(SECRET_KEY), "{stdout}{stderr}");
+    let (code, stdout, stderr) = check(&configured("wrong"), SECRET_KEY).await;
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("SignatureDoesNotMatch"), "{stderr}");
+    assert!(!format!("{stdout}{stderr}").contains(SECRET_KEY), "{stdout}{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,7 +3,8 @@
 //! Run with `scripts/bench.sh` (it provides a throwaway cluster through the PG* variables). Seeds `orders`
 //! (BENCH_ROWS rows, default 1,000,000), starts the release `pgspout` binary, then times, interleaved over
 //! BENCH_RUNS rounds (default 5), each client to /dev/null and prints median wall times as ratios to psql,
-//! plus pgspout's peak RSS (in the text formats, then in all). Ratios, not absolute times, are what compare
+//! the CPU time pgspout and the Postgres cluster spent per million rows, plus pgspout's peak RSS (in the
+//! text formats, then in all). One connection's export cannot take less time than its backend's CPU time. Ratios, not absolute times, are what compare
 //! across noisy machines. With BENCH_JOB_ROWS, it then reseeds `orders` with that many rows and times a
 //! background csv job of it at parallelism 1, 2 and 4 against `psql \copy`.
 
@@ -150,12 +151,16 @@ fn main() {
     }
     let mut times = vec![Vec::new(); cases.len()];
     let mut cpu = vec![Vec::new(); cases.len()];
+    let mut backend = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
         for (i, (_, case)) in cases.iter().enumerate() {
-            let before = cpu_ticks(server.id());
+            let (before, backend_before) = (cpu_ticks(server.id()), postgres_ticks());
             times[i].push(case.run());
             cpu[i].push(Duration::from_secs_f64(
                 (cpu_ticks(server.id()) - before) as f64 / ticks,
+            ));
+            backend[i].push(Duration::from_secs_f64(
+                (postgres_ticks() - backend_before) as f64 / ticks,
             ));
         }
     }
@@ -172,19 +177,21 @@ fn main() {
 
     let medians: Vec<Duration> = times.into_iter().map(median).collect();
     let cpu: Vec<Duration> = cpu.into_iter().map(median).collect();
+    let backend: Vec<Duration> = backend.into_iter().map(median).collect();
     let psql = medians[0].as_secs_f64();
     let millions = rows as f64 / 1e6;
     println!("end_to_end: {rows} rows, median of {rounds} interleaved rounds");
     println!(
-        "  {:<24} {:>8}   {:>10}   pgspout CPU s per million rows",
+        "  {:<24} {:>8}   {:>10}   CPU s per million rows: pgspout   Postgres",
         "", "time", "ratio"
     );
-    for (((name, _), time), cpu) in cases.iter().zip(&medians).zip(&cpu) {
+    for ((((name, _), time), cpu), backend) in cases.iter().zip(&medians).zip(&cpu).zip(&backend) {
         println!(
-            "  {name:<24} {:>8.3} s   {:>5.2}x psql   {:>5.2}",
+            "  {name:<24} {:>8.3} s   {:>5.2}x psql   {:>31.2}   {:>8.2}",
             time.as_secs_f64(),
             time.as_secs_f64() / psql,
-            cpu.as_secs_f64() / millions
+            cpu.as_secs_f64() / millions,
+            backend.as_secs_f64() / millions
         );
     }
     println!(
@@ -360,6 +367,32 @@ fn clock_ticks() -> f64 {
         .trim()
         .parse()
         .expect("CLK_TCK is a number")
+}
+
+/// The CPU time of every `postgres` process, in clock ticks, including that of backends which have exited
+/// (the postmaster reaps them and counts their time as its children's): how much the cluster worked for
+/// a client, whichever connections it opened.
+fn postgres_ticks() -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        // A process may exit while this reads.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        // utime, stime, cutime and cstime: the 12th to 15th fields after the command name.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        total += fields[11..15]
+            .iter()
+            .map(|f| f.parse::<u64>().unwrap_or(0))
+            .sum::<u64>();
+    }
+    total
 }
 
 /// The user and system CPU time `pid` has used, in clock ticks.

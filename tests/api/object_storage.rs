@@ -522,3 +522,71 @@ async fn check_says_whether_the_bucket_takes_objects() {
     assert!(!format!("{stdout}{stderr}").contains(SECRET_KEY), "{stdout}{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn expiry_deletes_objects_and_aborts_an_upload_a_failed_job_left_behind() {
+    let db = TestDb::new().await;
+    // About 11 MiB of NDJSON: two parts and a tail.
+    wide_orders(&db, 20_000).await;
+    let s3 = S3::start();
+    let config = s3.config("expiring", "retention = \"1s\"\nbatch_rows = 1000\nmax_running = 1");
+    let mut server = start(&db, &config).await;
+    let locker = db.connect().await;
+
+    // A job killed mid-upload, then marked failed and expired as a failed job whose abort never reached the
+    // store would be: its upload is recorded, and only the sweep can abort it now.
+    let (failed, (_, upload, _)) = held_job(&db, &locker, &server.base).await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert!(!s3.open_uploads().is_empty());
+    db.client
+        .execute(
+            "UPDATE pgspout.export_jobs SET status = 'failed', expires_at = now() WHERE id = $1",
+            &[&failed.parse::<uuid::Uuid>().unwrap()],
+        )
+        .await
+        .unwrap();
+    locker.batch_execute("COMMIT").await.unwrap();
+
+    // A job that completes, and expires a second later.
+    server = start(&db, &config).await;
+    let completed = create_ok(
+        &server.base,
+        json!({ "dataset": "orders", "query": "select=id&limit=100" }),
+    )
+    .await;
+
+    let object = |id: &str| format!("/{BUCKET}/expiring/{id}.ndjson?");
+    let logged = |method: &str, path: &str, query: &str| {
+        s3.requests()
+            .iter()
+            .any(|r| r.starts_with(&format!("{method} {path}")) && r.contains(query))
+    };
+    let gone = async |id: &str| {
+        reqwest::get(format!("http://{}/v1/exports/{id}", server.base))
+            .await
+            .unwrap()
+            .status()
+            == 404
+    };
+    wait_for(Duration::from_secs(120), || async {
+        // The completed job's object was made (and the request log keeps it), then deleted with its job.
+        let done = logged("POST", &object(&completed), "uploadId=")
+            && logged("DELETE", &object(&completed), "X-Amz-Signature=")
+            && s3.objects("expiring", &completed).is_empty()
+            && gone(&completed).await;
+        // The failed job's upload was aborted, and the job is gone.
+        let aborted = logged("DELETE", &object(&failed), &format!("uploadId={upload}"))
+            && s3.open_uploads().is_empty()
+            && gone(&failed).await;
+        // And so is every job (any that `held_job` saw complete first too).
+        let jobs: i64 = db
+            .client
+            .query_one("SELECT count(*) FROM pgspout.export_jobs", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (done && aborted && jobs == 0).then_some(())
+    })
+    .await;
+}

@@ -56,7 +56,8 @@ impl Received {
 
 /// A webhook endpoint on loopback that records every request and answers 204, but fails while `failing` says
 /// so: the last failure (`failing` = 1) with a 307 redirect to itself, which a sender that followed redirects
-/// would take for a success, the ones before it with 500.
+/// would take for a success, the ones before it with 500. With [`Receiver::start_silent`], the first requests
+/// get no answer at all, their connections held open.
 struct Receiver {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,
@@ -66,15 +67,27 @@ struct Receiver {
 
 impl Receiver {
     async fn start(path: &str, failing: usize) -> Receiver {
+        Receiver::start_silent(path, 0, failing).await
+    }
+
+    /// As [`Receiver::start`], after leaving `silent` requests unanswered.
+    async fn start_silent(path: &str, mut silent: usize, failing: usize) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}{path}", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
         let failing = Arc::new(Mutex::new(failing));
         let (log, fail, own) = (received.clone(), failing.clone(), url.clone());
         tokio::spawn(async move {
+            let mut unanswered = Vec::new();
             loop {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 let request = read_request(&mut stream).await;
+                if silent > 0 {
+                    silent -= 1;
+                    log.lock().unwrap().push(request);
+                    unanswered.push(stream);
+                    continue;
+                }
                 let failing = {
                     let mut failing = fail.lock().unwrap();
                     let before = *failing;
@@ -270,6 +283,36 @@ async fn job_events_reach_subscribed_endpoints_signed_and_a_failed_delivery_is_r
     assert_eq!(failed["data"]["id"], doomed.as_str());
     assert!(failed["data"]["error"].as_str().unwrap().contains("big"), "{failed}");
     assert_eq!(cancelled.received().len(), 1, "{:?}", cancelled.received());
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
+#[tokio::test]
+async fn a_delivery_the_endpoint_never_answers_times_out_and_is_retried_under_its_id() {
+    let (db, directory) = orders_and_big(10, "webhooks-timeout").await;
+    let endpoint = Receiver::start_silent("/hooks", 1, 0).await;
+    let extra = format!(
+        // The endpoint answers the retry at once: three seconds is hundreds of times what that takes.
+        "webhook_backoff = \"1s\"\nwebhook_attempts = 3\nwebhook_timeout = \"3s\"\n{}",
+        webhook(&endpoint.url, SECRET_ALL, Some("export.completed"))
+    );
+    let server = ServerProcess::start(&db, &jobs_config(&directory, &extra)).await;
+    let id = create_ok(&server.base, json!({ "dataset": "orders" })).await;
+    let attempts = endpoint.wait_for(2).await;
+    assert_eq!(attempts[1].header("webhook-id"), attempts[0].header("webhook-id"));
+    assert_eq!(attempts[1].body, attempts[0].body);
+    assert!(attempts[1].verifies(SECRET_ALL));
+    let recorded = wait_for(Duration::from_secs(60), || async {
+        let deliveries = deliveries(&server.base, &id).await;
+        (deliveries.len() == 1 && deliveries[0]["status"] == "delivered").then_some(deliveries)
+    })
+    .await;
+    assert_eq!(recorded[0]["attempts"], 2, "{recorded:?}");
+    assert!(
+        recorded[0]["last_error"].as_str().unwrap().contains("timed out"),
+        "{recorded:?}"
+    );
+    assert_eq!(endpoint.received().len(), 2);
     drop(server);
     std::fs::remove_dir_all(&directory).unwrap();
 }

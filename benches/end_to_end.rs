@@ -4,9 +4,10 @@
 //! (BENCH_ROWS rows, default 1,000,000), starts the release `pgspout` binary, then times, interleaved over
 //! BENCH_RUNS rounds (default 5), each client to /dev/null and prints median wall times as ratios to psql,
 //! the CPU time pgspout and the Postgres cluster spent per million rows, plus pgspout's peak RSS (in the
-//! text formats, then in all). One connection's export cannot take less time than its backend's CPU time. Ratios, not absolute times, are what compare
-//! across noisy machines. With BENCH_JOB_ROWS, it then reseeds `orders` with that many rows and times a
-//! background csv job of it at parallelism 1, 2 and 4 against `psql \copy`.
+//! text formats, then in all). An export through one connection cannot take less time than its backend's
+//! CPU time. Ratios, not absolute times, are what compare across noisy machines. With BENCH_JOB_ROWS, it then
+//! reseeds `orders` with that many rows and times a background csv job of it at parallelism 1, 2 and 4
+//! against `psql \copy`.
 
 mod support;
 

@@ -178,7 +178,7 @@ impl Sink {
     pub(crate) fn name(&self) -> String {
         match self {
             Sink::File { path, .. } => path.display().to_string(),
-            Sink::Upload(upload) => upload.state.key.clone(),
+            Sink::Upload(upload) => upload.key.clone(),
         }
     }
 
@@ -213,15 +213,17 @@ impl Sink {
         match self {
             Sink::File { .. } => None,
             Sink::Upload(upload) => Some(UploadState {
+                key: upload.key.clone(),
+                id: upload.id.clone(),
+                etags: upload.etags.clone(),
                 tail: upload.tail.to_vec(),
-                ..upload.state.clone()
             }),
         }
     }
 
     /// Whether this run started a new upload, which must be recorded before anything else is.
     pub(crate) fn is_new_upload(&self) -> bool {
-        matches!(self, Sink::Upload(upload) if upload.state.etags.is_empty() && upload.len == 0)
+        matches!(self, Sink::Upload(upload) if upload.etags.is_empty() && upload.len == 0)
     }
 
     /// The file's length.
@@ -270,8 +272,12 @@ impl Sink {
 /// A multipart upload being written.
 pub(crate) struct Upload {
     store: Arc<ObjectStore>,
-    /// Its key, id and parts (its `tail` always empty: the tail is `tail`).
-    state: UploadState,
+    /// The object's key.
+    key: String,
+    /// The upload's id.
+    id: String,
+    /// The entity tags of its parts, in order.
+    etags: Vec<String>,
     /// The bytes not in a part yet.
     tail: BytesMut,
     /// This upload's part size: the configured one, or that of its parts when continued.
@@ -285,12 +291,9 @@ impl Upload {
         let part_size = store.part_size;
         Upload {
             store,
-            state: UploadState {
-                key,
-                id,
-                etags: Vec::new(),
-                tail: Vec::new(),
-            },
+            key,
+            id,
+            etags: Vec::new(),
             tail: BytesMut::new(),
             part_size,
             len: 0,
@@ -326,13 +329,12 @@ impl Upload {
             });
         }
         let part_size = listed.first().map_or(store.part_size, |p| p.size as usize);
-        let mut state = state.clone();
-        // The tail lives in `tail` from here on: `state` keeps none (it may be nearly a part's size).
-        let tail = BytesMut::from(&std::mem::take(&mut state.tail)[..]);
         Ok(Upload {
             store,
-            state,
-            tail,
+            key: state.key.clone(),
+            id: state.id.clone(),
+            etags: state.etags.clone(),
+            tail: BytesMut::from(&state.tail[..]),
             part_size,
             len: start,
         })
@@ -350,25 +352,21 @@ impl Upload {
 
     /// Uploads the next part.
     async fn upload(&mut self, part: Bytes) -> Result<(), FileError> {
-        let number = u16::try_from(self.state.etags.len() + 1)
+        let number = u16::try_from(self.etags.len() + 1)
             .ok()
             .filter(|n| *n <= 10_000)
             .ok_or_else(|| std::io::Error::other("the file outgrew S3's 10,000 parts: raise jobs.s3.part_size"))?;
-        let etag = self
-            .store
-            .upload_part(&self.state.key, &self.state.id, number, part)
-            .await?;
-        self.state.etags.push(etag);
+        let etag = self.store.upload_part(&self.key, &self.id, number, part).await?;
+        self.etags.push(etag);
         Ok(())
     }
 
     async fn finish(&mut self) -> Result<(), FileError> {
-        if !self.tail.is_empty() || self.state.etags.is_empty() {
+        if !self.tail.is_empty() || self.etags.is_empty() {
             let last = self.tail.split().freeze();
             self.upload(last).await?;
         }
-        let state = &self.state;
-        Ok(self.store.complete_upload(&state.key, &state.id, &state.etags).await?)
+        Ok(self.store.complete_upload(&self.key, &self.id, &self.etags).await?)
     }
 }
 

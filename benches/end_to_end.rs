@@ -372,7 +372,7 @@ fn clock_ticks() -> f64 {
 
 /// The CPU time of every `postgres` process, in clock ticks, including that of backends which have exited
 /// (the postmaster reaps them and counts their time as its children's): how much the cluster worked for
-/// a client, whichever connections it opened.
+/// a client, whichever connections it opened. It counts every cluster on the machine: run the bench alone.
 fn postgres_ticks() -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {

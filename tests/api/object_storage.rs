@@ -580,13 +580,8 @@ async fn expiry_deletes_objects_and_aborts_an_upload_a_failed_job_left_behind() 
             && s3.open_uploads().is_empty()
             && gone(&failed).await;
         // And so is every job (any that `held_job` saw complete first too).
-        let jobs: i64 = db
-            .client
-            .query_one("SELECT count(*) FROM pgspout.export_jobs", &[])
-            .await
-            .unwrap()
-            .get(0);
-        (done && aborted && jobs == 0).then_some(())
+        let jobs = db.column::<i64>("SELECT count(*) FROM pgspout.export_jobs").await;
+        (done && aborted && jobs == [0]).then_some(())
     })
     .await;
 }
